@@ -1,0 +1,4 @@
+"""Every registered method: one import line each (explicit registration)."""
+
+from core.methods import cast as cast  # noqa: F401
+from core.methods import rtn as rtn  # noqa: F401

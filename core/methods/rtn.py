@@ -1,0 +1,72 @@
+"""Round-to-nearest integer quantization (absmax or zero-point) with real packed storage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from core.layers import QuantLinear
+from core.quant.rtn import QuantSpec, quantize
+from core.registry import ConfigError, LayerMethod, MethodCard, MethodConfig, param, register
+
+
+@dataclass(frozen=True)
+class RTNConfig(MethodConfig):
+    bits: int = param(8, "weight bits", min=2, max=8)
+    symmetric: bool = param(True, "absmax (symmetric) if true, zero-point (asymmetric) if false")
+    granularity: str = param(
+        "channel",
+        "one scale per tensor, per output channel, or per group",
+        choices=("tensor", "channel", "group"),
+    )
+    group_size: int = param(
+        128, "input columns per scale when granularity is group", min=32, max=256
+    )
+    clip_percentile: float = param(
+        100.0,
+        "clip |w| to this percentile of each scale's values before rounding",
+        min=50.0,
+        max=100.0,
+    )
+
+    def validate(self) -> None:
+        if self.group_size & (self.group_size - 1):
+            raise ConfigError(f"group_size={self.group_size} must be a power of two in [32, 256]")
+
+    def spec(self) -> QuantSpec:
+        return QuantSpec(
+            bits=self.bits,
+            symmetric=self.symmetric,
+            granularity=self.granularity,  # type: ignore[arg-type]
+            group_size=self.group_size,
+            clip_percentile=self.clip_percentile,
+        )
+
+
+@register(
+    "rtn",
+    kind="quant",
+    config=RTNConfig,
+    card=MethodCard(
+        idea="Round each weight to the nearest of 2^bits evenly spaced levels. Absmax maps "
+        "[-max|w|, max|w|] symmetrically; zero-point maps [min, max] and shifts by a zero point, "
+        "using every level for skewed values. One outlier stretches the scale for everything "
+        "sharing it: finer granularity and clipping are the remedies.",
+        calibration=False,
+        static_or_dynamic="static (weights quantized once)",
+        scope="weights only (dequantized to float for the matmul)",
+        parameters="heuristic: scales from the weights' own range",
+        hardware="no special hardware: integer weights are unpacked to float before the matmul",
+        memory="about 32/bits x smaller than FP32 weights, plus one fp16 scale per group",
+        speed="no speed-up here: dequantizing on the fly adds work; a saving in space only",
+        reference="Dettmers et al. 2022 (absmax / zero-point), Nagel et al. 2021 (white paper)",
+    ),
+)
+class RTN(LayerMethod):
+    needs_calibration = False
+
+    def apply(self, layer: nn.Linear, stats: Any, cfg: RTNConfig) -> nn.Module:
+        qt = quantize(layer.weight, cfg.spec())
+        return QuantLinear(qt, layer.bias, out_dtype=layer.weight.dtype)

@@ -1,0 +1,1 @@
+"""Pure quantization math: tensors and configs in, tensors or dataclasses out."""

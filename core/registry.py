@@ -1,0 +1,259 @@
+"""Method registry: typed, validated configs and explicit ``@register`` of methods.
+
+A method is a frozen dataclass config (a subclass of :class:`MethodConfig`) plus a
+class registered by name. Parameters are declared with :func:`param`, which records
+the range or the choices the UI turns into widgets and the validator enforces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+Kind = Literal["baseline", "cast", "quant", "prune", "transform"]
+
+
+class ConfigError(ValueError):
+    """A recipe value that is not allowed; the message says what is."""
+
+
+def param(
+    default: Any,
+    help: str,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    choices: tuple[Any, ...] | None = None,
+) -> Any:
+    """A config field with its help text and its allowed range or choices."""
+    meta = {"help": help, "min": min, "max": max, "choices": choices}
+    return field(default=default, metadata=meta)
+
+
+def _allowed(f: dataclasses.Field) -> str:
+    m = f.metadata
+    if m.get("choices"):
+        return "one of " + ", ".join(repr(c) for c in m["choices"])
+    lo, hi = m.get("min"), m.get("max")
+    if lo is not None and hi is not None:
+        return f"a value in [{lo}, {hi}]"
+    if lo is not None:
+        return f"a value >= {lo}"
+    if hi is not None:
+        return f"a value <= {hi}"
+    return "a value of the declared type"
+
+
+def _base_types(annotation: Any) -> tuple[type, ...]:
+    """The concrete types an annotation admits (``int | None`` -> (int, NoneType))."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        out: list[type] = []
+        for a in typing.get_args(annotation):
+            out.extend(_base_types(a))
+        return tuple(out)
+    if origin is not None:
+        return (origin,)
+    return (annotation,) if isinstance(annotation, type) else (object,)
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base class of every method config: validated on construction, JSON round trip."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            self._check_field(f, hints[f.name], value)
+        self.validate()
+
+    def _check_field(self, f: dataclasses.Field, annotation: Any, value: Any) -> None:
+        allowed = _base_types(annotation)
+        where = f"{type(self).__name__}.{f.name}"
+        if value is None:
+            if type(None) not in allowed:
+                raise ConfigError(f"{where} must be set: {_allowed(f)}")
+            return
+        # bool is an int in Python; refuse it where a number is meant and vice versa.
+        if isinstance(value, bool) and bool not in allowed:
+            raise ConfigError(f"{where}={value!r} is not allowed: {_allowed(f)}")
+        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(self, f.name, float(value))
+            value = float(value)
+        if not isinstance(value, tuple(t for t in allowed if t is not object) or object):
+            names = "/".join(t.__name__ for t in allowed)
+            raise ConfigError(f"{where}={value!r} has the wrong type: expected {names}")
+        m = f.metadata
+        if m.get("choices") and value not in m["choices"]:
+            raise ConfigError(f"{where}={value!r} is not allowed: {_allowed(f)}")
+        lo, hi = m.get("min"), m.get("max")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                raise ConfigError(f"{where}={value!r} is out of range: {_allowed(f)}")
+
+    def validate(self) -> None:
+        """Cross-field checks; subclasses override and raise ConfigError."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MethodConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(
+                f"unknown parameter(s) {', '.join(unknown)} for {cls.__name__}; "
+                f"allowed: {', '.join(sorted(names)) or 'none'}"
+            )
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class MethodCard:
+    """What every method card answers (see shared/CONCEPTS.md, the six questions)."""
+
+    idea: str  # one or two sentences: what the method does and why
+    calibration: bool  # 1. needs a calibration data set?
+    static_or_dynamic: str  # 2. static (fixed at compression) or dynamic (per input)
+    scope: str  # 3. "weights only" or "weights and activations"
+    parameters: str  # 4. learned from data, or chosen by a heuristic
+    hardware: str  # 5. hardware support on a CPU / a GPU
+    memory: str  # 6a. expected memory saving
+    speed: str  # 6b. what it does to latency (space saving is not a speed-up)
+    reference: str = ""  # paper or documentation
+
+
+@dataclass
+class LayerReport:
+    """What a method did to one linear layer."""
+
+    name: str
+    rel_error: float | None = None  # ||WX - W'X|| / ||WX|| on calibration inputs
+    note: str = ""
+
+
+@dataclass
+class MethodContext:
+    """What the walker hands a method besides the model: progress, cancel, calibration."""
+
+    on_progress: Callable[[float, str], None]
+    should_cancel: Callable[[], bool]
+    calib_batches: list[torch.Tensor] | None = None  # (1, T) token ids each
+    device: torch.device = torch.device("cpu")
+    reports: list[LayerReport] = field(default_factory=list)
+
+
+class Method:
+    """Base of every registered method. Subclasses set the ClassVars via @register."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[Kind] = "quant"
+    config_cls: ClassVar[type[MethodConfig]] = MethodConfig
+    card: ClassVar[MethodCard]
+    needs_calibration: ClassVar[bool] = False
+
+
+class LayerMethod(Method):
+    """A method that replaces each targeted ``nn.Linear`` on its own.
+
+    Calibrated layer methods override ``init_stats`` / ``update_stats``; the walker
+    owns the hooks and the block-by-block propagation.
+    """
+
+    def init_stats(self, layer: nn.Linear, cfg: MethodConfig) -> Any:
+        return None
+
+    def update_stats(self, stats: Any, x: torch.Tensor) -> Any:
+        return stats
+
+    def apply(self, layer: nn.Linear, stats: Any, cfg: MethodConfig) -> nn.Module:
+        raise NotImplementedError
+
+
+class ModelMethod(Method):
+    """A method that needs the whole model (for example scale migration across layers)."""
+
+    def apply_model(
+        self,
+        model: nn.Module,
+        cfg: MethodConfig,
+        targets: dict[str, nn.Linear],
+        ctx: MethodContext,
+    ) -> None:
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(
+    name: str, *, kind: Kind, config: type[MethodConfig], card: MethodCard
+) -> Callable[[type[Method]], type[Method]]:
+    """Register a method class under ``name`` (the name used in recipes)."""
+
+    def deco(cls: type[Method]) -> type[Method]:
+        if name in _REGISTRY:
+            raise RuntimeError(f"method {name!r} is registered twice")
+        cls.name, cls.kind, cls.config_cls, cls.card = name, kind, config, card
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def _ensure_loaded() -> None:
+    import core.methods  # noqa: F401  (one import line per method lives there)
+
+
+def get_method(name: str) -> type[Method]:
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown method {name!r}; registered methods: {', '.join(sorted(_REGISTRY))}"
+        ) from None
+
+
+def methods() -> Iterator[type[Method]]:
+    _ensure_loaded()
+    yield from (_REGISTRY[k] for k in sorted(_REGISTRY))
+
+
+def describe_params(config_cls: type[MethodConfig]) -> list[dict[str, Any]]:
+    """The parameters of a config as plain data (name, type, default, range, help)."""
+    hints = typing.get_type_hints(config_cls)
+    out = []
+    for f in dataclasses.fields(config_cls):
+        types_ = [t.__name__ for t in _base_types(hints[f.name])]
+        out.append(
+            {
+                "name": f.name,
+                "type": "|".join(types_),
+                "default": f.default,
+                "min": f.metadata.get("min"),
+                "max": f.metadata.get("max"),
+                "choices": list(f.metadata["choices"]) if f.metadata.get("choices") else None,
+                "help": f.metadata.get("help", ""),
+            }
+        )
+    return out
+
+
+def describe_method(cls: type[Method]) -> dict[str, Any]:
+    return {
+        "name": cls.name,
+        "kind": cls.kind,
+        "needs_calibration": cls.needs_calibration,
+        "params": describe_params(cls.config_cls),
+        "card": dataclasses.asdict(cls.card),
+    }

@@ -1,0 +1,300 @@
+"""The one model walker: find linears, capture block inputs, run calibration hooks,
+propagate block by block, and apply recipe steps.
+
+Architecture differences live in :mod:`core.mappings`; nothing here is per family.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.errors import Cancelled
+from core.layers import CompressedLinear
+from core.mappings import BLOCK_PATHS
+from core.recipe import Recipe, Step
+from core.registry import LayerMethod, LayerReport, MethodContext, ModelMethod, get_method
+
+log = logging.getLogger(__name__)
+
+ERROR_SAMPLE_ROWS = 256  # calibration rows kept per linear to measure its output error
+
+
+def get_submodule(root: nn.Module, path: str) -> nn.Module | None:
+    mod: Any = root
+    for part in path.split("."):
+        mod = getattr(mod, part, None)
+        if mod is None:
+            return None
+    return mod
+
+
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The decoder block list: a known path, else the longest ``ModuleList`` of one type."""
+    for path in BLOCK_PATHS:
+        mod = get_submodule(model, path)
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0:
+            return path, mod
+    best: tuple[str, nn.ModuleList] | None = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len({type(m) for m in mod}) == 1:
+            if best is None or len(mod) > len(best[1]):
+                best = (name, mod)
+    if best is None:
+        raise ValueError(f"no decoder blocks found in {type(model).__name__}")
+    return best
+
+
+def find_linears(module: nn.Module, prefix: str = "") -> dict[str, nn.Module]:
+    """Every ``nn.Linear`` (or already-compressed linear) under ``module``, by full name."""
+    out = {}
+    for name, mod in module.named_modules():
+        if isinstance(mod, nn.Linear | CompressedLinear):
+            out[f"{prefix}.{name}" if prefix and name else prefix or name] = mod
+    return out
+
+
+def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = get_submodule(root, parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def select_targets(model: nn.Module, step: Step) -> dict[str, nn.Linear]:
+    """The plain ``nn.Linear`` layers a step applies to (already-compressed ones are skipped)."""
+    return {
+        n: m for n, m in find_linears(model).items() if isinstance(m, nn.Linear) and step.selects(n)
+    }
+
+
+class _StopForward(Exception):
+    pass
+
+
+@dataclass
+class BlockInputs:
+    """The positional and keyword arguments block 0 received, one entry per calibration batch."""
+
+    args: list[tuple[Any, ...]] = field(default_factory=list)
+    kwargs: list[dict[str, Any]] = field(default_factory=list)
+
+    def hidden(self, i: int) -> torch.Tensor:
+        return self.args[i][0] if self.args[i] else self.kwargs[i]["hidden_states"]
+
+    def with_hidden(self, i: int, h: torch.Tensor) -> None:
+        if self.args[i]:
+            self.args[i] = (h, *self.args[i][1:])
+        else:
+            self.kwargs[i]["hidden_states"] = h
+
+
+@torch.no_grad()
+def capture_block_inputs(
+    model: nn.Module, blocks: nn.ModuleList, batches: list[torch.Tensor]
+) -> BlockInputs:
+    """Run the model up to block 0 for each batch and keep what block 0 was called with."""
+    captured = BlockInputs()
+
+    def hook(_mod: nn.Module, args: tuple, kwargs: dict) -> None:
+        captured.args.append(args)
+        captured.kwargs.append(dict(kwargs))
+        raise _StopForward
+
+    handle = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for ids in batches:
+            try:
+                model(ids.to(_device_of(model)), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    return captured
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _block_output(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple | list) else out
+
+
+@torch.no_grad()
+def run_block(block: nn.Module, inputs: BlockInputs) -> list[torch.Tensor]:
+    return [
+        _block_output(block(*inputs.args[i], **inputs.kwargs[i])) for i in range(len(inputs.args))
+    ]
+
+
+@dataclass
+class _LayerCalib:
+    stats: Any
+    sample: list[torch.Tensor] = field(default_factory=list)  # rows of X for the error
+    rows: int = 0
+
+
+def _attach_hooks(
+    layers: dict[str, nn.Linear], method: LayerMethod | None, cfg: Any
+) -> tuple[dict[str, _LayerCalib], list[Any]]:
+    calib = {
+        n: _LayerCalib(stats=method.init_stats(m, cfg) if method else None)
+        for n, m in layers.items()
+    }
+    handles = []
+
+    def make_hook(name: str) -> Callable:
+        def hook(_mod: nn.Module, args: tuple) -> None:
+            x = args[0].detach()
+            c = calib[name]
+            if method is not None:
+                c.stats = method.update_stats(c.stats, x)
+            if c.rows < ERROR_SAMPLE_ROWS:
+                rows = x.reshape(-1, x.shape[-1])[: ERROR_SAMPLE_ROWS - c.rows]
+                c.sample.append(rows.float().cpu())
+                c.rows += rows.shape[0]
+
+        return hook
+
+    for n, m in layers.items():
+        handles.append(m.register_forward_pre_hook(make_hook(n)))
+    return calib, handles
+
+
+@torch.no_grad()
+def relative_output_error(old: nn.Module, new: nn.Module, x: torch.Tensor) -> float:
+    """||WX - W'X|| / ||WX|| on the rows ``x`` (bias excluded from neither)."""
+    dev = next(iter(list(old.parameters()) + list(old.buffers()))).device
+    x = x.to(dev)
+    ref = old(x.to(old.weight.dtype)).float() if hasattr(old, "weight") else old(x).float()
+    got = new(x).float()
+    denom = ref.norm().item()
+    return (ref - got).norm().item() / denom if denom > 0 else 0.0
+
+
+def _apply_layer(
+    method: LayerMethod,
+    step: Step,
+    model: nn.Module,
+    name: str,
+    layer: nn.Linear,
+    calib: _LayerCalib | None,
+    ctx: MethodContext,
+) -> None:
+    new = method.apply(layer, calib.stats if calib else None, step.config)
+    err = None
+    if calib is not None and calib.sample:
+        err = relative_output_error(layer, new, torch.cat(calib.sample))
+    if new is not layer:
+        replace_module(model, name, new)
+    ctx.reports.append(LayerReport(name=name, rel_error=err))
+
+
+def apply_step(model: nn.Module, step: Step, ctx: MethodContext) -> None:
+    """Apply one recipe step to the model in place."""
+    method = get_method(step.method)()
+    targets = select_targets(model, step)
+    if isinstance(method, ModelMethod):
+        method.apply_model(model, step.config, targets, ctx)
+        return
+    assert isinstance(method, LayerMethod)
+    if ctx.calib_batches:
+        _apply_blockwise(model, method, step, targets, ctx)
+        return
+    if method.needs_calibration:
+        raise ValueError(f"{step.method} needs a calibration set")
+    for i, (name, layer) in enumerate(targets.items()):
+        if ctx.should_cancel():
+            raise Cancelled
+        _apply_layer(method, step, model, name, layer, None, ctx)
+        ctx.on_progress((i + 1) / max(1, len(targets)), f"{step.method}: {name}")
+
+
+@torch.no_grad()
+def _apply_blockwise(
+    model: nn.Module,
+    method: LayerMethod,
+    step: Step,
+    targets: dict[str, nn.Linear],
+    ctx: MethodContext,
+) -> None:
+    """Calibrate and compress block by block, feeding each block the compressed outputs
+    of the previous one. Holds one block's inputs at a time besides the model."""
+    path, blocks = find_blocks(model)
+    assert ctx.calib_batches is not None
+    inputs = capture_block_inputs(model, blocks, ctx.calib_batches)
+    done: set[str] = set()
+    for b, block in enumerate(blocks):
+        if ctx.should_cancel():
+            raise Cancelled
+        prefix = f"{path}.{b}"
+        layers = {n: m for n, m in targets.items() if n.startswith(prefix + ".")}
+        calib, handles = _attach_hooks(layers, method, step.config)
+        try:
+            run_block(block, inputs)
+        finally:
+            for h in handles:
+                h.remove()
+        for name, layer in layers.items():
+            _apply_layer(method, step, model, name, layer, calib[name], ctx)
+            done.add(name)
+        for i, h in enumerate(run_block(block, inputs)):
+            inputs.with_hidden(i, h)
+        ctx.on_progress((b + 1) / len(blocks), f"{step.method}: block {b + 1}/{len(blocks)}")
+    rest = {n: m for n, m in targets.items() if n not in done}
+    if rest:
+        _apply_outside_blocks(model, method, step, rest, ctx)
+
+
+@torch.no_grad()
+def _apply_outside_blocks(
+    model: nn.Module,
+    method: LayerMethod,
+    step: Step,
+    layers: dict[str, nn.Linear],
+    ctx: MethodContext,
+) -> None:
+    """Linears outside the blocks (an lm_head someone targeted): calibrate on a full forward."""
+    calib, handles = _attach_hooks(layers, method, step.config)
+    try:
+        for ids in ctx.calib_batches or []:
+            model(ids.to(_device_of(model)), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    for name, layer in layers.items():
+        _apply_layer(method, step, model, name, layer, calib[name], ctx)
+
+
+def apply_recipe(
+    model: nn.Module,
+    recipe: Recipe,
+    *,
+    on_progress: Callable[[float, str], None],
+    should_cancel: Callable[[], bool],
+    calib_batches: list[torch.Tensor] | None = None,
+) -> list[LayerReport]:
+    """Apply every step of ``recipe`` in order; returns one report per compressed layer."""
+    reports: list[LayerReport] = []
+    n = max(1, len(recipe.steps))
+    for i, step in enumerate(recipe.steps):
+
+        def step_progress(f: float, msg: str, i: int = i) -> None:
+            on_progress((i + f) / n, msg)
+
+        ctx = MethodContext(
+            on_progress=step_progress,
+            should_cancel=should_cancel,
+            calib_batches=calib_batches,
+            device=_device_of(model),
+        )
+        apply_step(model, step, ctx)
+        reports.extend(ctx.reports)
+    return reports
