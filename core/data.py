@@ -188,10 +188,16 @@ def _is_excluded(rel: Path) -> bool:
     return any(part in EXCLUDED_DIR_NAMES for part in rel.parts[:-1])
 
 
-def _all_stdlib_files(root: Path) -> list[Path]:
+@functools.lru_cache(maxsize=4)
+def _all_stdlib_files(root: Path) -> tuple[Path, ...]:
     """Every included ``.py`` file (held-out ones too), relative, in sorted order."""
-    files = (p.relative_to(root) for p in root.rglob("*.py"))
-    return sorted(rel for rel in files if not _is_excluded(rel))
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = Path(dirpath).relative_to(root)
+        # Prune while walking: site-packages alone can hold more files than the stdlib.
+        dirnames[:] = [d for d in dirnames if not _is_excluded(rel_dir / d / "x.py")]
+        found.extend(rel_dir / f for f in filenames if f.endswith(".py"))
+    return tuple(sorted(rel for rel in found if not _is_excluded(rel)))
 
 
 def stdlib_code_files(root: Path | None = None) -> list[Path]:
