@@ -1,0 +1,264 @@
+"""Measurements, with their definitions (also shown in the UI; see DEFINITIONS).
+
+Perplexity is token level, exp(mean NLL) over non-overlapping windows of ``ctx``
+tokens (stride = ctx); the first token of each window is context only. Bits per byte
+is the total NLL in bits over the UTF-8 bytes of the predicted tokens' text.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.errors import Cancelled
+from core.layers import CompressedLinear, module_storage_bytes
+
+DEFINITIONS: dict[str, str] = {
+    "perplexity": "exp(mean token NLL) over non-overlapping windows of ctx tokens (stride = ctx); "
+    "the first token of each window is not predicted",
+    "bits_per_byte": "total NLL in bits / UTF-8 bytes of the predicted tokens' text",
+    "kl_to_baseline": "mean over evaluation tokens of KL(P_baseline || P_compressed) of the "
+    "next-token distribution, in nats",
+    "top1_agreement": "fraction of evaluation tokens where both models' most likely next token agree",
+    "weight_bytes": "bytes of every parameter and buffer of the model as stored (packed integers, "
+    "scales, zero points, unquantized layers), tied tensors counted once",
+    "bits_per_weight": "8 x storage bytes of all linear layers (compressed or not, biases "
+    "excluded) / their number of weights",
+    "compressed_bits_per_weight": "the same over the linear layers the recipe compressed",
+    "peak_mem_bytes": "peak RSS of the worker process sampled every 50 ms during the job (CPU), or "
+    "torch.cuda.max_memory_allocated (GPU)",
+    "prefill_ms": "median milliseconds of a forward pass over a prompt of prompt_len tokens, "
+    "batch 1, after one warm-up, over `repeats` runs",
+    "decode_tok_s": "1 / median seconds of one decode step with a KV cache after the prompt",
+    "compress_s": "wall seconds spent applying the recipe (calibration included)",
+    "layer_error": "||WX - W'X|| / ||WX|| per linear on calibration inputs",
+}
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    ctx: int = 256  # tokens per evaluation window (stride = ctx: non-overlapping)
+    eval_tokens: int = 4096  # evaluation tokens taken from the start of the set
+    prompt_len: int = 128  # prompt tokens for the prefill latency
+    decode_tokens: int = 16  # decode steps timed
+    repeats: int = 5  # latency repeats after one warm-up (median reported)
+
+    def __post_init__(self) -> None:
+        if not 16 <= self.ctx <= 8192:
+            raise ValueError(f"ctx={self.ctx} is out of range: 16..8192")
+        if not self.ctx <= self.eval_tokens <= 1_000_000:
+            raise ValueError(f"eval_tokens={self.eval_tokens} must be in ctx..1000000")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def eval_windows(tokenizer, text: str, settings: EvalSettings) -> list[torch.Tensor]:
+    """Token windows (each (ctx,), the last may be shorter) from the first eval_tokens tokens."""
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
+    ids = ids[: settings.eval_tokens]
+    if ids.numel() < 2:
+        raise ValueError("the evaluation text has fewer than 2 tokens")
+    wins = [ids[i : i + settings.ctx] for i in range(0, ids.numel(), settings.ctx)]
+    return [w for w in wins if w.numel() >= 2]
+
+
+def _bytes_of(tokenizer, ids: torch.Tensor) -> int:
+    return len(tokenizer.decode(ids.tolist()).encode("utf-8"))
+
+
+@dataclass
+class EvalResult:
+    perplexity: float
+    bits_per_byte: float
+    nll_sum: float  # nats
+    n_tokens: int
+    n_bytes: int
+    kl_to_baseline: float | None = None
+    top1_agreement: float | None = None
+
+
+class LogprobStore:
+    """Baseline next-token log-probabilities for KL, one float16 memmap per key on disk."""
+
+    def __init__(self, path: Path, n_windows: int, ctx: int, vocab: int) -> None:
+        self.path, self.shape = path, (n_windows, ctx - 1, vocab)
+
+    def exists(self) -> bool:
+        return self.path.is_file() and self.path.with_suffix(".json").is_file()
+
+    def writer(self) -> np.memmap:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return np.memmap(self.path.with_suffix(".tmp"), np.float16, "w+", shape=self.shape)
+
+    def commit(self, mm: np.memmap, summary: dict) -> None:
+        mm.flush()
+        os.replace(self.path.with_suffix(".tmp"), self.path)
+        self.path.with_suffix(".json").write_text(json.dumps(summary))
+
+    def reader(self) -> np.memmap:
+        return np.memmap(self.path, np.float16, "r", shape=self.shape)
+
+    def summary(self) -> dict:
+        return json.loads(self.path.with_suffix(".json").read_text())
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    tokenizer,
+    windows: list[torch.Tensor],
+    *,
+    baseline: np.memmap | None = None,
+    record: np.memmap | None = None,
+    should_cancel: Callable[[], bool] = lambda: False,
+    on_progress: Callable[[float, str], None] = lambda f, m: None,
+) -> EvalResult:
+    """Perplexity and bits per byte; KL and top-1 agreement against ``baseline`` log-probs.
+
+    ``record`` (a writable memmap) receives this model's log-probs, to serve as a baseline.
+    """
+    device = next(model.parameters()).device
+    nll_sum, n_tok, n_bytes, kl_sum, agree = 0.0, 0, 0, 0.0, 0
+    for i, w in enumerate(windows):
+        if should_cancel():
+            raise Cancelled
+        logits = model(w.unsqueeze(0).to(device), use_cache=False).logits[0, :-1].float()
+        logp = F.log_softmax(logits, dim=-1)  # (T-1, V)
+        target = w[1:].to(device)
+        nll_sum += -logp.gather(1, target.unsqueeze(1)).sum().item()
+        n_tok += target.numel()
+        n_bytes += _bytes_of(tokenizer, w[1:])
+        t = target.numel()
+        if record is not None:
+            record[i, :t] = logp.cpu().numpy().astype(np.float16)
+        if baseline is not None:
+            base = torch.from_numpy(np.asarray(baseline[i, :t], dtype=np.float32)).to(device)
+            kl_sum += (base.exp() * (base - logp)).sum().item()
+            agree += (base.argmax(-1) == logp.argmax(-1)).sum().item()
+        on_progress((i + 1) / len(windows), f"evaluating window {i + 1}/{len(windows)}")
+    res = EvalResult(
+        perplexity=math.exp(nll_sum / n_tok),
+        bits_per_byte=nll_sum / math.log(2) / max(1, n_bytes),
+        nll_sum=nll_sum,
+        n_tokens=n_tok,
+        n_bytes=n_bytes,
+    )
+    if baseline is not None:
+        res.kl_to_baseline, res.top1_agreement = kl_sum / n_tok, agree / n_tok
+    return res
+
+
+@torch.no_grad()
+def measure_latency(
+    model: nn.Module, prompt: torch.Tensor, settings: EvalSettings
+) -> tuple[float, float]:
+    """(prefill ms, decode tokens/s): medians over ``repeats`` runs after one warm-up."""
+    device = next(model.parameters()).device
+    ids = prompt[: settings.prompt_len].unsqueeze(0).to(device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    prefill, step = [], []
+    for r in range(settings.repeats + 1):
+        sync()
+        t0 = time.perf_counter()
+        out = model(ids, use_cache=True)
+        sync()
+        t1 = time.perf_counter()
+        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        times = []
+        for _ in range(settings.decode_tokens):
+            s0 = time.perf_counter()
+            out = model(nxt, past_key_values=past, use_cache=True)
+            sync()
+            times.append(time.perf_counter() - s0)
+            past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        if r > 0:  # the first run is the warm-up
+            prefill.append((t1 - t0) * 1000)
+            step.append(statistics.median(times))
+    return statistics.median(prefill), 1.0 / statistics.median(step)
+
+
+@dataclass
+class WeightMemory:
+    weight_bytes: int  # every parameter and buffer as stored, tied tensors once
+    bits_per_weight: float  # over all linear layers, compressed or not
+    compressed_bits_per_weight: float | None  # over the compressed linear layers only
+    linear_weights: int  # number of weights in the linear layers
+
+
+def weight_memory(model: nn.Module) -> WeightMemory:
+    """Real storage of the model; fake quantization (floats) would show up as 32 bits."""
+    lin = [0, 0]  # bytes, weights
+    comp = [0, 0]
+    for mod in model.modules():
+        if isinstance(mod, nn.Linear | CompressedLinear) and not _is_tied_head(model, mod):
+            nbytes = module_storage_bytes(mod) - _bias_bytes(mod)
+            n = mod.in_features * mod.out_features
+            lin[0], lin[1] = lin[0] + nbytes, lin[1] + n
+            if isinstance(mod, CompressedLinear):
+                comp[0], comp[1] = comp[0] + nbytes, comp[1] + n
+    return WeightMemory(
+        weight_bytes=module_storage_bytes(model),
+        bits_per_weight=8.0 * lin[0] / lin[1] if lin[1] else 0.0,
+        compressed_bits_per_weight=8.0 * comp[0] / comp[1] if comp[1] else None,
+        linear_weights=lin[1],
+    )
+
+
+def _bias_bytes(mod: nn.Module) -> int:
+    b = getattr(mod, "bias", None)
+    return b.numel() * b.element_size() if isinstance(b, torch.Tensor) else 0
+
+
+def _is_tied_head(model: nn.Module, mod: nn.Module) -> bool:
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    w = getattr(mod, "weight", None)
+    return emb is not None and w is not None and w.data_ptr() == emb.weight.data_ptr()
+
+
+class PeakMemory:
+    """Peak memory over a block of work: sampled RSS on the CPU, the allocator peak on CUDA."""
+
+    def __init__(self, device: torch.device, interval: float = 0.05) -> None:
+        self.device, self.interval, self.peak = device, interval, 0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        import psutil
+
+        proc = psutil.Process()
+        while not self._stop.is_set():
+            self.peak = max(self.peak, proc.memory_info().rss)
+            self._stop.wait(self.interval)
+
+    @contextmanager
+    def track(self) -> Iterator[PeakMemory]:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            yield self
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+            return
+        t = threading.Thread(target=self._sample, daemon=True)
+        t.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            t.join()

@@ -1,0 +1,211 @@
+"""Loading models: the bundled demo model, a local folder, a hub id, or a tiny model in code.
+
+``trust_remote_code`` stays off unless the caller opts in; safetensors are preferred.
+Hub failures become :class:`ModelLoadError` with a message that says what happened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from core.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+DEMO_DIR = Path(__file__).resolve().parent / "zoo" / "demo"
+TINY_RANDOM = "tiny-random"  # a Llama built in code with random weights (tests, smoke runs)
+HUB_HOST = "huggingface.co"
+
+# Presets the UI offers: id -> (parameters, short note).
+PRESETS: dict[str, tuple[int, str]] = {
+    "gpt2": (124_000_000, "GPT-2 small, learned positions, Conv1D layers"),
+    "facebook/opt-125m": (125_000_000, "OPT, ReLU MLP, LayerNorm"),
+    "EleutherAI/pythia-70m": (70_000_000, "GPT-NeoX, parallel attention"),
+    "HuggingFaceTB/SmolLM2-135M": (135_000_000, "Llama architecture, GQA"),
+    "Qwen/Qwen2.5-0.5B": (494_000_000, "Qwen2, GQA, tied embeddings"),
+    "TinyLlama/TinyLlama-1.1B-Chat-v1.0": (1_100_000_000, "Llama, GQA"),
+}
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: object
+    model_id: str  # what the user asked for
+    revision: str  # hub commit, or "sha256:<hash>" of the local weight files
+    n_params: int
+    note: str = ""  # e.g. "random weights"
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "") in {"1", "true", "TRUE", "yes"}
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub answers a TCP connection within ``timeout`` (False when offline mode)."""
+    if hub_offline():
+        return False
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def content_hash(folder: Path) -> str:
+    """sha256 over the weight files of a local model folder (its reproducibility id)."""
+    h = hashlib.sha256()
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    for f in files:
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def byte_tokenizer():
+    """A byte-level BPE tokenizer with no merges (256 tokens), built in code."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok)
+
+
+def tiny_llama(
+    vocab_size: int = 256, hidden: int = 64, layers: int = 2, seed: int = 0
+) -> nn.Module:
+    """A small Llama (RMSNorm, rotary, SwiGLU, GQA) with random weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=hidden * 3,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _from_folder(path: Path, model_id: str, trust_remote_code: bool) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, trust_remote_code=trust_remote_code, use_safetensors=None, dtype=torch.float32
+        )
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load a causal LM from folder {path}: {e}") from None
+    return LoadedModel(
+        model=model.eval(),
+        tokenizer=tok,
+        model_id=model_id,
+        revision=content_hash(path),
+        n_params=sum(p.numel() for p in model.parameters()),
+    )
+
+
+def _from_hub(model_id: str, revision: str | None, trust_remote_code: bool) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    offline = hub_offline() or not hub_reachable()
+    kwargs = {
+        "revision": revision,
+        "trust_remote_code": trust_remote_code,
+        "local_files_only": offline,
+    }
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_id, dtype=torch.float32, **kwargs)
+        tok = AutoTokenizer.from_pretrained(model_id, **kwargs)
+    except Exception as e:  # transformers raises OSError, ValueError, HTTP errors...
+        if offline:
+            raise ModelLoadError(
+                f"hub unreachable (offline?): {model_id!r} is not in the local Hugging Face "
+                "cache; use the demo model, a local folder, or a cached model"
+            ) from None
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "not a valid model identifier" in msg or "404" in msg or "Repository Not Found" in msg:
+            raise ModelLoadError(
+                f"model not found: {model_id!r} is not a hub id or folder"
+            ) from None
+        raise ModelLoadError(f"cannot load {model_id!r} from the hub: {msg}") from None
+    commit = getattr(model.config, "_commit_hash", None) or revision or "unknown"
+    return LoadedModel(
+        model=model.eval(),
+        tokenizer=tok,
+        model_id=model_id,
+        revision=str(commit),
+        n_params=sum(p.numel() for p in model.parameters()),
+    )
+
+
+def load_model(
+    spec: str,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    device: torch.device | str = "cpu",
+) -> LoadedModel:
+    """Load ``demo``, ``tiny-random``, a local folder or a hub id, in float32, for evaluation."""
+    spec = spec.strip()
+    if not spec:
+        raise ModelLoadError("no model given: use 'demo', a local folder, or a hub id")
+    if spec == TINY_RANDOM:
+        model = tiny_llama()
+        loaded = LoadedModel(
+            model,
+            byte_tokenizer(),
+            spec,
+            "seed:0",
+            sum(p.numel() for p in model.parameters()),
+            note="random weights",
+        )
+    elif spec == "demo":
+        if not (DEMO_DIR / "config.json").is_file():
+            raise ModelLoadError(f"the bundled demo model is missing from {DEMO_DIR}")
+        loaded = _from_folder(DEMO_DIR, "demo", trust_remote_code=False)
+    elif Path(spec).expanduser().is_dir():
+        loaded = _from_folder(Path(spec).expanduser(), spec, trust_remote_code)
+    elif spec.startswith(("/", "./", "~", "../")):
+        raise ModelLoadError(f"model not found: folder {spec!r} does not exist")
+    elif spec.count("/") > 1 or " " in spec:
+        raise ModelLoadError(f"model not found: {spec!r} is neither a folder nor a hub id")
+    else:
+        loaded = _from_hub(spec, revision, trust_remote_code)
+    loaded.model.to(device)
+    return loaded
+
+
+def cached_hub_models() -> list[str]:
+    """Model ids already in the local Hugging Face cache (no network)."""
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        info = scan_cache_dir()
+    except Exception:  # no cache folder yet, or an unreadable one
+        return []
+    return sorted(r.repo_id for r in info.repos if r.repo_type == "model")
+
+
+def estimate_memory_bytes(n_params: int, bytes_per_param: float = 4.0) -> int:
+    """Rough weight memory of a model in float32 before compression."""
+    return int(n_params * bytes_per_param)

@@ -1,0 +1,102 @@
+"""SQLAlchemy 2.0 typed models: jobs, their per-layer statistics, workers, uploaded texts.
+
+Times are UTC epoch seconds (floats): portable between SQLite and PostgreSQL and
+trivial to compare for heartbeats.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+)
+STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+FINISHED = (SUCCEEDED, FAILED, CANCELLED)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16), index=True, default=QUEUED)
+    model: Mapped[str] = mapped_column(String(300))
+    recipe_label: Mapped[str] = mapped_column(String(300))
+    spec_json: Mapped[str] = mapped_column(Text)  # core.jobspec.JobSpec as JSON
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    message: Mapped[str] = mapped_column(Text, default="")
+    worker_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    fingerprint_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    fingerprint_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    origin: Mapped[str] = mapped_column(String(200), default="local")
+    sweep_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+
+    @property
+    def result(self) -> dict[str, Any]:
+        return json.loads(self.result_json) if self.result_json else {}
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return json.loads(self.fingerprint_json) if self.fingerprint_json else {}
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return json.loads(self.spec_json)
+
+
+class LayerStat(Base):
+    __tablename__ = "layer_stats"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(300))
+    data_json: Mapped[str] = mapped_column(Text)  # scheme, rel_error, before/after stats
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return json.loads(self.data_json)
+
+
+class Worker(Base):
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[float] = mapped_column(Float)
+    heartbeat_at: Mapped[float] = mapped_column(Float)
+    current_job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    stopped: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class TextBlob(Base):
+    """An uploaded calibration / evaluation text, so that workers on any host can read it."""
+
+    __tablename__ = "texts"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)  # "upload:<sha12>"
+    filename: Mapped[str] = mapped_column(String(300))
+    sha256: Mapped[str] = mapped_column(String(64))
+    n_bytes: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
