@@ -205,6 +205,9 @@ def apply_step(model: nn.Module, step: Step, ctx: MethodContext) -> None:
         method.apply_model(model, step.config, targets, ctx)
         return
     assert isinstance(method, LayerMethod)
+    prepare = getattr(method, "prepare", None)
+    if prepare is not None:  # sees every target before any changes (a global threshold)
+        prepare(targets, step.config)
     if ctx.calib_batches:
         _apply_blockwise(model, method, step, targets, ctx)
         return
@@ -297,4 +300,17 @@ def apply_recipe(
         )
         apply_step(model, step, ctx)
         reports.extend(ctx.reports)
+    finalize_recipe(model, recipe)
     return reports
+
+
+def finalize_recipe(model: nn.Module, recipe: Recipe) -> None:
+    """Once every step ran, let each method used move its outputs into final storage
+    (pruned linears that no later step replaced become sparse modules)."""
+    done: set[str] = set()
+    for step in recipe.steps:
+        method = get_method(step.method)()
+        finalize = getattr(method, "finalize_model", None)
+        if finalize is not None and step.method not in done:
+            finalize(model)
+            done.add(step.method)

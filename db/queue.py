@@ -66,6 +66,29 @@ def submit(
         return job.id
 
 
+def submit_sweep(sf: Factory, *, model: str, jobs: list[tuple[str, str]]) -> str:
+    """Queue ``jobs`` ((recipe_label, spec_json) pairs) as one sweep, all or none;
+    returns the sweep id they share (see core.sweep.expand_sweep)."""
+    if not jobs:
+        raise ValueError("a sweep needs at least one job")
+    sweep_id = uuid.uuid4().hex[:16]
+    with sf.begin() as s:
+        for label, spec_json in jobs:
+            s.add(
+                Job(
+                    created_at=now(),
+                    status=QUEUED,
+                    model=model,
+                    recipe_label=label,
+                    spec_json=spec_json,
+                    progress=0.0,
+                    message="queued",
+                    sweep_id=sweep_id,
+                )
+            )
+    return sweep_id
+
+
 def claim(sf: Factory, worker_id: str, job_id: int | None = None) -> Job | None:
     """Atomically take the oldest queued job (or ``job_id``) for ``worker_id``."""
     t = now()

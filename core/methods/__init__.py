@@ -1,4 +1,7 @@
 """Every registered method: one import line each (explicit registration)."""
 
 from core.methods import cast as cast  # noqa: F401
+from core.methods import magnitude as magnitude  # noqa: F401
 from core.methods import rtn as rtn  # noqa: F401
+from core.methods import sparsegpt as sparsegpt  # noqa: F401
+from core.methods import wanda as wanda  # noqa: F401
