@@ -1,0 +1,16 @@
+"""CompressLab: `streamlit run app.py`. A router only: pages live in pages/, widgets in ui/."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ui import shell
+from ui.worker import ensure_local_worker, maybe_recover
+
+st.set_page_config(page_title="CompressLab", page_icon=":material/compress:", layout="wide")
+
+navigation = st.navigation(shell.pages())
+sf, url = shell.session(), shell.db_url()
+maybe_recover(sf, url)
+shell.sidebar(ensure_local_worker(sf, url))
+navigation.run()

@@ -1,0 +1,55 @@
+"""Compare: memory / latency vs perplexity of finished runs, the Pareto front, every number."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from db import queue
+from ui import compare_view, figures, shell, tables
+from ui.frames import runs_frame
+
+sf = shell.session()
+st.title("Compare")
+runs = queue.finished_runs(sf)
+if not runs:
+    st.info("No finished runs yet: queue one on New run, then come back when it is done.")
+    st.page_link(shell.NEW_RUN, label="New run", icon=":material/add_circle:")
+    st.stop()
+
+df, latency = compare_view.filter_runs(runs_frame(runs))
+st.caption(
+    f"{len(df)} run(s). Dashed: the Pareto front (no other run is better on both axes). "
+    "Dotted: the uncompressed model."
+)
+left, right = st.columns(2)
+with left:
+    st.plotly_chart(figures.memory_figure(df), key="fig_memory")
+with right:
+    st.plotly_chart(figures.latency_figure(df, latency), key="fig_latency")
+
+table = df.sort_values("perplexity").reset_index(drop=True)
+
+
+def _pick_from_table() -> None:
+    rows = st.session_state["cmp_table"].selection.rows
+    if rows:
+        st.session_state["cmp_detail"] = int(table.loc[rows[0], "id"])
+
+
+st.subheader("Runs")
+st.caption("Click a column header to sort; select a row to see its details below.")
+tables.runs_table(table, key="cmp_table", on_select=_pick_from_table)
+
+ids = table["id"].tolist()
+labels = dict(zip(table["id"], table["model"] + " · " + table["recipe"], strict=True))
+if ids and st.session_state.get("cmp_detail") not in ids:
+    st.session_state["cmp_detail"] = max(ids)
+if ids:
+    picked = st.selectbox(
+        "Details of run", ids, format_func=lambda i: f"#{i}: {labels[i]}", key="cmp_detail"
+    )
+    job = queue.get_job(sf, picked)
+    if job is not None:
+        compare_view.run_details(job)
+else:
+    st.info("No run matches the filters.")

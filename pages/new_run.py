@@ -1,0 +1,47 @@
+"""New run: model, recipe, calibration and evaluation settings -> one queued job."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ui import forms, shell
+from ui.submit import steps_from_json, submit_run
+
+sf = shell.session()
+st.title("New run")
+st.caption(
+    "Compose a job; a worker runs it in the background. Parameters are checked against each "
+    "method's allowed values before anything is queued."
+)
+
+st.subheader("1. Model")
+model = forms.model_picker()
+
+st.subheader("2. Recipe")
+mode, recipe, recipe_name = forms.recipe_picker()
+
+st.subheader("3. Data")
+d1, d2 = st.columns(2)
+with d1:
+    calib = forms.text_set_picker(
+        sf, "Calibration set", key="calib_set", default="stdlib-code", upload=True
+    )
+with d2:
+    eval_set = forms.text_set_picker(
+        sf, "Evaluation set", key="eval_set", default="stdlib-heldout", upload=False
+    )
+
+st.subheader("4. Evaluation settings")
+ev, cs = forms.eval_settings()
+
+if st.button("Queue run", type="primary", icon=":material/play_arrow:"):
+    try:
+        steps = steps_from_json(recipe) if mode == "JSON" else recipe
+        job_id = submit_run(sf, model, steps, recipe_name, calib, eval_set, ev, cs)
+    except ValueError as e:  # ConfigError, DataError and bad settings: say what is allowed
+        st.error(f"Not queued: {e}")
+    else:
+        st.success(f"Queued job #{job_id} ({model}).")
+        st.page_link(
+            shell.RUNS, label="Follow its progress on Runs", icon=":material/arrow_forward:"
+        )

@@ -1,0 +1,237 @@
+"""Plotly figure builders: pure functions from DataFrames (or stored stats) to Figures.
+
+Nothing here reads the database or calls Streamlit, so every figure is unit-tested on
+small hand-made frames (tests/test_figures.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+Better = Literal["lower", "higher"]
+
+PALETTE = qualitative.Plotly
+SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "star", "cross", "pentagon")
+BEFORE_COLOR, AFTER_COLOR = "#636EFA", "#EF553B"
+
+# (column, axis title with units, which direction is better)
+AXES: dict[str, tuple[str, Better]] = {
+    "weight_mb": ("Weight memory (MB, as stored)", "lower"),
+    "perplexity": ("Perplexity (exp of mean token NLL)", "lower"),
+    "bits_per_byte": ("Bits per byte", "lower"),
+    "prefill_ms": ("Prefill latency (ms, median)", "lower"),
+    "decode_tok_s": ("Decode throughput (tokens/s, median)", "higher"),
+    "bits_per_weight": ("Bits per weight (linear layers)", "lower"),
+    "kl_to_baseline": ("KL to baseline (nats/token)", "lower"),
+}
+
+
+def pareto_front(
+    df: pd.DataFrame, x: str, y: str, *, x_better: Better = "lower", y_better: Better = "lower"
+) -> pd.DataFrame:
+    """The rows no other row dominates, sorted by ``x`` ascending.
+
+    Row a dominates row b when a is at least as good on both columns and strictly better
+    on one. Rows with a missing value in ``x`` or ``y`` are never on the front; exact
+    duplicates do not dominate each other, so both stay.
+    """
+    if not {x, y} <= set(df.columns):
+        return df.iloc[0:0]
+    d = df.dropna(subset=[x, y])
+    if d.empty:
+        return d
+    # Flip signs so that "smaller is better" on both axes.
+    xs = d[x].to_numpy(dtype=float) * (1 if x_better == "lower" else -1)
+    ys = d[y].to_numpy(dtype=float) * (1 if y_better == "lower" else -1)
+    no_worse = (xs[None, :] <= xs[:, None]) & (ys[None, :] <= ys[:, None])  # [i, j]: j vs i
+    better = (xs[None, :] < xs[:, None]) | (ys[None, :] < ys[:, None])
+    dominated = (no_worse & better).any(axis=1)
+    return d[~dominated].sort_values([x, y], kind="stable")
+
+
+def _hover(df: pd.DataFrame, x_title: str, y_title: str) -> tuple[np.ndarray, str]:
+    custom = df[["id", "recipe", "model"]].to_numpy(dtype=object)
+    template = (
+        "run #%{customdata[0]}: %{customdata[1]}<br>%{customdata[2]}<br>"
+        f"{x_title}: %{{x:.4g}}<br>{y_title}: %{{y:.4g}}<extra>%{{fullData.name}}</extra>"
+    )
+    return custom, template
+
+
+def tradeoff_figure(
+    df: pd.DataFrame,
+    x: str,
+    y: str = "perplexity",
+    *,
+    color: str = "method",
+    title: str = "",
+) -> go.Figure:
+    """Scatter of finished runs (one trace per ``color`` value) with the Pareto front.
+
+    Axis titles and the better direction come from :data:`AXES`; a single model's
+    uncompressed perplexity is drawn as a dotted line for reference.
+    """
+    x_title, x_better = AXES.get(x, (x, "lower"))
+    y_title, y_better = AXES.get(y, (y, "lower"))
+    fig = go.Figure()
+    d = df.dropna(subset=[x, y]) if {x, y} <= set(df.columns) else df.iloc[0:0]
+    models = sorted(d["model"].unique()) if "model" in d else []
+    for i, (name, group) in enumerate(d.groupby(color, sort=True)):
+        custom, template = _hover(group, x_title, y_title)
+        symbols = [SYMBOLS[models.index(m) % len(SYMBOLS)] for m in group["model"]]
+        fig.add_trace(
+            go.Scatter(
+                x=group[x],
+                y=group[y],
+                mode="markers",
+                name=str(name),
+                marker={"size": 11, "color": PALETTE[i % len(PALETTE)], "symbol": symbols},
+                customdata=custom,
+                hovertemplate=template,
+            )
+        )
+    front = pareto_front(d, x, y, x_better=x_better, y_better=y_better)
+    if len(front):
+        # The boundary of the dominated region is a staircase; which corner it turns
+        # depends on whether both axes improve in the same direction.
+        shape = "hv" if x_better == y_better else "vh"
+        fig.add_trace(
+            go.Scatter(
+                x=front[x],
+                y=front[y],
+                mode="lines",
+                name="Pareto front",
+                line={"color": "rgba(40,40,40,0.6)", "dash": "dash", "shape": shape},
+                hoverinfo="skip",
+            )
+        )
+    base = d["baseline_perplexity"].dropna().unique() if "baseline_perplexity" in d else []
+    if y == "perplexity" and len(base) == 1:
+        fig.add_hline(
+            y=float(base[0]),
+            line={"dash": "dot", "color": "grey"},
+            annotation_text="uncompressed",
+            annotation_position="top right",
+        )
+    corner = {
+        ("lower", "lower"): "lower left",
+        ("higher", "lower"): "lower right",
+        ("lower", "higher"): "upper left",
+        ("higher", "higher"): "upper right",
+    }[(x_better, y_better)]
+    fig.update_layout(
+        title=title
+        or f"{y_title.split(' (')[0]} vs {x_title.split(' (')[0].lower()} ({corner} is better)",
+        xaxis_title=x_title,
+        yaxis_title=y_title,
+        legend={"title": {"text": color}, "orientation": "h", "y": -0.22, "x": 0},
+        margin={"t": 50, "l": 60, "r": 20, "b": 40},
+        height=450,
+    )
+    return fig
+
+
+def memory_figure(df: pd.DataFrame) -> go.Figure:
+    return tradeoff_figure(df, "weight_mb", "perplexity")
+
+
+def latency_figure(df: pd.DataFrame, metric: str = "prefill_ms") -> go.Figure:
+    if metric not in ("prefill_ms", "decode_tok_s"):
+        raise ValueError(f"latency metric must be prefill_ms or decode_tok_s, not {metric!r}")
+    return tradeoff_figure(df, metric, "perplexity")
+
+
+def outlier_count(stats: dict[str, Any] | None, k: float) -> int | None:
+    """Stored count of |w - mean| > k * std (None if not recorded for this k)."""
+    if not stats:
+        return None
+    value = (stats.get("outliers") or {}).get(str(float(k)))
+    return int(value) if value is not None else None
+
+
+def _bars(stats: dict[str, Any], name: str, color: str) -> go.Bar:
+    edges = np.asarray(stats["edges"], dtype=float)
+    counts = np.asarray(stats["counts"], dtype=float)
+    return go.Bar(
+        x=(edges[:-1] + edges[1:]) / 2,
+        y=np.where(counts > 0, counts, np.nan),  # log axis: empty bins are simply absent
+        width=np.diff(edges),
+        name=name,
+        marker={"color": color, "line": {"width": 0}},
+        opacity=0.55,
+        hovertemplate="w in [%{x:.4g} ± half a bin]: %{y:.0f} weights<extra>" + name + "</extra>",
+    )
+
+
+def histogram_figure(
+    before: dict[str, Any] | None, after: dict[str, Any] | None, k: float, *, title: str = ""
+) -> go.Figure:
+    """Before/after weight histograms on shared bins, log-scale counts, with the outlier
+    thresholds mean ± k·std drawn (solid: before, dashed: after) and the tails shaded."""
+    fig = go.Figure()
+    series = [("before", before, BEFORE_COLOR, "solid"), ("after", after, AFTER_COLOR, "dash")]
+    for label, stats, color, dash in series:
+        if not stats:
+            continue
+        n = outlier_count(stats, k)
+        fig.add_trace(_bars(stats, f"{label}: {n if n is not None else '?'} beyond {k:g}σ", color))
+        lo, hi = stats["mean"] - k * stats["std"], stats["mean"] + k * stats["std"]
+        for xv in (lo, hi):
+            fig.add_vline(x=xv, line={"color": color, "dash": dash, "width": 1.5})
+        if label == "before":
+            left, right = stats["edges"][0], stats["edges"][-1]
+            if lo > left:
+                fig.add_vrect(x0=left, x1=lo, fillcolor="orange", opacity=0.08, line_width=0)
+            if hi < right:
+                fig.add_vrect(x0=hi, x1=right, fillcolor="orange", opacity=0.08, line_width=0)
+    fig.update_layout(
+        title=title or f"Weight histogram before and after (outliers: |w − mean| > {k:g}·std)",
+        barmode="overlay",
+        bargap=0,
+        xaxis_title="Weight value",
+        yaxis_title="Number of weights (log scale)",
+        yaxis_type="log",
+        legend={"orientation": "h", "y": -0.2},
+        margin={"t": 60, "l": 60, "r": 20, "b": 60},
+        height=430,
+    )
+    return fig
+
+
+def short_names(names: list[str]) -> list[str]:
+    """Layer names without the dotted prefix they all share ("model.layers.0.mlp" -> "0.mlp")."""
+    parts = [n.split(".") for n in names]
+    if len(parts) < 2:
+        return [p[-1] for p in parts]
+    common = 0
+    while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
+        common += 1
+    return [".".join(p[common:]) for p in parts]
+
+
+def layer_error_figure(layers: pd.DataFrame, selected: str | None = None) -> go.Figure:
+    """Relative output error per linear layer (bars), the selected layer highlighted."""
+    d = layers.dropna(subset=["rel_error"])
+    colors = [AFTER_COLOR if name == selected else "#A0A0A0" for name in d["layer"]]
+    fig = go.Figure(
+        go.Bar(
+            x=short_names(list(d["layer"])),
+            customdata=d["layer"],
+            y=d["rel_error"],
+            marker={"color": colors},
+            hovertemplate="%{customdata}<br>relative error %{y:.3g}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title="Layer error on calibration inputs: ‖WX − W′X‖ / ‖WX‖",
+        xaxis_title="Linear layer",
+        yaxis_title="Relative output error (unitless)",
+        margin={"t": 50, "l": 60, "r": 20, "b": 120},
+        height=360,
+    )
+    return fig

@@ -1,0 +1,349 @@
+"""New-run widgets: model choice, recipe steps generated from method configs, data, settings.
+
+Widgets for a method's parameters are generated from its config dataclass
+(``core.registry.describe_params``): a range becomes a bounded number input, choices
+a select box, a bool a checkbox, and ``T | None`` an opt-in checkbox plus the input.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from core.data import DataError, list_text_sets, text_from_upload
+from core.models import (
+    DEMO_DIR,
+    PRESETS,
+    TINY_RANDOM,
+    cached_hub_models,
+    estimate_memory_bytes,
+    hub_offline,
+    hub_reachable,
+)
+from core.recipe import NAMED_RECIPES
+from core.registry import Method, describe_params, get_method, methods
+from db import queue
+from ui.frames import fmt_bytes
+
+UPLOAD_TYPES = ["txt", "jsonl", "csv", "parquet"]
+OTHER_ID = "Another Hugging Face id..."
+
+
+# --- model -----------------------------------------------------------------------
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def hub_status() -> tuple[bool, str]:
+    """(reachable, why not); cached because the probe can take seconds when offline."""
+    if hub_offline():
+        return False, "HF_HUB_OFFLINE is set"
+    if not hub_reachable():
+        return False, "no connection to huggingface.co"
+    return True, ""
+
+
+def demo_available() -> bool:
+    return (DEMO_DIR / "config.json").is_file()
+
+
+def preset_note(model_id: str) -> str:
+    n, note = PRESETS[model_id]
+    fp32 = estimate_memory_bytes(n)
+    int8 = estimate_memory_bytes(n, 1.0)
+    return f"{n / 1e6:.0f} M parameters · {fmt_bytes(fp32)} as FP32, ≈{fmt_bytes(int8)} at int8 · {note}"
+
+
+def _hub_model() -> str:
+    reachable, why = hub_status()
+    cached = cached_hub_models()
+    if not reachable:
+        st.warning(
+            f"The Hugging Face hub is unreachable ({why}): only models already in the local "
+            "cache will load. The demo model and local folders work offline."
+        )
+    options = [m for m in PRESETS if reachable or m in cached]
+    options += [m for m in cached if m not in options]
+    options.append(OTHER_ID)
+
+    def label(m: str) -> str:
+        tags = [t for t, on in (("cached", m in cached), ("preset", m in PRESETS)) if on]
+        return f"{m} ({', '.join(tags)})" if tags else m
+
+    choice = st.selectbox("Model id", options, format_func=label, key="hub_choice")
+    if choice == OTHER_ID:
+        choice = st.text_input("Hugging Face id", placeholder="org/name", key="hub_other").strip()
+    elif choice in PRESETS:
+        st.caption(preset_note(choice))
+    if not reachable and not cached:
+        st.info("No model is in the local Hugging Face cache: pick the demo model or a folder.")
+    return choice
+
+
+def _folder_model() -> str:
+    path = st.text_input(
+        "Folder with config.json and weights", placeholder="/models/my-llama", key="folder_path"
+    ).strip()
+    if path:
+        p = Path(path).expanduser()
+        if not p.is_dir():
+            st.warning(f"{path} is not a folder on this machine (the worker must see it too).")
+        elif not (p / "config.json").is_file():
+            st.warning(f"{path} has no config.json: it does not look like a Transformers model.")
+        else:
+            files = sorted(f.name for f in p.glob("*.safetensors")) or sorted(
+                f.name for f in p.glob("*.bin")
+            )
+            st.caption(f"Found config.json and {len(files)} weight file(s).")
+    return path
+
+
+def model_picker() -> str:
+    """The model string a worker loads: 'demo', 'tiny-random', a hub id or a folder."""
+    kinds = {
+        "demo": "Bundled demo model (a small Llama trained on Python stdlib code)",
+        TINY_RANDOM: "Tiny Llama, random weights (for smoke tests: its perplexity means nothing)",
+        "hub": "Hugging Face model",
+        "folder": "Local folder",
+    }
+    default = 0 if demo_available() else 1
+    kind = st.radio("Model", list(kinds), format_func=kinds.get, index=default, key="model_kind")
+    if kind == "demo":
+        if not demo_available():
+            st.warning(
+                f"The demo model is not in this checkout yet ({DEMO_DIR}); the job will fail."
+            )
+        return "demo"
+    if kind == TINY_RANDOM:
+        st.caption("Random weights: use it to check the pipeline, not to compare methods.")
+        return TINY_RANDOM
+    if kind == "hub":
+        return _hub_model()
+    return _folder_model()
+
+
+# --- recipe ----------------------------------------------------------------------
+
+
+def _allowed(p: dict[str, Any]) -> str:
+    if p["choices"]:
+        return "one of " + ", ".join(map(str, p["choices"]))
+    if p["min"] is not None or p["max"] is not None:
+        return f"range [{p['min']}, {p['max']}]"
+    return ""
+
+
+def param_widget(p: dict[str, Any], key: str) -> Any:
+    """One widget for one config field, from its type, range or choices."""
+    types = p["type"].split("|")
+    optional = "NoneType" in types
+    base = next((t for t in types if t != "NoneType"), "str")
+    name, default = p["name"], p["default"]
+    helptext = " · ".join(x for x in (p["help"], _allowed(p)) if x)
+    if optional and not st.checkbox(
+        f"set {name}", value=default is not None, key=f"{key}:on", help=f"unset: None. {helptext}"
+    ):
+        return None
+    if p["choices"]:
+        choices = list(p["choices"])
+        index = choices.index(default) if default in choices else 0
+        return st.selectbox(name, choices, index=index, key=key, help=helptext)
+    if base == "bool":
+        return st.checkbox(name, value=bool(default), key=key, help=helptext)
+    if base in ("int", "float"):
+        cast = int if base == "int" else float
+        lo = cast(p["min"]) if p["min"] is not None else None
+        hi = cast(p["max"]) if p["max"] is not None else None
+        value = cast(default) if default is not None else (lo if lo is not None else cast(0))
+        if base == "int":
+            step: Any = 1
+        else:
+            step = (hi - lo) / 100 if lo is not None and hi is not None else 0.01
+        return cast(
+            st.number_input(
+                name, min_value=lo, max_value=hi, value=value, step=step, key=key, help=helptext
+            )
+        )
+    return st.text_input(
+        name, value="" if default is None else str(default), key=key, help=helptext
+    )
+
+
+def _patterns(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+CARD_QUESTIONS = (
+    ("1. Needs a calibration set?", lambda c: "yes" if c.calibration else "no"),
+    ("2. Static or dynamic?", lambda c: c.static_or_dynamic),
+    ("3. Weights only or activations too?", lambda c: c.scope),
+    ("4. Parameters learned or heuristic?", lambda c: c.parameters),
+    ("5. Hardware support", lambda c: c.hardware),
+    ("6. Memory saving", lambda c: c.memory),
+    ("6. Speed (space saving is not a speed-up)", lambda c: c.speed),
+)
+
+
+def method_card(cls: type[Method], expanded: bool = True) -> None:
+    """The six questions every method answers (see CONCEPTS.md)."""
+    card = cls.card
+    with st.expander(f"Method card: {cls.name} ({cls.kind})", expanded=expanded):
+        st.markdown(card.idea)
+        rows = "\n".join(f"| {q} | {a(card)} |" for q, a in CARD_QUESTIONS)
+        st.markdown("| Question | Answer |\n|---|---|\n" + rows)
+        if card.reference:
+            st.caption(f"Reference: {card.reference}")
+
+
+def step_editor(i: int) -> dict[str, Any]:
+    """Widgets for recipe step ``i``; returns the flat step dict."""
+    registered = list(methods())
+    names = [m.name for m in registered]
+    kinds = {m.name: m.kind for m in registered}
+    with st.container(border=True):
+        default = names.index("rtn") if "rtn" in names else 0
+        method = st.selectbox(
+            f"Step {i + 1}: method",
+            names,
+            index=default,
+            format_func=lambda n: f"{n} ({kinds[n]})",
+            key=f"step{i}:method",
+        )
+        cls = get_method(method)
+        params = describe_params(cls.config_cls)
+        values: dict[str, Any] = {}
+        cols = st.columns(3)
+        for j, p in enumerate(params):
+            with cols[j % 3]:
+                values[p["name"]] = param_widget(p, f"step{i}:{method}:{p['name']}")
+        c1, c2 = st.columns(2)
+        targets = c1.text_input(
+            "targets (comma-separated name patterns; re:<regex> allowed)",
+            "*",
+            key=f"step{i}:targets",
+        )
+        ignore = c2.text_input("ignore (patterns excluded)", "lm_head", key=f"step{i}:ignore")
+        method_card(cls, expanded=(i == 0))
+    return {"method": method, **values, "targets": _patterns(targets), "ignore": _patterns(ignore)}
+
+
+def _add_step() -> None:
+    st.session_state["n_steps"] = st.session_state.get("n_steps", 1) + 1
+
+
+def _remove_step() -> None:
+    st.session_state["n_steps"] = max(1, st.session_state.get("n_steps", 1) - 1)
+
+
+RECIPE_MODES = ("Named recipe", "Build steps", "JSON")
+
+
+def recipe_picker() -> tuple[str, Any, str]:
+    """(mode, steps or JSON text, recipe name). JSON text is parsed when the run is queued."""
+    mode = st.radio("Recipe", RECIPE_MODES, horizontal=True, key="recipe_mode")
+    if mode == "Named recipe":
+        names = list(NAMED_RECIPES)
+        name = st.selectbox(
+            "Named recipe",
+            names,
+            index=names.index("rtn-int8") if "rtn-int8" in names else 0,
+            key="named_recipe",
+        )
+        steps = NAMED_RECIPES[name]
+        body = "[\n" + ",\n".join("  " + json.dumps(s) for s in steps) + "\n]"
+        st.code(body if steps else "[]  # no compression: the baseline", language="json")
+        for s in steps:
+            method_card(get_method(s["method"]), expanded=False)
+        return mode, steps, name
+    if mode == "Build steps":
+        n = st.session_state.get("n_steps", 1)
+        steps = [step_editor(i) for i in range(n)]
+        c1, c2, _ = st.columns([1, 1, 4])
+        c1.button("Add step", on_click=_add_step, icon=":material/add:")
+        c2.button("Remove last step", on_click=_remove_step, disabled=n <= 1)
+        return mode, steps, ""
+    example = json.dumps(NAMED_RECIPES.get("rtn-int8", []), indent=1)
+    text = st.text_area(
+        "Recipe as JSON: a list of steps, each {method, <parameters>, targets, ignore}",
+        example,
+        height=160,
+        key="recipe_json",
+    )
+    return mode, text, ""
+
+
+# --- data and settings -----------------------------------------------------------
+
+
+def _set_label(sets: dict[str, dict[str, Any]], uploads: dict[str, Any]) -> Any:
+    def label(name: str) -> str:
+        if name in uploads:
+            b = uploads[name]
+            return f"{name}  (upload {b.filename}, {fmt_bytes(b.n_bytes)})"
+        s = sets[name]
+        return f"{name}: {s['description']}" + ("  (needs the hub)" if s["needs_hub"] else "")
+
+    return label
+
+
+def _handle_upload(sf: queue.Factory, key: str) -> None:
+    """Validate an uploaded file and store it; on a DataError nothing is stored."""
+    up = st.file_uploader(
+        "Or upload a text (.txt whole file; .jsonl / .csv / .parquet: the 'text' field)",
+        type=UPLOAD_TYPES,
+        key=f"{key}:upload",
+    )
+    if up is None:
+        return
+    try:
+        text = text_from_upload(up.name, up.getvalue())
+    except DataError as e:
+        st.error(str(e))
+        return
+    name = queue.store_text(sf, up.name, text)
+    st.success(f"Stored {up.name} as {name} ({len(text):,} characters).")
+    marker = f"{key}:uploaded"
+    if st.session_state.get(marker) != up.file_id:  # select it once, then leave the choice free
+        st.session_state[marker] = up.file_id
+        st.session_state[key] = name
+
+
+def text_set_picker(sf: queue.Factory, label: str, key: str, default: str, upload: bool) -> str:
+    """A registered text set or a stored upload; optionally an uploader that adds one."""
+    slot = st.container()  # the select box is drawn above the uploader that may preselect it
+    if upload:
+        _handle_upload(sf, key)
+    sets = {s["name"]: s for s in list_text_sets()}
+    uploads = {b.name: b for b in queue.list_texts(sf)}
+    options = list(sets) + list(uploads)
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = default if default in options else options[0]
+    return slot.selectbox(label, options, format_func=_set_label(sets, uploads), key=key)
+
+
+def eval_settings() -> tuple[dict[str, int], dict[str, int]]:
+    """(evaluation settings, calibration settings) as plain dicts."""
+    c = st.columns(5)
+    ctx = c[0].number_input("Context length (tokens)", 16, 8192, 256, step=16, key="ctx")
+    eval_tokens = c[1].number_input(
+        "Evaluation tokens", 16, 1_000_000, 4096, step=256, key="eval_tokens"
+    )
+    n_samples = c[2].number_input("Calibration samples", 1, 4096, 32, key="calib_samples")
+    seq_len = c[3].number_input("Calibration length (tokens)", 8, 8192, 256, step=8, key="seq_len")
+    seed = c[4].number_input("Seed", 0, 2**31 - 1, 0, key="seed")
+    with st.expander("Latency measurement"):
+        l1, l2, l3 = st.columns(3)
+        prompt_len = l1.number_input("Prompt length (tokens)", 1, 8192, 128, key="prompt_len")
+        decode = l2.number_input("Decode steps timed", 1, 1024, 16, key="decode_tokens")
+        repeats = l3.number_input("Repeats (median reported)", 1, 100, 5, key="repeats")
+    ev = {
+        "ctx": int(ctx),
+        "eval_tokens": int(eval_tokens),
+        "prompt_len": int(prompt_len),
+        "decode_tokens": int(decode),
+        "repeats": int(repeats),
+    }
+    cs = {"n_samples": int(n_samples), "seq_len": int(seq_len), "seed": int(seed)}
+    return ev, cs

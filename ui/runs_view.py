@@ -1,0 +1,99 @@
+"""The Runs page's live parts: active jobs with progress and cancel, the job history."""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from db import queue
+from db.models import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job
+from ui import shell, tables
+from ui.frames import elapsed_s, fmt_duration, jobs_frame
+
+STATUS_ICON = {
+    QUEUED: ":material/schedule:",
+    RUNNING: ":material/autorenew:",
+    SUCCEEDED: ":material/check_circle:",
+    FAILED: ":material/error:",
+    CANCELLED: ":material/cancel:",
+}
+
+
+def _cancel(job_id: int) -> None:
+    outcome = queue.request_cancel(shell.session(), job_id)
+    st.toast(f"Job #{job_id}: {outcome}")
+
+
+def _job_card(job: Job, position: int | None, now: float) -> None:
+    with st.container(border=True):
+        left, right = st.columns([5, 1], vertical_alignment="center")
+        with left:
+            st.markdown(
+                f"{STATUS_ICON[job.status]} **#{job.id}** `{job.model}` · {job.recipe_label} "
+                f"— **{job.status}**"
+            )
+            if job.status == RUNNING:
+                st.progress(
+                    min(max(job.progress or 0.0, 0.0), 1.0),
+                    text=f"{job.progress:.0%} · {job.message}",
+                )
+                st.caption(
+                    f"running for {fmt_duration(elapsed_s(job, now))} on {job.worker_id} "
+                    f"(attempt {job.attempts})"
+                )
+            else:
+                waited = fmt_duration(now - job.created_at)
+                st.caption(
+                    f"position {position} in the queue, waiting for {waited} · {job.message}"
+                )
+        with right:
+            if job.cancel_requested:
+                st.button("Cancelling...", key=f"cancel{job.id}", disabled=True)
+            else:
+                st.button(
+                    "Cancel",
+                    key=f"cancel{job.id}",
+                    on_click=_cancel,
+                    args=(job.id,),
+                    icon=":material/stop_circle:",
+                )
+
+
+@st.fragment(run_every=2)
+def active_jobs() -> None:
+    """Queued and running jobs, refreshed every 2 s without reloading the page."""
+    sf, now = shell.session(), time.time()
+    running = sorted(queue.list_jobs(sf, status=RUNNING), key=lambda j: j.id)
+    queued = sorted(queue.list_jobs(sf, status=QUEUED), key=lambda j: j.id)
+    st.subheader(f"Active ({len(running)} running, {len(queued)} queued)")
+    if not running and not queued:
+        st.caption("Nothing queued or running. Queue a job on New run.")
+    for job in running:
+        _job_card(job, None, now)
+    for i, job in enumerate(queued, start=1):
+        _job_card(job, i, now)
+    if queued and not queue.alive_workers(sf):
+        st.warning("No worker is alive: start one with `python -m workers serve`.")
+
+
+@st.fragment(run_every=5)
+def history() -> None:
+    """Every finished job with its status, elapsed time and readable error."""
+    sf = shell.session()
+    jobs = [j for j in queue.list_jobs(sf, limit=500) if queue.is_finished(j.status)]
+    st.subheader(f"History ({len(jobs)} finished)")
+    if not jobs:
+        st.caption("No finished jobs yet.")
+        return
+    failed = [j for j in jobs if j.status == FAILED][:5]
+    for job in failed:
+        st.error(f"Job #{job.id} ({job.model} · {job.recipe_label}) failed: {job.error}")
+    statuses = st.multiselect(
+        "Show",
+        [SUCCEEDED, FAILED, CANCELLED],
+        default=[SUCCEEDED, FAILED, CANCELLED],
+        key="hist_status",
+    )
+    df = jobs_frame(j for j in jobs if j.status in statuses)
+    tables.jobs_table(df, key="jobs_history")

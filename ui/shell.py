@@ -1,0 +1,73 @@
+"""What every page shares: the database session factory, the page list, the sidebar."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from db import queue
+from db.session import default_url, session_factory
+from ui.worker import LocalWorker
+
+# (file, title, icon); the first is the default page.
+PAGES: tuple[tuple[str, str, str], ...] = (
+    ("pages/home.py", "Home", ":material/home:"),
+    ("pages/new_run.py", "New run", ":material/add_circle:"),
+    ("pages/runs.py", "Runs", ":material/pending_actions:"),
+    ("pages/compare.py", "Compare", ":material/scatter_plot:"),
+    ("pages/weights.py", "Weights", ":material/bar_chart:"),
+)
+HOME, NEW_RUN, RUNS, COMPARE, WEIGHTS = (p[0] for p in PAGES)
+
+
+@st.cache_resource(show_spinner=False)
+def _factory(url: str) -> queue.Factory:
+    return session_factory(url)
+
+
+def db_url() -> str:
+    return default_url()
+
+
+def session() -> queue.Factory:
+    """The session factory of the configured database (one engine per URL per process)."""
+    return _factory(db_url())
+
+
+def pages() -> list[st.Page]:
+    return [
+        st.Page(path, title=title, icon=icon, default=(i == 0))
+        for i, (path, title, icon) in enumerate(PAGES)
+    ]
+
+
+def _short_url(url: str) -> str:
+    if url.startswith("sqlite"):
+        return "SQLite " + url.split("///", 1)[-1]
+    return url.split("@")[-1]  # never show a password
+
+
+@st.fragment(run_every=5)
+def _live_status(url: str) -> None:
+    sf = _factory(url)
+    alive = queue.alive_workers(sf)
+    counts = queue.queue_counts(sf)
+    if alive:
+        busy = sum(1 for w in alive if w.current_job_id is not None)
+        st.markdown(
+            f":green[●] **{len(alive)} worker{'s' * (len(alive) != 1)} alive** ({busy} busy)"
+        )
+    else:
+        st.markdown(":red[●] **no worker alive**")
+        st.caption("Start one with `python -m workers serve`; queued jobs wait until then.")
+    st.markdown(
+        f"Jobs: **{counts.get('queued', 0)}** queued · **{counts.get('running', 0)}** running"
+    )
+
+
+def sidebar(local: LocalWorker) -> None:
+    url = db_url()
+    with st.sidebar:
+        _live_status(url)
+        if local.state in ("started", "starting", "stuck", "failed"):
+            st.caption(local.message)
+        st.caption(f"Database: {_short_url(url)}")

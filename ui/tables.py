@@ -1,0 +1,75 @@
+"""Sortable tables of runs and jobs with units in their column headers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from core.metrics import DEFINITIONS
+
+_cc = st.column_config
+
+
+def _num(label: str, fmt: str, key: str | None = None) -> Any:
+    return _cc.NumberColumn(label, format=fmt, help=DEFINITIONS.get(key or "", None))
+
+
+RUN_COLUMNS: dict[str, Any] = {
+    "id": _cc.NumberColumn("run", format="%d"),
+    "model": _cc.TextColumn("model"),
+    "recipe": _cc.TextColumn("recipe"),
+    "method": _cc.TextColumn("method"),
+    "perplexity": _num("perplexity", "%.3f", "perplexity"),
+    "baseline_perplexity": _num("baseline ppl", "%.3f"),
+    "bits_per_byte": _num("bits/byte", "%.4f", "bits_per_byte"),
+    "kl_to_baseline": _num("KL (nats)", "%.2e", "kl_to_baseline"),
+    "top1_agreement": _num("top-1 agree", "%.3f", "top1_agreement"),
+    "weight_mb": _num("weights (MB)", "%.3f", "weight_bytes"),
+    "bits_per_weight": _num("bits/weight", "%.2f", "bits_per_weight"),
+    "compressed_bits_per_weight": _num(
+        "bits/weight (compressed)", "%.2f", "compressed_bits_per_weight"
+    ),
+    "prefill_ms": _num("prefill (ms)", "%.1f", "prefill_ms"),
+    "decode_tok_s": _num("decode (tok/s)", "%.1f", "decode_tok_s"),
+    "peak_mem_mb": _num("peak mem (MB)", "%.0f", "peak_mem_bytes"),
+    "compress_s": _num("compress (s)", "%.1f", "compress_s"),
+    "mean_layer_error": _num("layer error", "%.2e", "layer_error"),
+    "eval": _cc.TextColumn("evaluated on"),
+    "finished": _cc.DatetimeColumn("finished", format="YYYY-MM-DD HH:mm"),
+}
+
+
+def runs_table(
+    df: pd.DataFrame,
+    *,
+    key: str,
+    on_select: Callable[[], None] | None = None,
+) -> Any:
+    """A sortable table of runs; with ``on_select`` one row can be selected."""
+    kwargs: dict[str, Any] = {}
+    if on_select is not None:
+        kwargs = {"on_select": on_select, "selection_mode": "single-row"}
+    return st.dataframe(
+        df,
+        column_config=RUN_COLUMNS,
+        hide_index=True,
+        width="stretch",
+        key=key,
+        **kwargs,
+    )
+
+
+JOB_COLUMNS: dict[str, Any] = {
+    "id": _cc.NumberColumn("job", format="%d"),
+    "progress": _cc.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
+    "submitted": _cc.DatetimeColumn("submitted", format="YYYY-MM-DD HH:mm:ss"),
+    "perplexity": _num("perplexity", "%.3f", "perplexity"),
+    "error": _cc.TextColumn("error", width="large"),
+}
+
+
+def jobs_table(df: pd.DataFrame, *, key: str) -> Any:
+    return st.dataframe(df, column_config=JOB_COLUMNS, hide_index=True, width="stretch", key=key)
