@@ -68,12 +68,24 @@ class EvalSettings:
 
 def eval_windows(tokenizer, text: str, settings: EvalSettings) -> list[torch.Tensor]:
     """Token windows (each (ctx,), the last may be shorter) from the first eval_tokens tokens."""
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
-    ids = ids[: settings.eval_tokens]
+    ids = _first_tokens(tokenizer, text, settings.eval_tokens)
     if ids.numel() < 2:
         raise ValueError("the evaluation text has fewer than 2 tokens")
     wins = [ids[i : i + settings.ctx] for i in range(0, ids.numel(), settings.ctx)]
     return [w for w in wins if w.numel() >= 2]
+
+
+def _first_tokens(tokenizer, text: str, n: int) -> torch.Tensor:
+    """The first ``n`` tokens of ``text``, tokenizing a growing prefix rather than all of it.
+
+    The prefix is cut with a margin, so the first ``n`` tokens are those of the full text.
+    """
+    chars = n * 8
+    while True:
+        ids = tokenizer(text[:chars], add_special_tokens=False, return_tensors="pt").input_ids[0]
+        if ids.numel() > n + 64 or chars >= len(text):
+            return ids[:n]
+        chars *= 2
 
 
 def _bytes_of(tokenizer, ids: torch.Tensor) -> int:

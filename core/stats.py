@@ -41,7 +41,8 @@ def weight_stats(w: torch.Tensor, lo: float | None = None, hi: float | None = No
     hi = flat.max().item() if hi is None else hi
     if hi <= lo:
         hi = lo + 1e-6
-    counts = torch.histc(flat, bins=HIST_BINS, min=lo, max=hi)
+    # Values a hair outside a shared range (rounding) land in the edge bins, not nowhere.
+    counts = torch.histc(flat.clamp(lo, hi), bins=HIST_BINS, min=lo, max=hi)
     edges = torch.linspace(lo, hi, HIST_BINS + 1)
     z = (flat - mean).abs() / std if std > 0 else torch.zeros_like(flat)
     kurt = (((flat - mean) / std) ** 4).mean().item() - 3.0 if std > 0 else 0.0

@@ -219,6 +219,15 @@ def requeue(sf: Factory, job_id: int, worker_id: str, reason: str) -> bool:
         return res.rowcount == 1
 
 
+def requeue_worker_jobs(sf: Factory, worker_id: str, reason: str) -> list[int]:
+    """Give back every job a stopping worker holds (covers a signal between claim and run)."""
+    with sf.begin() as s:
+        ids = list(
+            s.scalars(select(Job.id).where(Job.worker_id == worker_id, Job.status == RUNNING))
+        )
+    return [j for j in ids if requeue(sf, j, worker_id, reason)]
+
+
 def request_cancel(sf: Factory, job_id: int) -> str:
     """Cancel a queued job at once, or ask its worker to stop a running one."""
     with sf.begin() as s:

@@ -88,7 +88,7 @@ def build_spec(args: argparse.Namespace) -> tuple[Any, str]:
 def cmd_run(args: argparse.Namespace) -> int:
     from db import queue
     from db.session import session_factory
-    from workers.runner import Runner, install_signal_handlers
+    from workers.runner import Runner, WorkerShutdown, install_signal_handlers
 
     spec, label = build_spec(args)
     sf = session_factory(args.db)
@@ -101,6 +101,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"job {job_id} was claimed by another worker")
     try:
         status = runner.run_claimed(job)
+    except WorkerShutdown as e:
+        queue.requeue_worker_jobs(sf, runner.worker_id, f"requeued: worker stopped ({e})")
+        raise UsageError(f"interrupted ({e}); job {job_id} was put back in the queue") from None
     finally:
         queue.worker_stopped(sf, runner.worker_id)
     job = queue.get_job(sf, job_id)

@@ -105,9 +105,6 @@ class Runner:
                     on_progress=beat.update,
                     should_cancel=lambda: not beat.keep_going,
                 )
-            except WorkerShutdown as e:
-                queue.requeue(self.sf, job.id, self.worker_id, f"requeued: worker stopped ({e})")
-                raise
             except Cancelled:
                 queue.mark_cancelled(self.sf, job.id, self.worker_id)
                 return CANCELLED
@@ -148,6 +145,9 @@ class Runner:
                     continue
                 self.run_claimed(job)
                 done += 1
+        except WorkerShutdown as e:
+            queue.requeue_worker_jobs(self.sf, self.worker_id, f"requeued: worker stopped ({e})")
+            raise
         finally:
             queue.worker_stopped(self.sf, self.worker_id)
         return done
