@@ -79,6 +79,17 @@ NAMED_RECIPES: dict[str, list[dict[str, Any]]] = {
     "rtn-int8": [{"method": "rtn", "bits": 8, "symmetric": True, "granularity": "channel"}],
     "rtn-int8-zp": [{"method": "rtn", "bits": 8, "symmetric": False, "granularity": "channel"}],
     "rtn-int8-tensor": [{"method": "rtn", "bits": 8, "symmetric": True, "granularity": "tensor"}],
+    # Pruning (unstructured 50% or 2:4); the chain keeps its zeros through 4-bit RTN.
+    "magnitude-50": [{"method": "magnitude", "sparsity": 0.5}],
+    "magnitude-2:4": [{"method": "magnitude", "pattern": "2:4"}],
+    "wanda-50": [{"method": "wanda", "sparsity": 0.5}],
+    "wanda-2:4": [{"method": "wanda", "pattern": "2:4"}],
+    "sparsegpt-50": [{"method": "sparsegpt", "sparsity": 0.5}],
+    "sparsegpt-2:4": [{"method": "sparsegpt", "pattern": "2:4"}],
+    "wanda-2:4+rtn-int4": [
+        {"method": "wanda", "pattern": "2:4"},
+        {"method": "rtn", "bits": 4, "granularity": "group", "group_size": 128},
+    ],
 }
 
 
