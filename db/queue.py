@@ -89,6 +89,12 @@ def submit_sweep(sf: Factory, *, model: str, jobs: list[tuple[str, str]]) -> str
     return sweep_id
 
 
+def sweep_jobs(sf: Factory, sweep_id: str) -> list[Job]:
+    """The jobs of one sweep, in submission order."""
+    with sf() as s:
+        return list(s.scalars(select(Job).where(Job.sweep_id == sweep_id).order_by(Job.id)))
+
+
 def claim(sf: Factory, worker_id: str, job_id: int | None = None) -> Job | None:
     """Atomically take the oldest queued job (or ``job_id``) for ``worker_id``."""
     t = now()

@@ -48,6 +48,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="seed of the calibration sampling")
     r.add_argument("--db", help="database URL (default: DATABASE_URL or the app's SQLite file)")
     r.add_argument("--json", action="store_true", help="last line of stdout is one JSON object")
+    r.add_argument(
+        "--sweep",
+        help="sweep one numeric parameter of one step: 'param=start:stop:step' or "
+        "'param=a,b,c'; queued as one sweep and run in order",
+    )
+    r.add_argument(
+        "--sweep-step", type=int, default=0, help="index of the recipe step the sweep changes"
+    )
 
     m = sub.add_parser("list-methods", help="registered methods, parameters and cards")
     m.add_argument("--json", action="store_true", help="print JSON")
@@ -90,6 +98,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from db.session import session_factory
     from workers.runner import Runner, WorkerShutdown, install_signal_handlers
 
+    if args.sweep:
+        return cmd_run_sweep(args)
     spec, label = build_spec(args)
     sf = session_factory(args.db)
     job_id = queue.submit(sf, model=spec.model, recipe_label=label, spec_json=spec.to_json())
@@ -122,6 +132,59 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: job {job_id} {status}: {job.error or job.message}", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_run_sweep(args: argparse.Namespace) -> int:
+    """Queue one job per swept value under one sweep id, run them here in order, and print
+    one line per run (the last stdout line with --json: every run in one object)."""
+    import dataclasses
+
+    from core.registry import ConfigError
+    from core.sweep import expand_sweep, parse_sweep_arg
+    from db import queue
+    from db.session import session_factory
+    from workers.runner import Runner, WorkerShutdown, install_signal_handlers
+
+    spec, label = build_spec(args)
+    try:
+        param, values = parse_sweep_arg(args.sweep)
+        recipes = expand_sweep(spec.recipe, args.sweep_step, param, values)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    jobs = []
+    for r in recipes:
+        one = dataclasses.replace(spec, recipe=r, recipe_name="")
+        jobs.append((f"{label} {param}={r[args.sweep_step][param]}", one.to_json()))
+    sf = session_factory(args.db)
+    sweep_id = queue.submit_sweep(sf, model=spec.model, jobs=jobs)
+    runner = Runner(sf)
+    queue.register_worker(sf, runner.worker_id)
+    install_signal_handlers()
+    runs, failed = [], 0
+    try:
+        for queued in queue.sweep_jobs(sf, sweep_id):
+            job = queue.claim(sf, runner.worker_id, job_id=queued.id)
+            if job is None:  # a serving worker took it; it runs there
+                continue
+            status = runner.run_claimed(job)
+            done = queue.get_job(sf, queued.id)
+            assert done is not None
+            value = json.loads(done.spec_json)["recipe"][args.sweep_step][param]
+            row = {"run_id": done.id, "status": status, param: value}
+            row.update({k: done.result.get(k) for k in RESULT_KEYS})
+            if done.error:
+                row["error"] = done.error
+            failed += status != "succeeded"
+            runs.append(row)
+            print(json.dumps(row) if args.json else f"{param}={value}: {status} {row}")
+    except WorkerShutdown as e:
+        queue.requeue_worker_jobs(sf, runner.worker_id, f"requeued: worker stopped ({e})")
+        raise UsageError(f"interrupted ({e}); sweep {sweep_id} stays queued") from None
+    finally:
+        queue.worker_stopped(sf, runner.worker_id)
+    if args.json:
+        print(json.dumps({"sweep_id": sweep_id, "param": param, "runs": runs}))
+    return 1 if failed else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
