@@ -47,3 +47,42 @@ NORM_GROUPS: dict[str, tuple[NormGroup, ...]] = {
         NormGroup("final_layer_norm", ("fc1",)),
     ),
 }
+
+
+@dataclass(frozen=True)
+class LinearPair:
+    """A linear whose output channels feed another linear's input channels one to one with
+    nothing but per-channel-linear operations between (attention's weighted sum of values,
+    SwiGLU's gate product), so a per-channel scale can move from one to the other."""
+
+    prev: str
+    next: str
+
+
+# model_type -> linear pairs inside one block that AWQ may also scale (AWQ scales are
+# positive, and ReLU(x / s) = ReLU(x) / s for s > 0, so OPT's fc1 -> fc2 qualifies). A pair
+# is skipped when the shapes differ (v_proj -> o_proj under grouped-query attention).
+SCALE_PAIRS: dict[str, tuple[LinearPair, ...]] = {
+    "llama": (
+        LinearPair("self_attn.v_proj", "self_attn.o_proj"),
+        LinearPair("mlp.up_proj", "mlp.down_proj"),
+    ),
+    "mistral": (
+        LinearPair("self_attn.v_proj", "self_attn.o_proj"),
+        LinearPair("mlp.up_proj", "mlp.down_proj"),
+    ),
+    "qwen2": (
+        LinearPair("self_attn.v_proj", "self_attn.o_proj"),
+        LinearPair("mlp.up_proj", "mlp.down_proj"),
+    ),
+    "opt": (LinearPair("self_attn.v_proj", "self_attn.out_proj"), LinearPair("fc1", "fc2")),
+}
+
+# model_type -> the linears whose outputs meet in the attention scores q . k. AWQ's clip
+# search skips them: their errors multiply, so a per-layer output error misleads.
+ATTENTION_SCORE_LINEARS: dict[str, tuple[str, ...]] = {
+    "llama": ("self_attn.q_proj", "self_attn.k_proj"),
+    "mistral": ("self_attn.q_proj", "self_attn.k_proj"),
+    "qwen2": ("self_attn.q_proj", "self_attn.k_proj"),
+    "opt": ("self_attn.q_proj", "self_attn.k_proj"),
+}

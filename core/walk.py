@@ -7,7 +7,7 @@ Architecture differences live in :mod:`core.mappings`; nothing here is per famil
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,12 +142,16 @@ class _LayerCalib:
 
 
 def _attach_hooks(
-    layers: dict[str, nn.Linear], method: LayerMethod | None, cfg: Any
+    layers: dict[str, nn.Linear],
+    method: LayerMethod | None,
+    cfg: Any,
+    calib: dict[str, _LayerCalib] | None = None,
 ) -> tuple[dict[str, _LayerCalib], list[Any]]:
-    calib = {
-        n: _LayerCalib(stats=method.init_stats(m, cfg) if method else None)
-        for n, m in layers.items()
-    }
+    if calib is None:
+        calib = {
+            n: _LayerCalib(stats=method.init_stats(m, cfg) if method else None)
+            for n, m in layers.items()
+        }
     handles = []
 
     def make_hook(name: str) -> Callable:
@@ -220,6 +224,147 @@ def apply_step(model: nn.Module, step: Step, ctx: MethodContext) -> None:
         ctx.on_progress((i + 1) / max(1, len(targets)), f"{step.method}: {name}")
 
 
+def iter_blocks(
+    model: nn.Module, ctx: MethodContext, label: str
+) -> Iterator[tuple[str, nn.Module, BlockInputs]]:
+    """The block-by-block machinery, for layer and model methods alike.
+
+    Yields ``(prefix, block, inputs)`` with the inputs block ``prefix`` receives from the
+    previous, already compressed, block. When the caller resumes, the block as it now is
+    runs on them to make the next block's inputs. Checks ``should_cancel`` before each
+    block (raising Cancelled) and reports progress after each. Holds one block's inputs
+    at a time besides the model.
+    """
+    path, blocks = find_blocks(model)
+    assert ctx.calib_batches is not None
+    inputs = capture_block_inputs(model, blocks, ctx.calib_batches)
+    for b, block in enumerate(blocks):
+        if ctx.should_cancel():
+            raise Cancelled
+        yield f"{path}.{b}", block, inputs
+        for i, h in enumerate(run_block(block, inputs)):
+            inputs.with_hidden(i, h)
+        ctx.on_progress((b + 1) / len(blocks), f"{label}: block {b + 1}/{len(blocks)}")
+
+
+@torch.no_grad()
+def collect_inputs(
+    block: nn.Module,
+    inputs: BlockInputs,
+    modules: dict[str, nn.Module],
+    fold: Callable[[str, torch.Tensor], None],
+) -> None:
+    """Run ``block`` on every calibration batch, calling ``fold(name, x)`` with the input
+    each of ``modules`` receives (for methods that keep their own statistics)."""
+    handles = [
+        m.register_forward_pre_hook(lambda _m, args, n=n: fold(n, args[0].detach()))
+        for n, m in modules.items()
+    ]
+    try:
+        run_block(block, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _wants_sequential(method: LayerMethod, cfg: Any) -> bool:
+    """A layer method opts into sequential calibration inside a block with a
+    ``sequential(cfg) -> bool`` method (GPTQ's "true sequential")."""
+    flag = getattr(method, "sequential", None)
+    return bool(flag(cfg)) if callable(flag) else False
+
+
+@torch.no_grad()
+def input_groups(
+    block: nn.Module, inputs: BlockInputs, layers: dict[str, nn.Module]
+) -> list[list[str]]:
+    """``layers`` in the order the block's forward calls them, consecutive layers that read
+    the very same input tensor grouped (q/k/v read one normed hidden state, gate/up
+    another). Found by running the first calibration batch; no architecture table needed.
+    Layers the forward never calls come last, one group each."""
+    calls: list[tuple[str, torch.Tensor]] = []  # inputs kept alive: addresses stay unique
+    handles = [
+        m.register_forward_pre_hook(lambda _m, args, n=n: calls.append((n, args[0])))
+        for n, m in layers.items()
+    ]
+    one = BlockInputs(args=inputs.args[:1], kwargs=inputs.kwargs[:1])
+    try:
+        run_block(block, one)
+    finally:
+        for h in handles:
+            h.remove()
+    groups: list[list[str]] = []
+    last: torch.Tensor | None = None
+    seen: set[str] = set()
+    for name, x in calls:
+        if name in seen:
+            continue
+        seen.add(name)
+        same = last is not None and (x.data_ptr(), x.shape, x.stride()) == (
+            last.data_ptr(),
+            last.shape,
+            last.stride(),
+        )
+        if same:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+        last = x
+    groups.extend([n] for n in layers if n not in seen)
+    return groups
+
+
+@torch.no_grad()
+def _calibrate_group(
+    block: nn.Module,
+    inputs: BlockInputs,
+    layers: dict[str, nn.Module],
+    names: list[str],
+    method: LayerMethod,
+    cfg: Any,
+) -> _LayerCalib:
+    """Statistics of one input group, on inputs from the block as compressed so far.
+
+    The group's layers read the same input, so they share ONE statistics object (one
+    Hessian instead of three for q/k/v; methods must not modify it in ``apply``). The
+    forward stops once the group's last layer has run."""
+    calib = _LayerCalib(stats=method.init_stats(layers[names[0]], cfg))
+    _, hooks = _attach_hooks({names[0]: layers[names[0]]}, method, cfg, {names[0]: calib})
+
+    def stop(_m: nn.Module, _a: tuple, _o: Any) -> None:
+        raise _StopForward
+
+    handles = [*hooks, layers[names[-1]].register_forward_hook(stop)]
+    try:
+        for i in range(len(inputs.args)):
+            try:
+                block(*inputs.args[i], **inputs.kwargs[i])
+            except _StopForward:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+    return calib
+
+
+@torch.no_grad()
+def _compress_block_sequential(
+    model: nn.Module,
+    method: LayerMethod,
+    step: Step,
+    block: nn.Module,
+    inputs: BlockInputs,
+    layers: dict[str, nn.Linear],
+    ctx: MethodContext,
+) -> None:
+    """Compress the block's layers group by group in forward order, each group calibrated
+    on inputs produced by the already compressed groups before it."""
+    for names in input_groups(block, inputs, layers):
+        calib = _calibrate_group(block, inputs, layers, names, method, step.config)
+        for name in names:
+            _apply_layer(method, step, model, name, layers[name], calib, ctx)
+
+
 @torch.no_grad()
 def _apply_blockwise(
     model: nn.Module,
@@ -230,15 +375,14 @@ def _apply_blockwise(
 ) -> None:
     """Calibrate and compress block by block, feeding each block the compressed outputs
     of the previous one. Holds one block's inputs at a time besides the model."""
-    path, blocks = find_blocks(model)
-    assert ctx.calib_batches is not None
-    inputs = capture_block_inputs(model, blocks, ctx.calib_batches)
     done: set[str] = set()
-    for b, block in enumerate(blocks):
-        if ctx.should_cancel():
-            raise Cancelled
-        prefix = f"{path}.{b}"
+    sequential = _wants_sequential(method, step.config)
+    for prefix, block, inputs in iter_blocks(model, ctx, step.method):
         layers = {n: m for n, m in targets.items() if n.startswith(prefix + ".")}
+        done.update(layers)
+        if sequential:
+            _compress_block_sequential(model, method, step, block, inputs, layers, ctx)
+            continue
         calib, handles = _attach_hooks(layers, method, step.config)
         try:
             run_block(block, inputs)
@@ -247,10 +391,6 @@ def _apply_blockwise(
                 h.remove()
         for name, layer in layers.items():
             _apply_layer(method, step, model, name, layer, calib[name], ctx)
-            done.add(name)
-        for i, h in enumerate(run_block(block, inputs)):
-            inputs.with_hidden(i, h)
-        ctx.on_progress((b + 1) / len(blocks), f"{step.method}: block {b + 1}/{len(blocks)}")
     rest = {n: m for n, m in targets.items() if n not in done}
     if rest:
         _apply_outside_blocks(model, method, step, rest, ctx)

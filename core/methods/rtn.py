@@ -30,10 +30,28 @@ class RTNConfig(MethodConfig):
         min=50.0,
         max=100.0,
     )
+    clip_search: str = param(
+        "none",
+        "mse: per scale, search the clipping range (shrink factor of the full range) "
+        "that minimises the weights' squared rounding error",
+        choices=("none", "mse"),
+    )
+    clip_grid: int = param(20, "MSE clip search: shrink step is 1 / clip_grid", min=2, max=1000)
+    clip_max_shrink: float = param(
+        0.8,
+        "MSE clip search: smallest range tried is (1 - this) x the full range",
+        min=0.0,
+        max=0.95,
+    )
 
     def validate(self) -> None:
         if self.group_size & (self.group_size - 1):
             raise ConfigError(f"group_size={self.group_size} must be a power of two in [32, 256]")
+        if self.clip_search == "mse" and self.clip_percentile < 100.0:
+            raise ConfigError(
+                "clip_search='mse' and clip_percentile < 100 both clip: use one of them "
+                "(clip_percentile=100 with the search, or clip_search='none')"
+            )
 
     def spec(self) -> QuantSpec:
         return QuantSpec(
@@ -42,6 +60,9 @@ class RTNConfig(MethodConfig):
             granularity=self.granularity,  # type: ignore[arg-type]
             group_size=self.group_size,
             clip_percentile=self.clip_percentile,
+            clip_search=self.clip_search,  # type: ignore[arg-type]
+            clip_grid=self.clip_grid,
+            clip_max_shrink=self.clip_max_shrink,
         )
 
 

@@ -24,6 +24,9 @@ class QuantSpec:
     granularity: Granularity = "channel"  # one scale per tensor, row or group
     group_size: int = 128  # columns per group when granularity == "group"
     clip_percentile: float = 100.0  # clip |w| (or min/max) to this percentile first
+    clip_search: Literal["none", "mse"] = "none"  # "mse": search the range shrink per scale
+    clip_grid: int = 20  # shrink step is 1 / clip_grid (GPTQ's quantizer uses 100)
+    clip_max_shrink: float = 0.5  # the search tries ranges down to (1 - this) x the full one
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,8 @@ def compute_scale_zero(
     g: torch.Tensor, spec: QuantSpec
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Scale (and zero point) per group of ``g`` with shape (rows, n_groups, cols)."""
+    if spec.clip_search == "mse":
+        return mse_scale_zero(g, spec)
     qmin, qmax = qrange(spec.bits, spec.symmetric)
     if spec.symmetric:
         absmax = (
@@ -89,6 +94,48 @@ def compute_scale_zero(
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     zero = qmin - torch.round(lo / scale)
     return scale, zero.clamp(qmin, qmax)
+
+
+def _scale_zero_for_range(
+    lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scale (and zero point) mapping [lo, hi] (absmax: [-hi, hi]) onto the integer range."""
+    qmin, qmax = qrange(bits, symmetric)
+    scale = hi / qmax if symmetric else (hi - lo) / (qmax - qmin)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    if symmetric:
+        return scale, None
+    return scale, (qmin - torch.round(lo / scale)).clamp(qmin, qmax)
+
+
+def mse_scale_zero(g: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per group, the clipping range ``p`` x the full one (p = 1, 1 - 1/grid, ... down to
+    1 - max_shrink) whose round trip has the least squared error; the grid search of
+    GPTQ's quantizer (Frantar et al. 2022, ``find_params(mse=True)``) with p-norm 2.
+
+    ``g`` is (rows, n_groups, cols); returns scale and zero of shape (rows, n_groups).
+    """
+    if spec.symmetric:
+        hi0 = g.abs().amax(-1)
+        lo0 = -hi0
+    else:
+        lo0 = torch.minimum(g.amin(-1), torch.zeros_like(g[..., 0]))
+        hi0 = torch.maximum(g.amax(-1), torch.zeros_like(g[..., 0]))
+    best_err = torch.full_like(hi0, float("inf"))
+    best_scale, best_zero = _scale_zero_for_range(lo0, hi0, spec.bits, spec.symmetric)
+    for i in range(int(spec.clip_max_shrink * spec.clip_grid) + 1):
+        p = 1.0 - i / spec.clip_grid
+        scale, zero = _scale_zero_for_range(lo0 * p, hi0 * p, spec.bits, spec.symmetric)
+        q = quantize_with(g, scale, zero, spec.bits).float()
+        z = 0.0 if zero is None else zero.unsqueeze(-1)
+        err = ((q - z) * scale.unsqueeze(-1) - g).pow(2).sum(-1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_scale = torch.where(better, scale, best_scale)
+        if zero is not None:
+            assert best_zero is not None
+            best_zero = torch.where(better, zero, best_zero)
+    return best_scale, best_zero
 
 
 def quantize(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:

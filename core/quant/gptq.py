@@ -1,0 +1,152 @@
+"""GPTQ: one-shot weight quantization with second-order error compensation.
+
+Frantar, Ashkboos, Hoefler, Alistarh 2022, "GPTQ: Accurate Post-Training Quantization
+for Generative Pre-trained Transformers" (arXiv:2210.17323), Algorithm 1. Pure math:
+a weight, its layer Hessian and a :class:`QuantSpec` in, a :class:`QuantizedTensor` out.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from core.quant.hessian import damped_inverse_cholesky
+from core.quant.rtn import QuantizedTensor, QuantSpec, _group_view, compute_scale_zero, qrange
+
+log = logging.getLogger(__name__)
+
+_FP16_TINY = 2.0**-24  # smallest positive float16 (subnormal): a stored scale never reaches 0
+
+
+def _as_stored(scale: torch.Tensor) -> torch.Tensor:
+    """Round scales to the float16 they are stored as, so the error compensation sees the
+    weights exactly as they will be dequantized."""
+    s16 = scale.to(torch.float16).to(scale.dtype)
+    return torch.clamp(s16, min=_FP16_TINY)
+
+
+def _inverse_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of the damped inverse; retries with 10x the damping if H is
+    too ill-conditioned (a few nearly dead inputs), as a numerically safe fallback."""
+    for attempt in range(4):
+        try:
+            return damped_inverse_cholesky(H, damp * 10**attempt)[0]
+        except torch.linalg.LinAlgError:
+            log.warning("GPTQ: H not positive definite with damp=%g, retrying", damp * 10**attempt)
+    raise ValueError("GPTQ: the layer Hessian stays singular even with 1000x damping")
+
+
+def gptq_quantize(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    spec: QuantSpec,
+    *,
+    block_size: int = 128,
+    damp: float = 0.01,
+    act_order: bool = False,
+    static_groups: bool = False,
+) -> QuantizedTensor:
+    """Quantize ``W`` column by column, spreading each column's rounding error over the
+    columns not yet quantized with the OBS update, to minimise ||WX - W'X||^2.
+
+    Shapes: ``W`` (out, in); ``H`` (in, in) = 2/n X X^T of the layer inputs; Hinv below is
+    the upper Cholesky factor U of (H + damp * mean(diag H) * I)^-1, whose row q holds
+    [H_F^-1]_{q,:} / sqrt([H_F^-1]_qq) for F the columns from q on (paper, eq. 4-5).
+    Errors are applied lazily: within a block of ``block_size`` columns immediately,
+    to the columns after it in one matmul at the end of the block.
+
+    Scales come from ``spec`` (bits, symmetric, granularity, group_size, clip_search).
+    With groups, a group's scale is computed when its first column is reached, from the
+    columns as updated so far; ``static_groups`` computes them all from the original
+    ``W`` up front. ``act_order`` visits columns by decreasing diag(H) (the most active
+    inputs first) and needs static groups, so that a group keeps its contiguous columns
+    in storage. Weights that are exactly zero on entry (pruned) are quantized to the
+    level that dequantizes to zero, and the error of zeroing them is compensated like any
+    other rounding error (as SparseGPT does with its mask), so a pruned model stays
+    pruned. float64 inputs stay float64 (tests); anything else runs in float32.
+    """
+    if W.dim() != 2 or H.shape != (W.shape[1], W.shape[1]):
+        raise ValueError(
+            f"W must be (out, in) and H (in, in); got {tuple(W.shape)}, {tuple(H.shape)}"
+        )
+    grouped = spec.granularity == "group"
+    if act_order and grouped and not static_groups:
+        raise ValueError("act_order with group-wise scales needs static_groups=True")
+    dtype = torch.float64 if W.dtype == torch.float64 else torch.float32
+    W = W.detach().to(dtype).clone()
+    H = H.detach().to(dtype)
+    out_f, in_f = W.shape
+    W[:, torch.diag(H) == 0] = 0  # inputs that never fire: their weights do not matter
+    pruned = W == 0  # exact zeros (pruned weights) stay zero; their error is compensated
+
+    g0, cols = _group_view(W, spec)
+    n_groups = g0.shape[1]
+    if grouped and not static_groups:
+        scale = torch.ones(out_f, n_groups, dtype=dtype, device=W.device)
+        zero = None if spec.symmetric else torch.zeros_like(scale)
+    else:
+        scale, zero = compute_scale_zero(g0, spec)
+    scale = _as_stored(scale)
+
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else None
+    if perm is not None:
+        W, H, pruned = W[:, perm], H[perm][:, perm], pruned[:, perm]
+    Hinv = _inverse_cholesky(H, damp)
+    qmin, qmax = qrange(spec.bits, spec.symmetric)
+    Q = torch.zeros(out_f, in_f, dtype=torch.int16, device=W.device)
+
+    for i1 in range(0, in_f, block_size):
+        i2 = min(i1 + block_size, in_f)
+        W1 = W[:, i1:i2].clone()  # (out, b) the block, updated as its columns are quantized
+        Err1 = torch.zeros_like(W1)  # (out, b) scaled errors, applied past the block at the end
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            orig = int(perm[col]) if perm is not None else col
+            g = orig // cols
+            if grouped and not static_groups and orig % cols == 0:
+                cur = _current_columns(W, W1, Err1, Hinv, i1, i, min(col + cols, in_f))
+                s, z = compute_scale_zero(cur.unsqueeze(1), spec)
+                scale[:, g] = _as_stored(s[:, 0])
+                if zero is not None and z is not None:
+                    zero[:, g] = z[:, 0]
+            s = scale[:, g]
+            z = zero[:, g] if zero is not None else 0.0
+            w = W1[:, i]
+            q = torch.clamp(torch.round(w / s) + z, qmin, qmax)
+            q = torch.where(pruned[:, col], z, q)  # the level that dequantizes to exactly 0
+            Q[:, col] = q.to(torch.int16)
+            err = (w - (q - z) * s) / Hinv1[i, i]
+            W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+
+    if perm is not None:
+        Q = Q[:, torch.argsort(perm)]
+    return QuantizedTensor(
+        q=Q,
+        scale=scale.float(),
+        zero=None if zero is None else zero.float(),
+        bits=spec.bits,
+        group_cols=cols,
+    )
+
+
+def _current_columns(
+    W: torch.Tensor,
+    W1: torch.Tensor,
+    Err1: torch.Tensor,
+    Hinv: torch.Tensor,
+    i1: int,
+    i: int,
+    end: int,
+) -> torch.Tensor:
+    """Columns i1+i .. end-1 with every update so far applied, including the pending
+    ones of the current block on columns past it (a group may span two blocks)."""
+    i2 = i1 + W1.shape[1]
+    inside = W1[:, i : min(end, i2) - i1]
+    if end <= i2:
+        return inside
+    beyond = W[:, i2:end] - Err1[:, :i] @ Hinv[i1 : i1 + i, i2:end]
+    return torch.cat([inside, beyond], dim=1)

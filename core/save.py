@@ -1,0 +1,167 @@
+"""Save a compressed model in its real storage format and load it back.
+
+A saved folder holds:
+
+- ``model.safetensors``: the compressed model's state dict as stored (packed integer
+  weights, scales, zero points, FP8 and bitsandbytes buffers, the layers left in float);
+  tensors shared by tied weights are written once.
+- ``compresslab_quant.json``: the format version, the recipe, and for every compressed
+  module its class and storage layout (``CompressedLinear.storage_config``).
+- ``config.json`` (and the generation config) and the tokenizer files, in Hugging Face
+  format, so that the float skeleton can be rebuilt without the original checkpoint.
+
+``load_compressed`` rebuilds the float skeleton from ``config.json``, swaps in empty
+compressed modules described by the JSON, and fills everything from the safetensors
+file (strictly: a missing or unexpected tensor is an error).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.layers import CompressedLinear
+from core.models import LoadedModel, content_hash
+from core.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+QUANT_CONFIG = "compresslab_quant.json"
+WEIGHTS = "model.safetensors"
+FORMAT = "compresslab-compressed"
+FORMAT_VERSION = 1
+
+
+class SaveError(ValueError):
+    """A model that cannot be saved or a folder that cannot be loaded; the message says why."""
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _resolve_class(path: str) -> type[CompressedLinear]:
+    """The storage class named in the JSON: only CompressedLinear subclasses inside
+    ``core`` are accepted (a saved folder never names arbitrary code to import)."""
+    module, _, name = path.rpartition(".")
+    if not module.startswith("core.") or not name.isidentifier():
+        raise SaveError(f"refusing to load storage class {path!r}: not a core module")
+    cls = getattr(importlib.import_module(module), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, CompressedLinear)):
+        raise SaveError(f"{path!r} is not a compressed storage class")
+    return cls
+
+
+def quant_config(model: nn.Module, recipe: Recipe | None = None) -> dict[str, Any]:
+    """The JSON description of every compressed module of ``model``."""
+    modules = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, CompressedLinear):
+            try:
+                layout = mod.storage_config()
+            except (TypeError, NotImplementedError) as e:
+                raise SaveError(f"cannot save {name} ({type(mod).__name__}): {e}") from None
+            modules[name] = {"class": _class_path(type(mod)), "scheme": mod.scheme(), **layout}
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "recipe": recipe.to_list() if recipe is not None else None,
+        "recipe_name": recipe.name if recipe is not None else "",
+        "modules": modules,
+    }
+
+
+def _unshared_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with each storage written once (tied embeddings) and contiguous."""
+    out: dict[str, torch.Tensor] = {}
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    for k, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if t.numel() and key in seen:
+            continue
+        seen[key] = k
+        out[k] = t.detach().contiguous().cpu()
+    return out
+
+
+def save_compressed(
+    model: nn.Module, folder: str | Path, recipe: Recipe | None = None, tokenizer: Any = None
+) -> Path:
+    """Write ``model`` (compressed in place by ``apply_recipe``) to ``folder``; returns it."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    qcfg = quant_config(model, recipe)
+    save_file(_unshared_state_dict(model), str(folder / WEIGHTS), metadata={"format": "pt"})
+    (folder / QUANT_CONFIG).write_text(json.dumps(qcfg, indent=1, sort_keys=True))
+    if hasattr(model, "config"):
+        model.config.save_pretrained(folder)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    log.info("saved %d compressed modules to %s", len(qcfg["modules"]), folder)
+    return folder
+
+
+def load_compressed(folder: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
+    """Rebuild a model saved by :func:`save_compressed`, in the same storage format."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from core.walk import replace_module
+
+    folder = Path(folder)
+    path = folder / QUANT_CONFIG
+    if not path.is_file():
+        raise SaveError(f"{folder} has no {QUANT_CONFIG}: not a saved compressed model")
+    qcfg = json.loads(path.read_text())
+    if qcfg.get("format") != FORMAT or qcfg.get("version") != FORMAT_VERSION:
+        raise SaveError(
+            f"{path} is format {qcfg.get('format')!r} version {qcfg.get('version')!r}; "
+            f"this code reads {FORMAT!r} version {FORMAT_VERSION}"
+        )
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    for name, entry in qcfg["modules"].items():
+        cls = _resolve_class(entry["class"])
+        replace_module(model, name, cls.from_storage_config(entry))
+    state = load_file(str(folder / WEIGHTS))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = _tied_keys(model)
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise SaveError(f"state dict mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.tie_weights()
+    model.eval().to(device)
+    tokenizer = None
+    if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        model_id=str(folder),
+        revision=content_hash(folder),
+        n_params=sum(p.numel() for p in model.parameters()),
+        note=f"compressed: {qcfg.get('recipe_name') or 'recipe'}",
+    )
+
+
+def _tied_keys(model: nn.Module) -> set[str]:
+    """State-dict keys that alias another key's storage (restored by ``tie_weights``)."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for k, t in model.state_dict().items():
+        ptr = t.untyped_storage().data_ptr()
+        if t.numel() and ptr in seen:
+            tied.add(k)
+        else:
+            seen[ptr] = k
+    return tied
