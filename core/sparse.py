@@ -111,18 +111,23 @@ class NMSparseLinear(CompressedLinear):
         if to_sparse_semi_structured is None or not x.is_cuda or (self.n, self.m) != (2, 4):
             return None
         key = (x.device, x.dtype)
-        if key not in self._semi:
+        cache = self._semi_cache()
+        if key not in cache:
             try:
-                self._semi[key] = to_sparse_semi_structured(self.dense_weight().to(x.dtype))
-            except (RuntimeError, ValueError, NotImplementedError) as e:
+                cache[key] = to_sparse_semi_structured(self.dense_weight().to(x.dtype))
+            except (RuntimeError, ValueError, NotImplementedError, TypeError) as e:
                 log.info(
                     "semi-structured 2:4 unavailable for %s %s: %s",
                     x.dtype,
                     tuple(self.values.shape),
                     e,
                 )
-                self._semi[key] = None
-        return self._semi[key]
+                cache[key] = None
+        return cache[key]
+
+    def _semi_cache(self) -> dict[Any, Any]:
+        # Not built by __init__ when a module is rebuilt empty from a saved layout.
+        return self.__dict__.setdefault("_semi", {})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = None if self.bias is None else self.bias.to(x.dtype)
@@ -130,9 +135,9 @@ class NMSparseLinear(CompressedLinear):
         if semi is not None:
             try:
                 return F.linear(x, semi, b)
-            except (RuntimeError, NotImplementedError) as e:
+            except (RuntimeError, NotImplementedError, TypeError) as e:
                 log.info("semi-structured 2:4 matmul failed, decompressing instead: %s", e)
-                self._semi[(x.device, x.dtype)] = None
+                self._semi_cache()[(x.device, x.dtype)] = None
         return F.linear(x, self.dense_weight().to(x.dtype), b)
 
     def scheme(self) -> str:
@@ -158,10 +163,11 @@ class BitmaskSparseLinear(CompressedLinear):
 
     def dense_weight(self) -> torch.Tensor:
         n = self.out_features * self.in_features
-        nz = unpack_bits(self.mask, 1, n).bool()
+        # Same bit order as pack_bits(bits=1); int32 shifts are much faster than uint8 ones.
+        shifts = torch.arange(8, dtype=torch.int32, device=self.mask.device)
+        nz = ((self.mask.to(torch.int32).unsqueeze(1) >> shifts) & 1).reshape(-1)[:n].bool()
         dense = torch.zeros(n, dtype=self.values.dtype, device=self.values.device)
-        dense[nz] = self.values
-        return dense.reshape(self.out_features, self.in_features)
+        return dense.masked_scatter_(nz, self.values).reshape(self.out_features, self.in_features)
 
     def dequantized_weight(self) -> torch.Tensor:
         return self.dense_weight().float()
