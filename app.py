@@ -1,4 +1,4 @@
-"""CompressLab: `streamlit run app.py`. A router only: pages live in pages/, widgets in ui/."""
+"""CompressLab: `streamlit run app.py`. A router only: pages live in app_pages/, widgets in ui/."""
 
 from __future__ import annotations
 

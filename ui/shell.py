@@ -10,11 +10,11 @@ from ui.worker import LocalWorker
 
 # (file, title, icon); the first is the default page.
 PAGES: tuple[tuple[str, str, str], ...] = (
-    ("pages/home.py", "Home", ":material/home:"),
-    ("pages/new_run.py", "New run", ":material/add_circle:"),
-    ("pages/runs.py", "Runs", ":material/pending_actions:"),
-    ("pages/compare.py", "Compare", ":material/scatter_plot:"),
-    ("pages/weights.py", "Weights", ":material/bar_chart:"),
+    ("app_pages/home.py", "Home", ":material/home:"),
+    ("app_pages/new_run.py", "New run", ":material/add_circle:"),
+    ("app_pages/runs.py", "Runs", ":material/pending_actions:"),
+    ("app_pages/compare.py", "Compare", ":material/scatter_plot:"),
+    ("app_pages/weights.py", "Weights", ":material/bar_chart:"),
 )
 HOME, NEW_RUN, RUNS, COMPARE, WEIGHTS = (p[0] for p in PAGES)
 
