@@ -48,7 +48,9 @@ def _weights(model) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize(
     "bits, symmetric, granularity, clip",
     list(
-        itertools.product([2, 4, 8], [True, False], ["tensor", "channel", "group"], [100.0, 90.0])
+        itertools.product(
+            [2, 4, 8], [True, False], ["tensor", "channel", "group"], [100.0, 90.0, "mse"]
+        )
     ),
 )
 def test_rtn_keeps_zero_exactly_representable(bits, symmetric, granularity, clip) -> None:
@@ -57,7 +59,12 @@ def test_rtn_keeps_zero_exactly_representable(bits, symmetric, granularity, clip
     w[0] = w[0].abs()  # an all-positive row: its range must still reach down to 0
     w[1] = -w[1].abs()
     spec = QuantSpec(
-        bits=bits, symmetric=symmetric, granularity=granularity, group_size=32, clip_percentile=clip
+        bits=bits,
+        symmetric=symmetric,
+        granularity=granularity,
+        group_size=32,
+        clip_percentile=100.0 if clip == "mse" else clip,
+        clip_search="mse" if clip == "mse" else "none",
     )
     back = dequantize(quantize(w, spec))
     assert (back[w == 0] == 0).all()
@@ -69,16 +76,7 @@ QUANT_STEPS = [
         {"method": "rtn", "bits": 4, "symmetric": False, "granularity": "group", "group_size": 32},
         id="rtn4-asym-g32",
     ),
-    pytest.param(
-        {"method": "gptq", "bits": 4, "group_size": 32},
-        id="gptq4-g32",
-        marks=pytest.mark.xfail(
-            strict=True,
-            raises=AssertionError,
-            reason="core/quant/gptq.py spreads rounding errors onto pruned (zero) weights; "
-            "remove this mark once GPTQ keeps exact zeros at zero",
-        ),
-    ),
+    pytest.param({"method": "gptq", "bits": 4, "group_size": 32}, id="gptq4-g32"),
 ]
 
 
