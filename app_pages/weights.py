@@ -41,12 +41,8 @@ k = c3.select_slider(
 data = rows[layer]
 
 
-def _absmax(before: dict | None, after: dict | None) -> str:
-    return " → ".join(f"{s['absmax']:.3g}" if s else "-" for s in (before, after))
-
-
 before, after = data.get("before"), data.get("after")
-m = st.columns(5)
+m = st.columns(3)
 n_before, n_after = figures.outlier_count(before, k), figures.outlier_count(after, k)
 m[0].metric(f"Outliers before (>{k:g}σ)", "-" if n_before is None else f"{n_before:,}")
 m[1].metric(
@@ -61,14 +57,10 @@ m[2].metric(
     "-" if err is None else f"{err:.3g}",
     help="||WX − W'X|| / ||WX|| on calibration inputs",
 )
-m[3].metric("Absmax before → after", _absmax(before, after))
-if after:
-    m[4].metric(
-        "Kurtosis after", f"{after['kurtosis']:.2f}", help="excess kurtosis: 0 for a Gaussian"
-    )
+st.caption(figures.layer_summary(data))
 
 st.plotly_chart(
-    figures.histogram_figure(before, after, k, title=f"{layer} · {data.get('scheme', '?')}"),
+    figures.histogram_figure(before, after, k, title=layer),
     key="fig_hist",
 )
 

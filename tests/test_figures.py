@@ -197,3 +197,11 @@ def test_formatters() -> None:
     assert frames.fmt_bytes(None) == "-"
     assert frames.fmt_duration(42) == "42 s"
     assert frames.fmt_duration(3725) == "1 h 02 min"
+
+
+def test_layer_summary_reports_before_and_after() -> None:
+    stats = _layer_stats()
+    line = figures.layer_summary({"scheme": "int8-sym-channel", **stats})
+    assert "int8-sym-channel" in line and "64 × 32" in line
+    assert f"absmax {stats['before']['absmax']:.4g} → {stats['after']['absmax']:.4g}" in line
+    assert figures.layer_summary({"after": stats["after"]}).count("- →") >= 3

@@ -258,3 +258,16 @@ def test_new_run_upload_is_validated_before_it_is_stored(sf, db_url) -> None:
     stored = queue.list_texts(sf)
     assert len(stored) == 1 and stored[0].filename == "mine.txt"
     assert at.selectbox(key="calib_set").value == stored[0].name  # preselected for the run
+
+
+def test_new_run_offline_hub_and_missing_folder(sf, db_url, tmp_path: Path) -> None:
+    at = _app(NEW_RUN)
+    at.radio(key="model_kind").set_value("hub").run()
+    assert any("hub is unreachable" in w.value for w in at.warning)  # tests run offline
+    assert "Another Hugging Face id..." in at.selectbox(key="hub_choice").options
+    at.radio(key="model_kind").set_value("folder").run()
+    at.text_input(key="folder_path").input(str(tmp_path / "nope")).run()
+    assert any("is not a folder" in w.value for w in at.warning)
+    (tmp_path / "m").mkdir()
+    at.text_input(key="folder_path").input(str(tmp_path / "m")).run()
+    assert any("no config.json" in w.value for w in at.warning)

@@ -64,7 +64,7 @@ def _fmt(key: str, value: Any) -> str:
         return f"{value:,}"
     if key == "compress_s":
         return fmt_duration(value) if value >= 60 else f"{value:.2f} s"
-    return f"{value:.4g}"
+    return f"{value:.6g}"  # perplexities of close recipes differ in the 4th digit
 
 
 def metrics_frame(result: dict[str, Any]) -> pd.DataFrame:

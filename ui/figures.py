@@ -125,12 +125,14 @@ def tradeoff_figure(
         ("higher", "higher"): "upper right",
     }[(x_better, y_better)]
     fig.update_layout(
-        title=title
-        or f"{y_title.split(' (')[0]} vs {x_title.split(' (')[0].lower()} ({corner} is better)",
+        title={
+            "text": title or f"{y_title.split(' (')[0]} vs {x_title.split(' (')[0].lower()}",
+            "subtitle": {"text": f"{corner} is better"},
+        },
         xaxis_title=x_title,
         yaxis_title=y_title,
         legend={"title": {"text": color}, "orientation": "h", "y": -0.22, "x": 0},
-        margin={"t": 50, "l": 60, "r": 20, "b": 40},
+        margin={"t": 70, "l": 60, "r": 20, "b": 40},
         height=450,
     )
     return fig
@@ -152,6 +154,21 @@ def outlier_count(stats: dict[str, Any] | None, k: float) -> int | None:
         return None
     value = (stats.get("outliers") or {}).get(str(float(k)))
     return int(value) if value is not None else None
+
+
+def layer_summary(row: dict[str, Any]) -> str:
+    """One line of a layer's stored statistics, before -> after."""
+    b, a = row.get("before") or {}, row.get("after") or {}
+
+    def pair(key: str, fmt: str) -> str:
+        return " → ".join(format(s[key], fmt) if key in s else "-" for s in (b, a))
+
+    shape = a.get("shape") or b.get("shape") or ()
+    return (
+        f"scheme {row.get('scheme', '?')} · shape {' × '.join(map(str, shape))} · "
+        f"absmax {pair('absmax', '.4g')} · std {pair('std', '.4g')} · "
+        f"excess kurtosis {pair('kurtosis', '.2f')} · zeros {pair('zeros', '.1%')}"
+    )
 
 
 def _bars(stats: dict[str, Any], name: str, color: str) -> go.Bar:
@@ -195,7 +212,7 @@ def histogram_figure(
         bargap=0,
         xaxis_title="Weight value",
         yaxis_title="Number of weights (log scale)",
-        yaxis_type="log",
+        yaxis={"type": "log", "dtick": 1},  # label powers of ten only
         legend={"orientation": "h", "y": -0.2},
         margin={"t": 60, "l": 60, "r": 20, "b": 60},
         height=430,

@@ -95,5 +95,5 @@ def history() -> None:
         default=[SUCCEEDED, FAILED, CANCELLED],
         key="hist_status",
     )
-    df = jobs_frame(j for j in jobs if j.status in statuses)
+    df = jobs_frame(j for j in jobs if j.status in statuses).drop(columns=["progress"])
     tables.jobs_table(df, key="jobs_history")
