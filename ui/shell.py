@@ -6,7 +6,7 @@ import streamlit as st
 
 from db import queue
 from db.session import default_url, session_factory
-from ui.worker import LocalWorker
+from ui.worker import LocalWorker, maybe_recover
 
 # (file, title, icon); the first is the default page.
 PAGES: tuple[tuple[str, str, str], ...] = (
@@ -49,6 +49,7 @@ def _short_url(url: str) -> str:
 @st.fragment(run_every=5)
 def _live_status(url: str) -> None:
     sf = _factory(url)
+    maybe_recover(sf, url)  # throttled; also runs while a page only reruns its fragments
     alive = queue.alive_workers(sf)
     counts = queue.queue_counts(sf)
     if alive:
