@@ -8,21 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from core import hub
 from core.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
 DEMO_DIR = Path(__file__).resolve().parent / "zoo" / "demo"
 TINY_RANDOM = "tiny-random"  # a Llama built in code with random weights (tests, smoke runs)
-HUB_HOST = "huggingface.co"
 
 # Presets the UI offers: id -> (parameters, short note).
 PRESETS: dict[str, tuple[int, str]] = {
@@ -46,18 +44,12 @@ class LoadedModel:
 
 
 def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "") in {"1", "true", "TRUE", "yes"}
+    return hub.offline_flag() is not None
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = hub.PROBE_TIMEOUT_S) -> bool:
     """Whether the hub answers a TCP connection within ``timeout`` (False when offline mode)."""
-    if hub_offline():
-        return False
-    try:
-        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    return hub.reachable(timeout)
 
 
 def content_hash(folder: Path) -> str:
@@ -127,7 +119,8 @@ def _from_folder(path: Path, model_id: str, trust_remote_code: bool) -> LoadedMo
 def _from_hub(model_id: str, revision: str | None, trust_remote_code: bool) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    offline = hub_offline() or not hub_reachable()
+    why_offline = hub.probe()
+    offline = why_offline is not None
     kwargs = {
         "revision": revision,
         "trust_remote_code": trust_remote_code,
@@ -139,8 +132,8 @@ def _from_hub(model_id: str, revision: str | None, trust_remote_code: bool) -> L
     except Exception as e:  # transformers raises OSError, ValueError, HTTP errors...
         if offline:
             raise ModelLoadError(
-                f"hub unreachable (offline?): {model_id!r} is not in the local Hugging Face "
-                "cache; use the demo model, a local folder, or a cached model"
+                f"hub unreachable (offline?): {why_offline}; {model_id!r} is not in the local "
+                "Hugging Face cache; use the demo model, a local folder, or a cached model"
             ) from None
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "not a valid model identifier" in msg or "404" in msg or "Repository Not Found" in msg:
