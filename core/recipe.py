@@ -90,6 +90,20 @@ NAMED_RECIPES: dict[str, list[dict[str, Any]]] = {
         {"method": "wanda", "pattern": "2:4"},
         {"method": "rtn", "bits": 4, "granularity": "group", "group_size": 128},
     ],
+    # Activation quantization and integer kernels (core/kernels): real int8 matmuls.
+    "w8a8": [{"method": "w8a8", "act_mode": "dynamic"}],
+    "w8a8-static": [{"method": "w8a8", "act_mode": "static"}],
+    "smoothquant-w8a8": [
+        {"method": "smoothquant", "alpha": 0.5},
+        {"method": "w8a8", "act_mode": "static"},
+    ],
+    "smoothquant-w8a8-dynamic": [
+        {"method": "smoothquant", "alpha": 0.5},
+        {"method": "w8a8", "act_mode": "dynamic"},
+    ],
+    "llm-int8": [{"method": "llm-int8", "threshold": 6.0}],
+    "int8-weight-only": [{"method": "int8-weight-only"}],
+    "int4-weight-only": [{"method": "int4-weight-only", "group_size": 128}],
 }
 
 

@@ -1,0 +1,320 @@
+"""Fast CPU paths: our AVX2 C++ kernels (int8_cpu.cpp) and torch._int_mm.
+
+The C++ file is compiled once with the system C++ compiler into a shared library kept
+in a cache folder (keyed by a hash of the source, the flags and the compiler), then
+called through ctypes with the tensors' data pointers. Without a compiler, without
+AVX2/FMA/F16C, or with ``COMPRESSLAB_NO_NATIVE=1``, :func:`native_available` is False
+and :mod:`core.kernels.ops` uses the plain-torch paths instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from core.quant.actquant import quantize_per_tensor_static, quantize_per_token
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("int8_cpu.cpp")
+FLAGS = ("-O3", "-std=c++17", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC")
+ABI_VERSION = 1
+_REQUIRED_CPU_FLAGS = ("avx2", "fma", "f16c")
+
+_i64, _f32, _int = ctypes.c_int64, ctypes.c_float, ctypes.c_int
+_p = ctypes.c_void_p
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("COMPRESSLAB_KERNEL_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "compresslab" / "kernels"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags the kernel needs, as the OS reports them (Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_supported() -> bool:
+    return all(f in cpu_flags() for f in _REQUIRED_CPU_FLAGS)
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+
+
+def _build_key(cxx: str) -> str:
+    try:
+        version = subprocess.run(
+            [cxx, "--version"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = ""
+    raw = SOURCE.read_bytes() + " ".join(FLAGS).encode() + version.encode()
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def _compile(cxx: str, target: Path) -> None:
+    """Compile to a temporary name, then rename: concurrent workers never load half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        subprocess.run(
+            [cxx, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=300
+        )
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    lib.cl_abi_version.restype = _int
+    lib.cl_quantize_rows.argtypes = [_p, _i64, _i64, _f32, _p, _p, _int]
+    lib.cl_w8a8_linear.argtypes = [_p, _p, _p, _p, _p, _p, _p, _i64, _i64, _i64, _int]
+    lib.cl_w8a8_linear_f32.argtypes = [_p, _f32, _p, _p, _p, _p, _i64, _i64, _i64, _int, _int]
+    lib.cl_w8a8_scratch_needed.argtypes = [_i64, _i64]
+    lib.cl_w8a8_scratch_needed.restype = _i64
+    lib.cl_int8_weight_only_linear.argtypes = [_p, _p, _p, _p, _p, _i64, _i64, _i64, _int]
+    lib.cl_int4_weight_only_linear.argtypes = [
+        *(_p,) * 6,
+        *(_i64,) * 5,
+        _int,
+    ]
+
+
+@functools.cache
+def load_library() -> ctypes.CDLL | None:
+    """The compiled kernel library, or None (with the reason logged) where it cannot run."""
+    if os.environ.get("COMPRESSLAB_NO_NATIVE", "") in {"1", "true", "yes"}:
+        return None
+    if not cpu_supported():
+        log.info("native int8 kernels off: this CPU lacks one of %s", _REQUIRED_CPU_FLAGS)
+        return None
+    cxx = _compiler()
+    if cxx is None:
+        log.warning("native int8 kernels off: no C++ compiler found; using plain torch")
+        return None
+    target = cache_dir() / f"int8_cpu_{_build_key(cxx)}.so"
+    try:
+        if not target.is_file():
+            log.info("compiling %s -> %s (once)", SOURCE.name, target)
+            _compile(cxx, target)
+        lib = ctypes.CDLL(str(target))
+        _declare(lib)
+        if lib.cl_abi_version() != ABI_VERSION:
+            raise RuntimeError(f"ABI {lib.cl_abi_version()} != {ABI_VERSION}")
+        return lib
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        detail = getattr(e, "stderr", b"") or b""
+        log.warning("native int8 kernels off: %s %s", e, detail.decode(errors="replace")[-500:])
+        return None
+
+
+def native_available() -> bool:
+    return load_library() is not None
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _f32c(t: torch.Tensor | None) -> torch.Tensor | None:
+    if t is None or (t.dtype == torch.float32 and t.is_contiguous()):
+        return t
+    return t.detach().float().contiguous()
+
+
+def _lib() -> ctypes.CDLL:
+    lib = load_library()
+    if lib is None:
+        raise RuntimeError("native kernels are not available on this machine")
+    return lib
+
+
+def quantize_rows(
+    x2: torch.Tensor, static_scale: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Native per-row (or static) int8 quantization; codes come back as int16 (M, K)."""
+    x2 = _f32c(x2)
+    m, k = x2.shape
+    q = torch.empty((m, k), dtype=torch.int16)
+    s = torch.empty(m, dtype=torch.float32)
+    st = 0.0 if static_scale is None else float(static_scale)
+    _lib().cl_quantize_rows(
+        x2.data_ptr(), m, k, st, q.data_ptr(), s.data_ptr(), _threads(16 * m * k)
+    )
+    return q, s
+
+
+PARALLEL_MIN_WORK = 1 << 21  # multiply-adds below which one thread is faster
+
+
+def _threads(work: int = PARALLEL_MIN_WORK) -> int:
+    """torch's thread count for big calls; one thread for small ones, whose OpenMP fork and
+    barrier cost more than they save (and stall whenever a sibling thread is descheduled
+    on a busy machine)."""
+    return max(1, torch.get_num_threads()) if work >= PARALLEL_MIN_WORK else 1
+
+
+def w8a8_linear_native(
+    x2: torch.Tensor,
+    w_int8: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    act_mode: str,
+    x_scale: torch.Tensor | None,
+) -> torch.Tensor:
+    """x2 (M, K) float -> (M, N) float32: activation quantization and the AVX2 int16-madd
+    GEMM (exact int32 sums) with its dequantize + bias epilogue, in one native call."""
+    x2 = _f32c(x2)
+    m, k = x2.shape
+    n = w_int8.shape[0]
+    ws, b = _f32c(w_scale), _f32c(bias)
+    static = float(x_scale) if act_mode == "static" and x_scale is not None else 0.0
+    out = torch.empty((m, n), dtype=torch.float32)
+    _lib().cl_w8a8_linear_f32(
+        x2.data_ptr(),
+        static,
+        w_int8.contiguous().data_ptr(),
+        ws.data_ptr(),
+        _ptr(b),
+        out.data_ptr(),
+        m,
+        n,
+        k,
+        _threads(16 * m * k),
+        _threads(m * n * k),
+    )
+    return out
+
+
+def w8a8_gemm_native(
+    q: torch.Tensor,
+    x_scale: torch.Tensor,
+    w_int8: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """The integer GEMM alone on already quantized int16 codes (M, K) (for tests/bench)."""
+    lib = _lib()
+    m, k = q.shape
+    n = w_int8.shape[0]
+    ws, b, xs = _f32c(w_scale), _f32c(bias), _f32c(x_scale.reshape(-1))
+    out = torch.empty((m, n), dtype=torch.float32)
+    scratch = torch.empty((m, n), dtype=torch.int32) if lib.cl_w8a8_scratch_needed(m, k) else None
+    lib.cl_w8a8_linear(
+        q.contiguous().data_ptr(),
+        xs.data_ptr(),
+        w_int8.contiguous().data_ptr(),
+        ws.data_ptr(),
+        _ptr(b),
+        _ptr(scratch),
+        out.data_ptr(),
+        m,
+        n,
+        k,
+        _threads(m * n * k),
+    )
+    return out
+
+
+def int8_weight_only_native(
+    x2: torch.Tensor, w_int8: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    x2 = _f32c(x2)
+    m, k = x2.shape
+    n = w_int8.shape[0]
+    w, ws, b = w_int8.contiguous(), _f32c(w_scale), _f32c(bias)
+    out = torch.empty((m, n), dtype=torch.float32)
+    _lib().cl_int8_weight_only_linear(
+        x2.data_ptr(),
+        w.data_ptr(),
+        ws.data_ptr(),
+        _ptr(b),
+        out.data_ptr(),
+        m,
+        n,
+        k,
+        _threads(m * n * k),
+    )
+    return out
+
+
+def int4_weight_only_native(
+    x2: torch.Tensor,
+    w_packed: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    group_size: int,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    if group_size % 32:
+        raise ValueError("the native int4 kernel needs a group size that is a multiple of 32")
+    x2 = _f32c(x2)
+    m, k = x2.shape
+    n, half = w_packed.shape
+    w, sc = w_packed.contiguous(), scale.to(torch.float16).contiguous()
+    z, b = zero.to(torch.uint8).contiguous(), _f32c(bias)
+    out = torch.empty((m, n), dtype=torch.float32)
+    _lib().cl_int4_weight_only_linear(
+        x2.data_ptr(),
+        w.data_ptr(),
+        sc.data_ptr(),
+        z.data_ptr(),
+        _ptr(b),
+        out.data_ptr(),
+        m,
+        n,
+        k,
+        half * 2,
+        group_size,
+        _threads(m * n * k),
+    )
+    return out
+
+
+# ---------------------------------------------------------------- torch._int_mm
+
+INT_MM_MIN_M = 17  # CUDA's _int_mm needs M > 16; padding here keeps one code path
+
+
+def w8a8_linear_int_mm(
+    x2: torch.Tensor,
+    w_int8: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    act_mode: str,
+    x_scale: torch.Tensor | None,
+) -> torch.Tensor:
+    """int8 x int8 -> int32 through ``torch._int_mm`` (oneDNN / MKL, VNNI where the CPU
+    has it), activation quantization and epilogue in torch."""
+    if act_mode == "static":
+        assert x_scale is not None
+        q = quantize_per_tensor_static(x2, x_scale)
+        s = x_scale.float().reshape(1, 1)
+    else:
+        q, s = quantize_per_token(x2)
+    m = q.shape[0]
+    if m < INT_MM_MIN_M:
+        q = torch.nn.functional.pad(q, (0, 0, 0, INT_MM_MIN_M - m))
+    acc = torch._int_mm(q, w_int8.t())[:m]
+    y = acc.float() * s * w_scale.float().reshape(1, -1)
+    return y if bias is None else y + bias.float()

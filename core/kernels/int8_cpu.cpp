@@ -1,0 +1,380 @@
+// CompressLab CPU kernels for x86-64 with AVX2 + FMA + F16C: W8A8 linear, int8 and int4
+// weight-only linear, per-row activation quantization.
+//
+// A plain C ABI (no torch headers): core/kernels/cpu.py compiles this file once with g++
+// into a cached shared library (a few seconds, against minutes for a torch extension)
+// and calls it through ctypes with the tensors' data pointers. The plain-torch
+// references in core/kernels/ref.py define what every function computes;
+// tests/test_kernels.py holds them to it.
+//
+// Why our own code: on an AVX2 CPU without VNNI, torch._int_mm falls back to a slow
+// generic loop, and oneDNN / FBGEMM multiply unsigned x signed bytes with vpmaddubsw,
+// whose 16-bit pair sums saturate unless activations are cut to 7 bits. Widening both
+// int8 operands to int16 and using vpmaddwd (16 multiply-adds, exact int32 sums) keeps
+// the full 8-bit range and the result exact.
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+inline int32_t hsum_epi32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm_cvtsi128_si32(s);
+}
+
+inline float hsum_ps(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Blocking: a chunk of NC weight rows x KC columns (NC * KC bytes = 128 KiB) stays in L2
+// while every MR-row panel of activations (MR * KC int16 = 16 KiB) sits in L1.
+// Decode-sized batches (M <= 4) skip the K blocking: their activation rows fit in L1 anyway
+// and one pass over each weight row streams best.
+constexpr int64_t NC = 64;
+constexpr int64_t KC = 2048;
+constexpr int64_t SMALL_M = 4;
+
+inline int64_t k_block(int64_t M, int64_t K) { return M <= SMALL_M ? K : std::min(K, KC); }
+
+// ---------------------------------------------------------------- activation quantization
+
+// Symmetric int8 quantization of each row of x (M, K), stored as int16 (the GEMM widens to
+// int16 anyway). With static_scale <= 0: scale[m] = max|x_m| / 127 (1 for an all-zero
+// row). q = round-half-even(x / scale) clamped to [-127, 127]: the arithmetic of
+// ref.quantize_per_token, so both give the same integers.
+void quantize_rows_impl(const float* x, int64_t M, int64_t K, float static_scale, int16_t* q,
+                        float* scale, int nt) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t m = 0; m < M; ++m) {
+    const __m256 sign_mask = _mm256_set1_ps(-0.0f);
+    const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+    const float* row = x + m * K;
+    float s = static_scale;
+    if (!(s > 0.0f)) {
+      __m256 amax = _mm256_setzero_ps();
+      int64_t k = 0;
+      for (; k + 8 <= K; k += 8)
+        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign_mask, _mm256_loadu_ps(row + k)));
+      alignas(32) float buf[8];
+      _mm256_store_ps(buf, amax);
+      float a = 0.0f;
+      for (float v : buf) a = std::max(a, v);
+      for (; k < K; ++k) a = std::max(a, std::fabs(row[k]));
+      s = a / 127.0f;
+      if (!(s > 0.0f)) s = 1.0f;
+    }
+    scale[m] = s;
+    const __m256 sv = _mm256_set1_ps(s);
+    int16_t* qrow = q + m * K;
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+      __m256 a = _mm256_div_ps(_mm256_loadu_ps(row + k), sv);
+      __m256 b = _mm256_div_ps(_mm256_loadu_ps(row + k + 8), sv);
+      a = _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      b = _mm256_round_ps(b, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      a = _mm256_min_ps(hi, _mm256_max_ps(lo, a));
+      b = _mm256_min_ps(hi, _mm256_max_ps(lo, b));
+      __m256i p = _mm256_packs_epi32(_mm256_cvtps_epi32(a), _mm256_cvtps_epi32(b));
+      p = _mm256_permute4x64_epi64(p, _MM_SHUFFLE(3, 1, 2, 0));  // packs works per 128-bit lane
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(qrow + k), p);
+    }
+    for (; k < K; ++k) {
+      const float v = std::nearbyint(row[k] / s);
+      qrow[k] = static_cast<int16_t>(std::min(127.0f, std::max(-127.0f, v)));
+    }
+  }
+}
+
+// ---------------------------------------------------------------- W8A8 GEMM
+
+struct W8A8Args {
+  const int16_t* x;  // (M, K) quantized activations
+  const float* xs;   // (M,) activation scales
+  const int8_t* w;   // (N, K) weights
+  const float* ws;   // (N,) weight scales
+  const float* bias; // (N,) or null
+  int32_t* c;        // (M, N) partial sums when K is split in blocks, else null
+  float* out;        // (M, N)
+  int64_t M, N, K;
+};
+
+// One MR x NR tile of int32 dot products over columns [k0, k1): each widened weight
+// vector is used MR times, each activation vector NR times.
+template <int MR, int NR>
+inline void w8a8_tile(const W8A8Args& a, int64_t m0, int64_t n0, int64_t k0, int64_t k1) {
+  const int16_t* x = a.x + m0 * a.K;
+  const int8_t* w = a.w + n0 * a.K;
+  __m256i acc[MR][NR];
+  for (int m = 0; m < MR; ++m)
+    for (int n = 0; n < NR; ++n) acc[m][n] = _mm256_setzero_si256();
+  int64_t k = k0;
+  for (; k + 16 <= k1; k += 16) {
+    __m256i xv[MR];
+    for (int m = 0; m < MR; ++m)
+      xv[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + m * a.K + k));
+    for (int n = 0; n < NR; ++n) {
+      const __m256i wv = _mm256_cvtepi8_epi16(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + n * a.K + k)));
+      for (int m = 0; m < MR; ++m)
+        acc[m][n] = _mm256_add_epi32(acc[m][n], _mm256_madd_epi16(xv[m], wv));
+    }
+  }
+  const bool first = k0 == 0, last = k1 == a.K;
+  for (int m = 0; m < MR; ++m)
+    for (int n = 0; n < NR; ++n) {
+      int32_t s = hsum_epi32(acc[m][n]);
+      for (int64_t kk = k; kk < k1; ++kk)
+        s += static_cast<int32_t>(x[m * a.K + kk]) * static_cast<int32_t>(w[n * a.K + kk]);
+      const int64_t idx = (m0 + m) * a.N + n0 + n;
+      if (!first) s += a.c[idx];
+      if (!last) {
+        a.c[idx] = s;
+        continue;
+      }
+      const float v = static_cast<float>(s) * a.xs[m0 + m] * a.ws[n0 + n];
+      a.out[idx] = a.bias ? v + a.bias[n0 + n] : v;
+    }
+}
+
+#ifndef W8A8_MR
+#define W8A8_MR 2
+#endif
+#ifndef W8A8_NR
+#define W8A8_NR 4
+#endif
+#ifndef GEMV_NR
+#define GEMV_NR 4
+#endif
+
+template <int MR, int NR>
+inline void w8a8_row_panel(const W8A8Args& a, int64_t m0, int64_t n0, int64_t n1, int64_t k0,
+                           int64_t k1) {
+  int64_t n = n0;
+  for (; n + NR <= n1; n += NR) w8a8_tile<MR, NR>(a, m0, n, k0, k1);
+  for (; n < n1; ++n) w8a8_tile<MR, 1>(a, m0, n, k0, k1);
+}
+
+void w8a8_impl(const W8A8Args& a, int nt) {
+  const int64_t chunks = (a.N + NC - 1) / NC;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    const int64_t n0 = ch * NC, n1 = std::min(a.N, n0 + NC);
+    const int64_t kc = k_block(a.M, a.K);
+    for (int64_t k0 = 0; k0 < a.K; k0 += kc) {
+      const int64_t k1 = std::min(a.K, k0 + kc);
+      int64_t m = 0;
+      for (; m + W8A8_MR <= a.M; m += W8A8_MR)
+        w8a8_row_panel<W8A8_MR, W8A8_NR>(a, m, n0, n1, k0, k1);
+      for (; m < a.M; ++m) w8a8_row_panel<1, GEMV_NR>(a, m, n0, n1, k0, k1);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- int8 weight-only
+
+struct WO8Args {
+  const float* x;    // (M, K)
+  const int8_t* w;   // (N, K)
+  const float* ws;   // (N,)
+  const float* bias; // (N,) or null
+  float* out;        // (M, N)
+  int64_t M, N, K;
+};
+
+template <int MR, int NR>
+inline void wo8_tile(const WO8Args& a, int64_t m0, int64_t n0) {
+  const float* x = a.x + m0 * a.K;
+  const int8_t* w = a.w + n0 * a.K;
+  __m256 acc[MR][NR];
+  for (int m = 0; m < MR; ++m)
+    for (int n = 0; n < NR; ++n) acc[m][n] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= a.K; k += 8) {
+    for (int n = 0; n < NR; ++n) {
+      const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + n * a.K + k));
+      const __m256 wv = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+      for (int m = 0; m < MR; ++m)
+        acc[m][n] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * a.K + k), wv, acc[m][n]);
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int n = 0; n < NR; ++n) {
+      float s = hsum_ps(acc[m][n]);
+      for (int64_t kk = k; kk < a.K; ++kk)
+        s += x[m * a.K + kk] * static_cast<float>(w[n * a.K + kk]);
+      s *= a.ws[n0 + n];
+      a.out[(m0 + m) * a.N + n0 + n] = a.bias ? s + a.bias[n0 + n] : s;
+    }
+}
+
+template <int MR>
+inline void wo8_row_panel(const WO8Args& a, int64_t m0, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) wo8_tile<MR, 4>(a, m0, n);
+  for (; n < n1; ++n) wo8_tile<MR, 1>(a, m0, n);
+}
+
+void wo8_impl(const WO8Args& a, int nt) {
+  const int64_t chunks = (a.N + NC - 1) / NC;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    const int64_t n0 = ch * NC, n1 = std::min(a.N, n0 + NC);
+    int64_t m = 0;
+    for (; m + 2 <= a.M; m += 2) wo8_row_panel<2>(a, m, n0, n1);
+    for (; m < a.M; ++m) wo8_row_panel<1>(a, m, n0, n1);
+  }
+}
+
+// ---------------------------------------------------------------- int4 weight-only
+
+struct WO4Args {
+  const float* xp;       // (M, KP) x with each 32-column chunk reordered: 16 even, 16 odd
+  const float* xsum;     // (M, G) per-group sums of x (for the zero-point term)
+  const uint8_t* w;      // (N, KP / 2) 4-bit codes, low nibble = even column
+  const uint16_t* scale; // (N, G) float16 bits
+  const uint8_t* zero;   // (N, G) zero points (codes)
+  const float* bias;     // (N,) or null
+  float* out;            // (M, N)
+  int64_t M, N, KP, G, group;
+};
+
+// Within each 32-column chunk the 16 even columns come first, then the 16 odd ones: the low
+// nibbles of 16 packed bytes are the even columns, the high nibbles the odd ones.
+void prepare_int4_x(const float* x, int64_t K, int64_t kp, int64_t group, float* xp,
+                    float* xsum) {
+  for (int64_t c = 0; c < kp; c += 32)
+    for (int j = 0; j < 16; ++j) {
+      const int64_t ke = c + 2 * j, ko = ke + 1;
+      xp[c + j] = ke < K ? x[ke] : 0.0f;
+      xp[c + 16 + j] = ko < K ? x[ko] : 0.0f;
+    }
+  for (int64_t g = 0; g < kp / group; ++g) {
+    float s = 0.0f;
+    for (int64_t k = g * group; k < std::min(K, (g + 1) * group); ++k) s += x[k];
+    xsum[g] = s;
+  }
+}
+
+// Per group: integer-valued codes times x in float, then scale and zero applied once per
+// group: sum_k (q - z) s x = s * (sum_k q x - z * sum_k x).
+template <int MR, int NR>
+inline void wo4_tile(const WO4Args& a, int64_t m0, int64_t n0) {
+  const __m128i low4 = _mm_set1_epi8(0x0F);
+  const int64_t ldw = a.KP / 2;
+  float acc[MR][NR] = {};
+  for (int64_t g = 0; g < a.G; ++g) {
+    __m256 gacc[MR][NR];
+    for (int m = 0; m < MR; ++m)
+      for (int n = 0; n < NR; ++n) gacc[m][n] = _mm256_setzero_ps();
+    for (int64_t c = g * a.group; c < (g + 1) * a.group; c += 32) {
+      for (int n = 0; n < NR; ++n) {
+        const __m128i b =
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.w + (n0 + n) * ldw + c / 2));
+        const __m128i lo = _mm_and_si128(b, low4);
+        const __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
+        const __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+        const __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+        const __m256 w2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+        const __m256 w3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+        for (int m = 0; m < MR; ++m) {
+          const float* xm = a.xp + (m0 + m) * a.KP + c;
+          __m256 t = _mm256_fmadd_ps(_mm256_loadu_ps(xm), w0, gacc[m][n]);
+          t = _mm256_fmadd_ps(_mm256_loadu_ps(xm + 8), w1, t);
+          t = _mm256_fmadd_ps(_mm256_loadu_ps(xm + 16), w2, t);
+          gacc[m][n] = _mm256_fmadd_ps(_mm256_loadu_ps(xm + 24), w3, t);
+        }
+      }
+    }
+    for (int n = 0; n < NR; ++n) {
+      const float s = _cvtsh_ss(a.scale[(n0 + n) * a.G + g]);
+      const float z = static_cast<float>(a.zero[(n0 + n) * a.G + g]);
+      for (int m = 0; m < MR; ++m)
+        acc[m][n] += s * (hsum_ps(gacc[m][n]) - z * a.xsum[(m0 + m) * a.G + g]);
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int n = 0; n < NR; ++n)
+      a.out[(m0 + m) * a.N + n0 + n] = a.bias ? acc[m][n] + a.bias[n0 + n] : acc[m][n];
+}
+
+template <int MR>
+inline void wo4_row_panel(const WO4Args& a, int64_t m0, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 2 <= n1; n += 2) wo4_tile<MR, 2>(a, m0, n);
+  for (; n < n1; ++n) wo4_tile<MR, 1>(a, m0, n);
+}
+
+void wo4_impl(const WO4Args& a, int nt) {
+  const int64_t chunks = (a.N + NC - 1) / NC;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    const int64_t n0 = ch * NC, n1 = std::min(a.N, n0 + NC);
+    int64_t m = 0;
+    for (; m + 4 <= a.M; m += 4) wo4_row_panel<4>(a, m, n0, n1);
+    for (; m < a.M; ++m) wo4_row_panel<1>(a, m, n0, n1);
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// Bumped whenever an entry point's meaning or arguments change (cpu.py checks it).
+int cl_abi_version() { return 1; }
+
+void cl_quantize_rows(const float* x, int64_t M, int64_t K, float static_scale, int16_t* q,
+                      float* scale, int nt) {
+  quantize_rows_impl(x, M, K, static_scale, q, scale, nt);
+}
+
+void cl_w8a8_linear(const int16_t* xq, const float* xs, const int8_t* w, const float* ws,
+                    const float* bias, int32_t* c, float* out, int64_t M, int64_t N, int64_t K,
+                    int nt) {
+  W8A8Args a{xq, xs, w, ws, bias, c, out, M, N, K};
+  w8a8_impl(a, nt);
+}
+
+// Quantize x (M, K) float per row (static_scale <= 0) or with one static scale, then the
+// GEMM with its epilogue: one call from Python instead of two, no int16 tensor allocated.
+void cl_w8a8_linear_f32(const float* x, float static_scale, const int8_t* w, const float* ws,
+                        const float* bias, float* out, int64_t M, int64_t N, int64_t K,
+                        int nt_quant, int nt) {
+  std::vector<int16_t> q(M * K);
+  std::vector<float> xs(M);
+  std::vector<int32_t> c(k_block(M, K) < K ? M * N : 0);
+  quantize_rows_impl(x, M, K, static_scale, q.data(), xs.data(), nt_quant);
+  W8A8Args a{q.data(), xs.data(), w, ws, bias, c.empty() ? nullptr : c.data(), out, M, N, K};
+  w8a8_impl(a, nt);
+}
+
+int64_t cl_w8a8_scratch_needed(int64_t M, int64_t K) { return k_block(M, K) < K ? 1 : 0; }
+
+void cl_int8_weight_only_linear(const float* x, const int8_t* w, const float* ws,
+                                const float* bias, float* out, int64_t M, int64_t N, int64_t K,
+                                int nt) {
+  WO8Args a{x, w, ws, bias, out, M, N, K};
+  wo8_impl(a, nt);
+}
+
+void cl_int4_weight_only_linear(const float* x, const uint8_t* w, const uint16_t* scale,
+                                const uint8_t* zero, const float* bias, float* out, int64_t M,
+                                int64_t N, int64_t K, int64_t kp, int64_t group, int nt) {
+  const int64_t G = kp / group;
+  std::vector<float> xp(M * kp), xsum(M * G);
+  for (int64_t m = 0; m < M; ++m)
+    prepare_int4_x(x + m * K, K, kp, group, xp.data() + m * kp, xsum.data() + m * G);
+  WO4Args a{xp.data(), xsum.data(), w, scale, zero, bias, out, M, N, kp, G, group};
+  wo4_impl(a, nt);
+}
+
+}  // extern "C"

@@ -1,0 +1,355 @@
+"""The ``compresslab::`` ops, registered with ``torch.library``, and the choice of path.
+
+One op per kernel, each with a default (reference) implementation for every device and
+per-device implementations that pick a path per shape:
+
+- ``compresslab::int8_linear(x, w_int8, w_scale, bias, act_mode, x_scale)``: W8A8.
+- ``compresslab::int8_weight_only_linear(x, w_int8, w_scale, bias)``: decode path.
+- ``compresslab::int4_weight_only_linear(x, w_packed, scale, zero, group_size, bias)``.
+
+Paths that compute the same function (see core/kernels/ref.py) and where they run:
+
+- ``native``: our AVX2 C++ (core/kernels/int8_cpu.cpp), integer GEMM / streamed weights.
+- ``int_mm``: ``torch._int_mm`` (oneDNN / MKL; fast only with VNNI or AMX).
+- ``dequant``: float emulation: integers turned back into float32 and one BLAS call.
+  Exact up to float32 rounding; no integer math runs.
+- ``triton``: the CUDA kernel in core/kernels/triton_int8.py.
+- ``ref``: the plain-torch reference (exact int accumulation in float64; slow).
+
+The CPU choice is data: ``dispatch_cpu.json`` (written by ``bench/int8_gemm.py
+--write-dispatch`` from timings on this kind of CPU) maps (op, M, K) to the fastest
+path measured; a CPU it does not describe gets a fixed heuristic. Every call records
+the path it took (:func:`path_log`), so a run can say what really executed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from core.kernels import cpu, ref, triton_int8
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "compresslab"
+DISPATCH_FILE = Path(__file__).with_name("dispatch_cpu.json")
+M_BUCKETS = (1, 16, 128, 512, 2048)  # the batch sizes the benchmark measures
+
+OPS = ("int8_linear", "int8_weight_only_linear", "int4_weight_only_linear")
+
+
+# ---------------------------------------------------------------- path implementations
+# Each takes the op's arguments with x flattened to (M, K) and returns float32 (M, N).
+
+
+def _w8a8_ref(x2, w, ws, b, mode, xs=None):
+    return ref.int8_linear(x2, w, ws, b, mode, xs).float()
+
+
+def _w8a8_dequant(x2, w, ws, b, mode, xs=None):
+    from core.quant.actquant import quantize_per_tensor_static, quantize_per_token
+
+    if mode == "static":
+        q, s = quantize_per_tensor_static(x2, xs), xs.float().reshape(1, 1)
+    else:
+        q, s = quantize_per_token(x2)
+    y = torch.nn.functional.linear(q.float(), w.float()) * s * ws.float().reshape(1, -1)
+    return y if b is None else y + b.float()
+
+
+def _w8a8_native(x2, w, ws, b, mode, xs=None):
+    return cpu.w8a8_linear_native(x2, w, ws, b, mode, xs)
+
+
+def _w8a8_int_mm(x2, w, ws, b, mode, xs=None):
+    return cpu.w8a8_linear_int_mm(x2, w, ws, b, mode, xs)
+
+
+def _wo8_dequant(x2, w, ws, b):
+    return ref.int8_weight_only_linear(x2.float(), w, ws, b)
+
+
+def _wo8_native(x2, w, ws, b):
+    return cpu.int8_weight_only_native(x2, w, ws, b)
+
+
+def _wo4_dequant(x2, w, s, z, g, b):
+    return ref.int4_weight_only_linear(x2.float(), w, s, z, g, b)
+
+
+def _wo4_native(x2, w, s, z, g, b):
+    return cpu.int4_weight_only_native(x2, w, s, z, g, b)
+
+
+@dataclass(frozen=True)
+class KernelPath:
+    fn: Callable[..., torch.Tensor]
+    available: Callable[[], bool]
+
+
+_ALWAYS = lambda: True  # noqa: E731
+
+CPU_PATHS: dict[str, dict[str, KernelPath]] = {
+    "int8_linear": {
+        "native": KernelPath(_w8a8_native, cpu.native_available),
+        "int_mm": KernelPath(_w8a8_int_mm, _ALWAYS),
+        "dequant": KernelPath(_w8a8_dequant, _ALWAYS),
+        "ref": KernelPath(_w8a8_ref, _ALWAYS),
+    },
+    "int8_weight_only_linear": {
+        "native": KernelPath(_wo8_native, cpu.native_available),
+        "dequant": KernelPath(_wo8_dequant, _ALWAYS),
+        "ref": KernelPath(_wo8_dequant, _ALWAYS),
+    },
+    "int4_weight_only_linear": {
+        "native": KernelPath(_wo4_native, cpu.native_available),
+        "dequant": KernelPath(_wo4_dequant, _ALWAYS),
+        "ref": KernelPath(_wo4_dequant, _ALWAYS),
+    },
+}
+
+
+# ---------------------------------------------------------------- choosing a CPU path
+
+
+def m_bucket(m: int) -> int:
+    """The smallest measured batch size >= m (the last one for anything larger)."""
+    for b in M_BUCKETS:
+        if m <= b:
+            return b
+    return M_BUCKETS[-1]
+
+
+def heuristic_path(op: str, m: int, k: int) -> str:
+    """Used where no measured table describes this CPU: integer kernels for the shapes
+    where they stream fewer bytes, float BLAS where the weights are reused many times."""
+    if not cpu.native_available():
+        return "dequant"
+    if op == "int8_linear":
+        return "native"
+    if op == "int8_weight_only_linear":
+        return "native" if m <= 16 else "dequant"
+    return "native" if m <= 4 else "dequant"
+
+
+def cpu_description() -> str:
+    """What the dispatch table is keyed by: the vector ISA torch dispatches to here."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def load_dispatch_table(path: Path = DISPATCH_FILE) -> dict | None:
+    """The measured table for this CPU's ISA, or None if there is none (or it is unreadable)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    entry = data.get(cpu_description())
+    return entry if isinstance(entry, dict) and "rules" in entry else None
+
+
+_TABLE: dict | None = None
+_TABLE_LOADED = False
+
+
+def _table() -> dict | None:
+    global _TABLE, _TABLE_LOADED
+    if not _TABLE_LOADED:
+        _TABLE, _TABLE_LOADED = load_dispatch_table(), True
+    return _TABLE
+
+
+def table_path(table: dict | None, op: str, m: int, k: int) -> str | None:
+    """The measured fastest path for the nearest (M, K) cell at or above (m, k)."""
+    if not table:
+        return None
+    rules = table.get("rules", {}).get(op, [])
+    mb = m_bucket(m)
+    cells = [r for r in rules if r["m"] == mb]
+    if not cells:
+        return None
+    above = [r for r in cells if r["k"] >= k]
+    cell = min(above, key=lambda r: r["k"]) if above else max(cells, key=lambda r: r["k"])
+    return cell["path"]
+
+
+_forced = threading.local()
+
+
+@contextmanager
+def use_path(name: str | None) -> Iterator[None]:
+    """Force one path for every op in this thread (tests and the benchmark)."""
+    old = getattr(_forced, "name", None)
+    _forced.name = name
+    try:
+        yield
+    finally:
+        _forced.name = old
+
+
+def choose_cpu_path(op: str, m: int, k: int) -> str:
+    paths = CPU_PATHS[op]
+    forced = getattr(_forced, "name", None)
+    if forced is not None:
+        if forced not in paths or not paths[forced].available():
+            raise RuntimeError(f"path {forced!r} is not available for {op} here")
+        return forced
+    chosen = table_path(_table(), op, m, k)
+    if chosen in paths and paths[chosen].available():
+        return chosen
+    return heuristic_path(op, m, k)
+
+
+# ---------------------------------------------------------------- the path log
+
+_LOG: Counter[tuple[str, str, str, int]] = Counter()
+_LOG_LOCK = threading.Lock()
+
+
+def _record(op: str, device: str, path: str, m: int) -> None:
+    with _LOG_LOCK:
+        _LOG[(op, device, path, m_bucket(m))] += 1
+
+
+def reset_path_log() -> None:
+    with _LOG_LOCK:
+        _LOG.clear()
+
+
+def path_log() -> list[dict]:
+    """Which path each op took since the last reset: op, device, path, M bucket, calls."""
+    with _LOG_LOCK:
+        items = sorted(_LOG.items())
+    return [
+        {"op": op, "device": dev, "path": path, "m_le": m, "calls": n}
+        for (op, dev, path, m), n in items
+    ]
+
+
+# ---------------------------------------------------------------- registration
+
+
+# Skipping no-op reshapes and casts matters: inside an op every tensor method call
+# goes through the dispatcher again, and decode-sized calls are dominated by overhead.
+def _flatten(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...] | None]:
+    if x.dim() == 2:
+        return x, None
+    return x.reshape(-1, x.shape[-1]), tuple(x.shape[:-1])
+
+
+def _finish(y: torch.Tensor, lead: tuple[int, ...] | None, dtype: torch.dtype) -> torch.Tensor:
+    if lead is not None:
+        y = y.reshape(*lead, y.shape[-1])
+    return y if y.dtype == dtype else y.to(dtype)
+
+
+def _cpu_impl(op: str) -> Callable[..., torch.Tensor]:
+    def impl(x: torch.Tensor, *args):
+        x2, lead = _flatten(x)
+        path = choose_cpu_path(op, x2.shape[0], x2.shape[1])
+        _record(op, "cpu", path, x2.shape[0])
+        y = CPU_PATHS[op][path].fn(x2, *args)
+        return _finish(y, lead, x.dtype)
+
+    return impl
+
+
+def _default_impl(op: str) -> Callable[..., torch.Tensor]:
+    fns = {
+        "int8_linear": _w8a8_ref,
+        "int8_weight_only_linear": _wo8_dequant,
+        "int4_weight_only_linear": _wo4_dequant,
+    }
+
+    def impl(x: torch.Tensor, *args):
+        x2, lead = _flatten(x)
+        _record(op, x.device.type, "ref", x2.shape[0])
+        return _finish(fns[op](x2, *args), lead, x.dtype)
+
+    return impl
+
+
+def _cuda_int8_linear(x, w, ws, b, mode, xs=None):
+    x2, lead = _flatten(x)
+    if triton_int8.available():
+        path, y = "triton", triton_int8.int8_linear(x2, w, ws, b, mode, xs)
+    else:
+        path, y = "int_mm", cpu.w8a8_linear_int_mm(x2, w, ws, b, mode, xs)
+    _record("int8_linear", "cuda", path, x2.shape[0])
+    return _finish(y, lead, x.dtype)
+
+
+def _meta_impl(op: str) -> Callable[..., torch.Tensor]:
+    def impl(x: torch.Tensor, w: torch.Tensor, *args):
+        return x.new_empty((*x.shape[:-1], w.shape[0]))
+
+    return impl
+
+
+SCHEMAS = {
+    "int8_linear": "int8_linear(Tensor x, Tensor w_int8, Tensor w_scale, Tensor? bias, "
+    "str act_mode, Tensor? x_scale=None) -> Tensor",
+    "int8_weight_only_linear": "int8_weight_only_linear(Tensor x, Tensor w_int8, "
+    "Tensor w_scale, Tensor? bias) -> Tensor",
+    "int4_weight_only_linear": "int4_weight_only_linear(Tensor x, Tensor w_packed, "
+    "Tensor scale, Tensor zero, int group_size, Tensor? bias) -> Tensor",
+}
+
+_CPU_IMPLS = {op: _cpu_impl(op) for op in OPS}
+_LIB = torch.library.Library(NAMESPACE, "DEF")
+for _op, _schema in SCHEMAS.items():
+    _LIB.define(_schema)
+    _LIB.impl(_op, _default_impl(_op), "CompositeExplicitAutograd")
+    _LIB.impl(_op, _CPU_IMPLS[_op], "CPU")
+    _LIB.impl(_op, _meta_impl(_op), "Meta")
+_LIB.impl("int8_linear", _cuda_int8_linear, "CUDA")
+
+
+def _direct(x: torch.Tensor) -> bool:
+    """Eager CPU calls skip the dispatcher round trip (Python -> C++ -> Python costs about
+    50 us a call, as much as a decode-sized matmul); the op stays the definition that
+    tracing, torch.compile and other devices go through, and the same path is chosen."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def int8_linear(
+    x: torch.Tensor,
+    w_int8: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    act_mode: str,
+    x_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    if act_mode not in ref.ACT_MODES:
+        raise ValueError(f"act_mode={act_mode!r}: expected one of {ref.ACT_MODES}")
+    if _direct(x):
+        return _CPU_IMPLS["int8_linear"](x, w_int8, w_scale, bias, act_mode, x_scale)
+    return torch.ops.compresslab.int8_linear(x, w_int8, w_scale, bias, act_mode, x_scale)
+
+
+def int8_weight_only_linear(
+    x: torch.Tensor, w_int8: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    if _direct(x):
+        return _CPU_IMPLS["int8_weight_only_linear"](x, w_int8, w_scale, bias)
+    return torch.ops.compresslab.int8_weight_only_linear(x, w_int8, w_scale, bias)
+
+
+def int4_weight_only_linear(
+    x: torch.Tensor,
+    w_packed: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    group_size: int,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    if _direct(x):
+        return _CPU_IMPLS["int4_weight_only_linear"](x, w_packed, scale, zero, group_size, bias)
+    return torch.ops.compresslab.int4_weight_only_linear(x, w_packed, scale, zero, group_size, bias)

@@ -1,0 +1,135 @@
+"""SmoothQuant: migrate activation outliers into the weights through the norm -> linears map."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from core.mappings import NORM_GROUPS, NormGroup
+from core.quant.smoothquant import smoothing_scales, update_absmax
+from core.registry import (
+    ConfigError,
+    LayerReport,
+    MethodCard,
+    MethodConfig,
+    MethodContext,
+    ModelMethod,
+    param,
+    register,
+)
+from core.walk import BlockInputs, collect_inputs, get_submodule, iter_blocks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SmoothQuantConfig(MethodConfig):
+    alpha: float = param(
+        0.5,
+        "migration strength: 0 leaves activations alone, 1 moves their whole range into "
+        "the weights; 0.5 splits it evenly",
+        min=0.0,
+        max=1.0,
+    )
+
+
+def _model_type(model: nn.Module) -> str:
+    mt = getattr(getattr(model, "config", None), "model_type", None)
+    if mt not in NORM_GROUPS:
+        raise ConfigError(
+            f"smoothquant has no norm -> linears mapping for model type {mt!r}; known: "
+            f"{', '.join(sorted(NORM_GROUPS))} (add one to core/mappings.py)"
+        )
+    return str(mt)
+
+
+def _groups(block: nn.Module, model_type: str, local: set[str]) -> list[NormGroup]:
+    """The block's norm groups with a targeted linear, all of whose linears are still float
+    (a group is smoothed whole: the norm feeds every linear in it)."""
+    out = []
+    for g in NORM_GROUPS[model_type]:
+        mods = [get_submodule(block, n) for n in g.linears]
+        if local & set(g.linears) and all(type(m) is nn.Linear for m in mods):
+            out.append(g)
+    return out
+
+
+@torch.no_grad()
+def _fold(block: nn.Module, group: NormGroup, s: torch.Tensor) -> None:
+    """Norm output channel j /= s_j, every reading linear's input column j *= s_j."""
+    norm = get_submodule(block, group.norm)
+    norm.weight.div_(s.to(norm.weight.dtype))
+    if getattr(norm, "bias", None) is not None:
+        norm.bias.div_(s.to(norm.bias.dtype))
+    for n in group.linears:
+        lin = get_submodule(block, n)
+        lin.weight.mul_(s.to(lin.weight.dtype))
+
+
+@register(
+    "smoothquant",
+    kind="transform",
+    config=SmoothQuantConfig,
+    card=MethodCard(
+        idea="Activations have a few channels with huge values, weights do not: divide each "
+        "input channel j by s_j = max|X_j|^alpha / max|W_j|^(1-alpha) (folded into the "
+        "preceding norm) and multiply the weights' column j by s_j. The float model is "
+        "unchanged, but activations become easier to quantize. Chain it before w8a8.",
+        calibration=True,
+        static_or_dynamic="static (scales fixed from calibration maxima)",
+        scope="prepares weights and activations for W8A8; quantizes nothing itself",
+        parameters="heuristic: per-channel maxima from calibration data; alpha set by hand",
+        hardware="none needed: scales are folded into existing weights (no runtime cost)",
+        memory="no change by itself",
+        speed="no change by itself; the w8a8 step after it decides the speed",
+        reference="Xiao et al. 2022, SmoothQuant (arXiv:2211.10438), eq. 4",
+    ),
+)
+class SmoothQuant(ModelMethod):
+    needs_calibration = True
+
+    @torch.no_grad()
+    def apply_model(
+        self,
+        model: nn.Module,
+        cfg: SmoothQuantConfig,
+        targets: dict[str, nn.Linear],
+        ctx: MethodContext,
+    ) -> None:
+        if not ctx.calib_batches:
+            raise ValueError("smoothquant needs a calibration set")
+        model_type = _model_type(model)
+        for prefix, block, inputs in iter_blocks(model, ctx, "smoothquant"):
+            local = {n[len(prefix) + 1 :] for n in targets if n.startswith(prefix + ".")}
+            groups = _groups(block, model_type, local)
+            if not groups:
+                continue
+            absmax = _channel_absmax(block, inputs, groups)
+            for g in groups:
+                a = absmax[g.linears[0]]
+                if a is None:  # the forward never reached this group
+                    continue
+                W = torch.cat([get_submodule(block, n).weight for n in g.linears], dim=0)
+                s = smoothing_scales(a.to(W.device), W, cfg.alpha)
+                _fold(block, g, s)
+                note = f"smoothed from {g.norm}: s in [{s.min():.3g}, {s.max():.3g}]"
+                for n in g.linears:
+                    ctx.reports.append(LayerReport(name=f"{prefix}.{n}", note=note))
+
+
+def _channel_absmax(
+    block: nn.Module, inputs: BlockInputs, groups: list[NormGroup]
+) -> dict[str, torch.Tensor | None]:
+    """max|x_j| per input channel of each group's (shared) input, over every calibration
+    token, keyed by the group's first linear (one pass over the block)."""
+    first = {g.linears[0]: get_submodule(block, g.linears[0]) for g in groups}
+    absmax: dict[str, torch.Tensor | None] = dict.fromkeys(first)
+
+    def fold(name: str, x: torch.Tensor) -> None:
+        absmax[name] = update_absmax(absmax[name], x)
+
+    collect_inputs(block, inputs, first, fold)
+    return absmax
