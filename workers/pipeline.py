@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.actstats import collect_activation_stats
 from core.calib import calibration_batches
 from core.data import TextSet
 from core.jobspec import JobSpec
@@ -102,7 +103,10 @@ def _stats_before(model: nn.Module) -> dict[str, dict[str, Any]]:
 
 
 def _layer_rows(
-    model: nn.Module, before: dict[str, dict[str, Any]], errors: dict[str, float | None]
+    model: nn.Module,
+    before: dict[str, dict[str, Any]],
+    errors: dict[str, float | None],
+    acts: dict[str, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     rows = []
     for name, mod in find_linears(model).items():
@@ -117,6 +121,8 @@ def _layer_rows(
                 "rel_error": errors.get(name),
                 "before": b,
                 "after": after,
+                # Input activations of the uncompressed model on the calibration set.
+                "act": (acts or {}).get(name),
             }
         )
     return rows
@@ -150,10 +156,16 @@ def run_job(
             loaded, windows, store, should_cancel, lambda f, m: on_progress(0.05 + 0.25 * f, m)
         )
         before = _stats_before(loaded.model)
-        calib_text, batches, compress_s, errors = None, None, 0.0, {}
+        calib_text, batches, compress_s, errors, acts = None, None, 0.0, {}, {}
         if recipe.steps:
             calib_text = resolve_text(spec.calib)
             batches = calibration_batches(loaded.tokenizer, calib_text.text, spec.calib_settings)
+            acts = collect_activation_stats(
+                loaded.model,
+                batches,
+                should_cancel=should_cancel,
+                on_progress=lambda f, m: on_progress(0.3, m),
+            )
             t0 = time.perf_counter()
             reports = apply_recipe(
                 loaded.model,
@@ -177,7 +189,7 @@ def run_job(
         prompt = torch.cat(windows)
         prefill_ms, decode_tok_s = measure_latency(loaded.model, prompt, spec.eval)
         mem = weight_memory(loaded.model)
-    layer_rows = _layer_rows(loaded.model, before, errors)
+    layer_rows = _layer_rows(loaded.model, before, errors, acts)
     errs = [e for e in errors.values() if e is not None]
     metrics = {
         "perplexity": res.perplexity,
