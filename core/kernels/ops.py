@@ -97,20 +97,24 @@ class KernelPath:
 
 _ALWAYS = lambda: True  # noqa: E731
 
+
+def _native() -> bool:
+    return cpu.native_available()
+
 CPU_PATHS: dict[str, dict[str, KernelPath]] = {
     "int8_linear": {
-        "native": KernelPath(_w8a8_native, cpu.native_available),
+        "native": KernelPath(_w8a8_native, _native),
         "int_mm": KernelPath(_w8a8_int_mm, _ALWAYS),
         "dequant": KernelPath(_w8a8_dequant, _ALWAYS),
         "ref": KernelPath(_w8a8_ref, _ALWAYS),
     },
     "int8_weight_only_linear": {
-        "native": KernelPath(_wo8_native, cpu.native_available),
+        "native": KernelPath(_wo8_native, _native),
         "dequant": KernelPath(_wo8_dequant, _ALWAYS),
         "ref": KernelPath(_wo8_dequant, _ALWAYS),
     },
     "int4_weight_only_linear": {
-        "native": KernelPath(_wo4_native, cpu.native_available),
+        "native": KernelPath(_wo4_native, _native),
         "dequant": KernelPath(_wo4_dequant, _ALWAYS),
         "ref": KernelPath(_wo4_dequant, _ALWAYS),
     },

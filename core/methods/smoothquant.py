@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 class SmoothQuantConfig(MethodConfig):
     alpha: float = param(
         0.5,
-        "migration strength: 0 leaves activations alone, 1 moves their whole range into "
-        "the weights; 0.5 splits it evenly",
+        "migration strength: 1 moves the activations' whole range into the weights, 0 "
+        "moves the weights' into the activations; 0.5 gives both the same channel maxima",
         min=0.0,
         max=1.0,
     )

@@ -7,8 +7,10 @@ Large Language Models" (arXiv:2211.10438), eq. 4: for input channel j,
 
 then X' = X diag(s)^-1 and W' = diag(s) W (in nn.Linear's (out, in) layout: every
 column j of W is multiplied by s_j), so X' W'^T = X W^T exactly in real arithmetic.
-alpha = 0 leaves the activations alone; alpha = 1 moves all of their range into the
-weights; 0.5 splits the difficulty evenly.
+alpha is the migration strength: with alpha = 1 every activation channel ends with
+max 1 (all of the range moved into the weights), with alpha = 0 every weight column
+does (all of it left in the activations); with 0.5 both end with the same channel
+maximum sqrt(max|X_j| max|W_j|).
 """
 
 from __future__ import annotations

@@ -1,0 +1,257 @@
+"""Every kernel path against the plain-torch reference (core/kernels/ref.py), odd shapes
+included, plus the op registration, the path choice and the layers that use the ops.
+
+Tolerances: the integer paths (native, int_mm, triton) sum int8 products exactly, so
+they differ from the reference only by float32 rounding in the epilogue (rtol 1e-5);
+the float emulation ("dequant") sums in float32 (rtol 1e-4 of the output norm); the
+weight-only kernels sum float products in another order (rtol 1e-5 of the norm).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.kernels import cpu, ops, ref
+from core.layers_int8 import Int4WeightOnlyLinear, Int8WeightOnlyLinear, W8A8Linear
+from core.quant.actquant import quantize_per_token
+
+ROOT = Path(__file__).resolve().parent.parent
+NATIVE = cpu.native_available()
+needs_native = pytest.mark.skipif(not NATIVE, reason="no C++ compiler or no AVX2/FMA/F16C")
+
+# (M, K, N): M = 1 and 3 (decode), K not a multiple of 16/32/64, K above the kernel's K
+# block (2048) with M > 4 so the blocked path with int32 partial sums runs too.
+SHAPES = [(1, 64, 32), (3, 100, 17), (1, 257, 40), (16, 130, 70), (37, 96, 33), (6, 2100, 9)]
+
+
+def _w8(n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+    ws = torch.rand(n, generator=g) * 0.01 + 1e-3
+    bias = torch.randn(n, generator=g)
+    return w, ws, bias
+
+
+def _x(m: int, k: int, seed: int) -> torch.Tensor:
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed)) * 2
+    x[:, : max(1, k // 50)] *= 20  # a few outlier channels, as real activations have
+    return x
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, rtol: float) -> None:
+    err = ((got.float() - want.float()).norm() / want.float().norm().clamp(min=1e-12)).item()
+    assert err <= rtol, f"relative error {err:.3g} > {rtol:g}"
+
+
+def _int8_paths() -> list[str]:
+    return [p for p, kp in ops.CPU_PATHS["int8_linear"].items() if kp.available()]
+
+
+@pytest.mark.parametrize("path", ["native", "int_mm", "dequant"])
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_int8_linear_paths_match_reference(path: str, mode: str, shape: tuple) -> None:
+    if path not in _int8_paths():
+        pytest.skip(f"{path} is not available here")
+    m, k, n = shape
+    w, ws, b = _w8(n, k, seed=m + k)
+    x = _x(m, k, seed=n)
+    # a static scale that clips the outlier channels: clipping must agree too
+    xs = torch.tensor(float(x.abs().max()) / 127 / 4) if mode == "static" else None
+    want = ref.int8_linear(x, w, ws, b, mode, xs)
+    with ops.use_path(path):
+        got = ops.int8_linear(x, w, ws, b, mode, xs)
+        got_nobias = ops.int8_linear(x, w, ws, None, mode, xs)
+    assert got.shape == (m, n) and got.dtype == x.dtype
+    tol = 1e-4 if path == "dequant" else 1e-5
+    _close(got, want, tol)
+    _close(got_nobias, ref.int8_linear(x, w, ws, None, mode, xs), tol)
+
+
+@needs_native
+@pytest.mark.parametrize("shape", SHAPES)
+def test_native_gemm_is_exact_on_integers(shape: tuple) -> None:
+    m, k, n = shape
+    w, _, _ = _w8(n, k, seed=1)
+    q = torch.randint(-127, 128, (m, k), dtype=torch.int16)
+    exact = (q.long() @ w.long().t()).float()  # |sums| < 2**24 here: exact in float32
+    got = cpu.w8a8_gemm_native(q, torch.ones(m), w, torch.ones(n), None)
+    assert torch.equal(got, exact)
+
+
+@needs_native
+def test_native_quantization_matches_reference_bit_for_bit() -> None:
+    x = _x(9, 203, seed=3)
+    x[4] = 0.0  # an all-zero row gets scale 1 and zero codes
+    # a row with max 127 has scale exactly 1: .5 ties must round half to even like torch
+    x[5, :6] = torch.tensor([127.0, 2.5, -3.5, 0.5, -0.5, 1.5])
+    q_ref, s_ref = quantize_per_token(x)
+    q, s = cpu.quantize_rows(x)
+    assert torch.equal(q.to(torch.int8), q_ref)
+    assert torch.equal(s, s_ref.reshape(-1))
+    assert q[5, :6].tolist() == [127, 2, -4, 0, 0, 2]
+    assert s[4] == 1.0 and not q[4].any()
+
+
+@needs_native
+@pytest.mark.parametrize("shape", SHAPES)
+def test_int8_weight_only_native_matches_reference(shape: tuple) -> None:
+    m, k, n = shape
+    w, ws, b = _w8(n, k, seed=5)
+    x = _x(m, k, seed=6)
+    with ops.use_path("native"):
+        got = ops.int8_weight_only_linear(x, w, ws, b)
+    _close(got, ref.int8_weight_only_linear(x, w, ws, b), 1e-5)
+
+
+@needs_native
+@pytest.mark.parametrize("group", [32, 128])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_int4_weight_only_native_matches_reference(group: int, shape: tuple) -> None:
+    m, k, n = shape
+    lin = torch.nn.Linear(k, n)
+    layer = Int4WeightOnlyLinear(lin, group)
+    x = _x(m, k, seed=7)
+    args = (layer.w_packed, layer.scale, layer.zero, group, layer.bias)
+    want = ref.int4_weight_only_linear(x, *args)
+    with ops.use_path("native"):
+        got = ops.int4_weight_only_linear(x, *args)
+    _close(got, want, 1e-5)
+
+
+def test_op_registration_cpu_meta_and_batched_shapes() -> None:
+    w, ws, b = _w8(24, 48, seed=2)
+    x = _x(10, 48, seed=3).reshape(2, 5, 48)
+    y = torch.ops.compresslab.int8_linear(x, w, ws, b, "dynamic", None)
+    assert y.shape == (2, 5, 24)
+    _close(y, ref.int8_linear(x, w, ws, b, "dynamic"), 1e-4)
+    meta = torch.ops.compresslab.int8_linear(
+        x.to("meta"), w.to("meta"), ws.to("meta"), None, "dynamic", None
+    )
+    assert meta.shape == (2, 5, 24) and meta.device.type == "meta"
+    wo = torch.ops.compresslab.int8_weight_only_linear(x, w, ws, b)
+    _close(wo, ref.int8_weight_only_linear(x, w, ws, b), 1e-5)
+    with pytest.raises(ValueError, match="act_mode"):
+        ops.int8_linear(x, w, ws, b, "per-channel")
+
+
+def test_path_log_records_every_call() -> None:
+    w, ws, b = _w8(8, 32, seed=4)
+    ops.reset_path_log()
+    with ops.use_path("dequant"):
+        ops.int8_linear(torch.randn(1, 32), w, ws, b, "dynamic")
+        ops.int8_linear(torch.randn(200, 32), w, ws, b, "dynamic")
+    log = ops.path_log()
+    assert [(r["op"], r["path"], r["m_le"], r["calls"]) for r in log] == [
+        ("int8_linear", "dequant", 1, 1),
+        ("int8_linear", "dequant", 512, 1),
+    ]
+    ops.reset_path_log()
+    assert ops.path_log() == []
+
+
+def test_dispatch_table_lookup_and_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    table = {
+        "rules": {
+            "int8_linear": [
+                {"m": 1, "k": 1024, "path": "int_mm"},
+                {"m": 1, "k": 4096, "path": "dequant"},
+                {"m": 128, "k": 1024, "path": "ref"},
+            ]
+        }
+    }
+    assert ops.table_path(table, "int8_linear", 1, 300) == "int_mm"
+    assert ops.table_path(table, "int8_linear", 1, 2000) == "dequant"
+    assert ops.table_path(table, "int8_linear", 1, 9000) == "dequant"  # largest K measured
+    assert ops.table_path(table, "int8_linear", 100, 64) == "ref"
+    assert ops.table_path(table, "int8_linear", 600, 64) is None  # no M=2048 cell
+    assert ops.table_path(None, "int8_linear", 1, 64) is None
+    monkeypatch.setattr(ops, "_TABLE", table)
+    monkeypatch.setattr(ops, "_TABLE_LOADED", True)
+    assert ops.choose_cpu_path("int8_linear", 1, 512) == "int_mm"
+    # no cell for this M: the heuristic decides (native here, float emulation without it)
+    assert ops.choose_cpu_path("int8_linear", 600, 512) == ops.heuristic_path(
+        "int8_linear", 600, 512
+    )
+    monkeypatch.setattr(cpu, "native_available", lambda: False)
+    assert ops.heuristic_path("int8_weight_only_linear", 1, 64) == "dequant"
+    with pytest.raises(RuntimeError, match="not available"), ops.use_path("native"):
+        ops.choose_cpu_path("int8_linear", 1, 64)
+
+
+def test_checked_in_dispatch_table_names_real_paths() -> None:
+    data = ops.load_dispatch_table()
+    if data is None:
+        pytest.skip(f"no measured table for {ops.cpu_description()}")
+    for op, rules in data["rules"].items():
+        assert op in ops.OPS
+        for r in rules:
+            assert r["path"] in ops.CPU_PATHS[op] and r["m"] in ops.M_BUCKETS
+
+
+def test_no_compiler_falls_back_to_plain_torch(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("COMPRESSLAB_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    cpu.load_library.cache_clear()
+    try:
+        if cpu.cpu_supported():
+            assert cpu.load_library() is None
+        assert ops.heuristic_path("int8_linear", 1, 64) == "dequant"
+        w, ws, b = _w8(8, 32, seed=4)
+        x = torch.randn(3, 32)
+        _close(
+            ops.int8_linear(x, w, ws, b, "dynamic"), ref.int8_linear(x, w, ws, b, "dynamic"), 1e-4
+        )
+    finally:
+        cpu.load_library.cache_clear()
+
+
+def test_weight_only_layers_store_integers_and_match_dequantized_weights() -> None:
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(256, 48)  # K a whole number of groups: no padding columns
+    x = torch.randn(2, 3, 256)
+    for layer, bits in ((Int8WeightOnlyLinear(lin), 8), (Int4WeightOnlyLinear(lin, 128), 4)):
+        want = torch.nn.functional.linear(x, layer.dequantized_weight(), layer.bias)
+        _close(layer(x), want, 1e-5)
+        w_err = (layer.dequantized_weight() - lin.weight).norm() / lin.weight.norm()
+        assert w_err < (0.01 if bits == 8 else 0.15)
+        stored = sum(t.numel() * t.element_size() for t in layer.buffers())
+        assert stored * 8 / (256 * 48) < bits + 0.5  # real bytes, not floats
+    w8a8 = W8A8Linear(lin, "dynamic")
+    assert w8a8.w_int8.dtype == torch.int8 and w8a8.w_scale.dtype == torch.float32
+
+
+TRITON_SCRIPT = """
+import torch
+from core.kernels import ref, triton_int8
+assert triton_int8.available()
+for m, k, n in {shapes}:
+    g = torch.Generator().manual_seed(m * k)
+    x = torch.randn(m, k, generator=g)
+    w = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+    ws, b = torch.rand(n, generator=g), torch.randn(n, generator=g)
+    for mode, xs in (("dynamic", None), ("static", torch.tensor(0.01))):
+        got = triton_int8.int8_linear(x, w, ws, b, mode, xs)
+        want = ref.int8_linear(x, w, ws, b, mode, xs)
+        err = ((got - want).norm() / want.norm()).item()
+        assert err < 1e-5, (m, k, n, mode, err)
+print("ok")
+"""
+
+
+def test_triton_kernel_under_the_interpreter() -> None:
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    script = TRITON_SCRIPT.format(shapes=[(1, 64, 32), (3, 100, 17), (20, 130, 70)])
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
