@@ -45,6 +45,8 @@ DEFINITIONS: dict[str, str] = {
     "decode_tok_s": "1 / median seconds of one decode step with a KV cache after the prompt",
     "compress_s": "wall seconds spent applying the recipe (calibration included)",
     "layer_error": "||WX - W'X|| / ||WX|| per linear on calibration inputs",
+    "kernel_paths": "the path each compresslab:: integer op took while evaluating and timing "
+    "(op, device, path, batch-size bucket, calls); empty when no integer op ran",
 }
 
 

@@ -23,6 +23,7 @@ from core.actstats import collect_activation_stats
 from core.calib import calibration_batches
 from core.data import TextSet
 from core.jobspec import JobSpec
+from core.kernels.ops import path_log, reset_path_log
 from core.metrics import (
     EvalSettings,
     LogprobStore,
@@ -177,6 +178,7 @@ def run_job(
             compress_s = time.perf_counter() - t0
             errors = {r.name: r.rel_error for r in reports}
         on_progress(0.7, "evaluating the compressed model")
+        reset_path_log()
         res = evaluate(
             loaded.model,
             loaded.tokenizer,
@@ -188,6 +190,7 @@ def run_job(
         on_progress(0.9, "measuring latency")
         prompt = torch.cat(windows)
         prefill_ms, decode_tok_s = measure_latency(loaded.model, prompt, spec.eval)
+        kernel_paths = path_log()  # the integer kernel paths that really ran
         mem = weight_memory(loaded.model)
     layer_rows = _layer_rows(loaded.model, before, errors, acts)
     errs = [e for e in errors.values() if e is not None]
@@ -211,6 +214,7 @@ def run_job(
         "eval_tokens_used": res.n_tokens,
         "eval_bytes_used": res.n_bytes,
         "model_note": loaded.note,
+        "kernel_paths": kernel_paths,
     }
     fingerprint = {
         "model": loaded.model_id,

@@ -1,0 +1,313 @@
+"""int8 GEMM benchmark: our kernels against fp32 / bf16 F.linear, torch._int_mm and
+bitsandbytes, all timed in the same run, as ratios to fp32.
+
+Run: ``python bench/int8_gemm.py [--json] [--quick] [--write-dispatch]``.
+
+For M in 1, 16, 128, 512, 2048 rows and K = N in 1024, 4096 it times one forward of:
+
+- ``fp32_ms``, ``bf16_ms``: ``F.linear`` on float32 / bfloat16 weights (the baseline);
+- ``w8a8_ms``: our W8A8 linear through ``core.kernels.ops`` including the per-token
+  activation quantization and the epilogue, on the path the dispatcher picks
+  (``w8a8_path``); each candidate path also gets its own column (``w8a8_<path>_ms``);
+- ``int8_weight_only_ms`` / ``int4_weight_only_ms``: our weight-only decode ops, likewise;
+- ``int_mm_ms``: ``torch._int_mm`` alone on already quantized int8 inputs;
+- ``bnb_int8_ms`` / ``bnb_nf4_ms``: bitsandbytes' LLM.int8() and NF4 layers;
+- ``fbgemm_a7_ms``: PyTorch's FBGEMM dynamic linear for reference. It quantizes
+  activations per tensor to 7 bits (reduce_range: its AVX2 kernel's 16-bit pair sums
+  would saturate at 8 bits), so it does not compute the same function as ours.
+
+Timings are medians over ``--repeats`` rounds after one warm-up; within a round every
+variant runs once, in turn, so a busy machine slows all of them alike. A variant already slow at the previous M
+whose time extrapolated to this M exceeds ``--max-call-s`` is skipped (null). Ratios
+are fp32_ms / x_ms (above 1 = faster than fp32); TOPS = 2 M N K / time for the int8
+paths. ``--write-dispatch`` stores the fastest path per (op, M, K) for this CPU's ISA in
+core/kernels/dispatch_cpu.json, which the ops read to choose their path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.kernels import cpu, ops  # noqa: E402
+from core.layers_int8 import Int4WeightOnlyLinear, W8A8Linear  # noqa: E402
+from core.quant.actquant import quantize_per_token  # noqa: E402
+
+MS = (1, 16, 128, 512, 2048)
+KS = (1024, 4096)
+OP_COLUMNS = {  # op -> (prefix of its per-path columns, column of the dispatched path)
+    "int8_linear": ("w8a8", "w8a8_ms"),
+    "int8_weight_only_linear": ("wo8", "int8_weight_only_ms"),
+    "int4_weight_only_linear": ("wo4", "int4_weight_only_ms"),
+}
+CANDIDATES = {  # paths that compute the same function (ref: float64, never a contender)
+    "int8_linear": ("native", "int_mm", "dequant"),
+    "int8_weight_only_linear": ("native", "dequant"),
+    "int4_weight_only_linear": ("native", "dequant"),
+}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _bnb_layers(lin: nn.Linear) -> dict[str, nn.Module]:
+    try:
+        from core.layers import Bnb4bitLinear, BnbInt8Linear
+
+        return {
+            "bnb_int8": BnbInt8Linear.from_linear(lin, 6.0),
+            "bnb_nf4": Bnb4bitLinear.from_linear(lin, "nf4", True, torch.float32, 64),
+        }
+    except Exception as e:  # bitsandbytes missing or without a CPU backend
+        print(f"# bitsandbytes unavailable: {e}", file=sys.stderr)
+        return {}
+
+
+def _fbgemm(lin: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dyn = torch.ao.nn.quantized.dynamic.Linear(lin.in_features, lin.out_features)
+            w = lin.weight.detach()
+            scale = (w.abs().amax(1) / 127).clamp(min=1e-8).double()
+            zero = torch.zeros(w.shape[0], dtype=torch.long)
+            dyn.set_weight_bias(torch.quantize_per_channel(w, scale, zero, 0, torch.qint8), None)
+        return dyn
+    except Exception as e:  # quantized engine removed or unavailable
+        print(f"# fbgemm unavailable: {e}", file=sys.stderr)
+        return None
+
+
+class Cell:
+    """Everything timed for one (K, N) weight, reused across M."""
+
+    def __init__(self, k: int, n: int) -> None:
+        torch.manual_seed(k)
+        self.lin = nn.Linear(k, n, bias=False)
+        self.w = self.lin.weight.detach()
+        self.wb = self.w.to(torch.bfloat16)
+        self.w8 = W8A8Linear(self.lin, "dynamic")
+        self.w4 = Int4WeightOnlyLinear(self.lin, 128)
+        self.bnb = _bnb_layers(self.lin)
+        self.fbgemm = _fbgemm(self.lin)
+
+    def variants(self, x: torch.Tensor) -> dict[str, Callable[[], object]]:
+        w8, w4 = self.w8, self.w4
+        xb = x.to(torch.bfloat16)
+        xq, _ = quantize_per_token(x)
+        xq = F.pad(xq, (0, 0, 0, max(0, cpu.INT_MM_MIN_M - xq.shape[0])))
+        wt = w8.w_int8.t()
+        out: dict[str, Callable[[], object]] = {
+            "fp32": lambda: F.linear(x, self.w),
+            "bf16": lambda: F.linear(xb, self.wb),
+            "int_mm": lambda: torch._int_mm(xq, wt),
+        }
+
+        def forced(op: str, path: str, call: Callable[[], object]) -> Callable[[], object]:
+            def run() -> object:
+                with ops.use_path(path):
+                    return call()
+
+            return run
+
+        calls = {
+            "int8_linear": lambda: ops.int8_linear(x, w8.w_int8, w8.w_scale, None, "dynamic"),
+            "int8_weight_only_linear": lambda: ops.int8_weight_only_linear(
+                x, w8.w_int8, w8.w_scale, None
+            ),
+            "int4_weight_only_linear": lambda: ops.int4_weight_only_linear(
+                x, w4.w_packed, w4.scale, w4.zero, w4.group_size, None
+            ),
+        }
+        for op, (prefix, _) in OP_COLUMNS.items():
+            for path in CANDIDATES[op]:
+                if ops.CPU_PATHS[op][path].available():
+                    out[f"{prefix}_{path}"] = forced(op, path, calls[op])
+        for name, mod in self.bnb.items():
+            out[name] = lambda mod=mod: mod(x)
+        if self.fbgemm is not None:
+            out["fbgemm_a7"] = lambda: self.fbgemm(x)
+        return out
+
+
+def time_round_robin(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median ms per variant; one warm-up each, then ``repeats`` rounds of one call each."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    with torch.no_grad():
+        for fn in fns.values():
+            fn()
+        for _ in range(repeats):
+            for k, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) * 1000 for k, v in times.items()}
+
+
+def _too_slow(prev_m: int, prev_ms: float, m: int, max_call_s: float) -> bool:
+    """Linear extrapolation in M, applied only to variants already slow at the previous M
+    (paths with a fixed cost, such as dequantizing the weight, do not scale with M)."""
+    prev_s = prev_ms / 1000
+    return prev_s > 0.1 * max_call_s and prev_s * m / prev_m > max_call_s
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    rows: list[dict] = []
+    ms = (1, 16, 128) if args.quick else MS
+    ks = (1024,) if args.quick else KS
+    for k in ks:
+        cell = Cell(k, k)
+        last: dict[str, tuple[int, float]] = {}  # variant -> (M, ms) at the previous M
+        for m in ms:
+            x = torch.randn(m, k)
+            fns = cell.variants(x)
+            skipped = []
+            for name in list(fns):
+                if name in last and _too_slow(*last[name], m, args.max_call_s):
+                    skipped.append(name)
+                    del fns[name]
+            t = time_round_robin(fns, args.repeats)
+            for name, v in t.items():
+                last[name] = (m, v)
+            rows.append(make_row(m, k, k, t, skipped))
+            print(format_row(rows[-1]), flush=True)
+    return rows
+
+
+def make_row(m: int, k: int, n: int, t: dict[str, float], skipped: list[str]) -> dict:
+    row: dict = {"M": m, "K": k, "N": n}
+    row.update({f"{name}_ms": round(v, 4) for name, v in t.items()})
+    for name in skipped:
+        row[f"{name}_ms"] = None
+    for op, (prefix, column) in OP_COLUMNS.items():
+        path = ops.choose_cpu_path(op, m, k)
+        row[column] = row.get(f"{prefix}_{path}_ms")
+        row[column.replace("_ms", "_path")] = path
+    fp32 = row["fp32_ms"]
+    for key in [c for c in row if c.endswith("_ms") and c != "fp32_ms"]:
+        if row[key]:
+            row[key.replace("_ms", "_x_fp32")] = round(fp32 / row[key], 3)
+    macs = 2.0 * m * n * k
+    for key in ("w8a8_ms", "int_mm_ms"):
+        if row.get(key):
+            row[key.replace("_ms", "_tops")] = round(macs / (row[key] / 1000) / 1e12, 4)
+    row["skipped"] = skipped
+    return row
+
+
+SHOW = (
+    "fp32",
+    "bf16",
+    "w8a8",
+    "int8_weight_only",
+    "int4_weight_only",
+    "int_mm",
+    "bnb_int8",
+    "bnb_nf4",
+    "fbgemm_a7",
+)
+
+
+def format_row(row: dict) -> str:
+    parts = [f"M={row['M']:<5d} K=N={row['K']:<5d}"]
+    for name in SHOW:
+        v = row.get(f"{name}_ms")
+        if name == "fp32":
+            parts.append(f"fp32 {v:9.3f}ms")
+        elif v is None:
+            parts.append(f"{name} skipped" if f"{name}_ms" in row else f"{name} n/a")
+        else:
+            parts.append(f"{name} {v:.3f}ms ({row[f'{name}_x_fp32']:.2f}x)")
+    paths = "/".join(row[c.replace("_ms", "_path")] for _, c in OP_COLUMNS.values())
+    tops = row.get("w8a8_tops")
+    parts.append(f"paths {paths}" + (f", w8a8 {tops:.3f} TOPS" if tops else ""))
+    return " | ".join(parts)
+
+
+def dispatch_table(rows: list[dict]) -> dict:
+    """The fastest measured path per (op, M, K) cell."""
+    rules: dict[str, list[dict]] = {}
+    for op, (prefix, _) in OP_COLUMNS.items():
+        for row in rows:
+            cands = {
+                p: row.get(f"{prefix}_{p}_ms")
+                for p in CANDIDATES[op]
+                if row.get(f"{prefix}_{p}_ms") is not None
+            }
+            if cands:
+                best = min(cands, key=cands.__getitem__)
+                rules.setdefault(op, []).append({"m": row["M"], "k": row["K"], "path": best})
+    return rules
+
+
+def write_dispatch(rows: list[dict], meta: dict) -> Path:
+    path = ops.DISPATCH_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        data = {}
+    data[ops.cpu_description()] = {**meta, "rules": dispatch_table(rows)}
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--json", action="store_true", help="last line: a JSON list of rows")
+    p.add_argument("--quick", action="store_true", help="M in 1, 16, 128 and K = 1024 only")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds after the warm-up")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--max-call-s", type=float, default=2.0, help="skip a variant predicted slower than this"
+    )
+    p.add_argument(
+        "--write-dispatch", action="store_true", help="store the fastest paths for this CPU"
+    )
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    meta = {
+        "cpu": cpu_name(),
+        "isa": ops.cpu_description(),
+        "native_kernels": cpu.native_available(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "load_before": [round(v, 2) for v in os.getloadavg()],
+        "measured": time.strftime("%Y-%m-%d %H:%M"),
+        "repeats": args.repeats,
+    }
+    print("# " + json.dumps(meta))
+    t0 = time.perf_counter()
+    rows = run(args)
+    meta["load_after"] = [round(v, 2) for v in os.getloadavg()]
+    meta["wall_s"] = round(time.perf_counter() - t0, 1)
+    print("# " + json.dumps({k: meta[k] for k in ("load_after", "wall_s")}))
+    if args.write_dispatch:
+        print(f"# dispatch table written to {write_dispatch(rows, meta)}")
+    if args.json:
+        print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
