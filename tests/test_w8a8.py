@@ -122,3 +122,26 @@ def test_layer_matches_reference_and_stores_int8() -> None:
     assert after.compressed_bits_per_weight is not None
     assert after.compressed_bits_per_weight < 8.5  # int8 + one float32 scale per row
     assert after.weight_bytes < before.weight_bytes
+
+
+@pytest.mark.parametrize(
+    "recipe", ["w8a8", "w8a8-static", "llm-int8", "int8-weight-only", "int4-weight-only"]
+)
+def test_save_and_load_round_trip(recipe: str, tmp_path) -> None:
+    from core.models import byte_tokenizer
+    from core.save import load_compressed, save_compressed
+
+    model = tiny_llama(hidden=64, layers=1, seed=4)
+    batches = [torch.randint(0, 256, (1, 32)) for _ in range(2)]
+    r = parse_recipe(recipe)
+    apply_recipe(
+        model, r, on_progress=lambda f, m: None, should_cancel=lambda: False, calib_batches=batches
+    )
+    ids = batches[0]
+    with torch.no_grad():
+        want = model(ids).logits
+    save_compressed(model, tmp_path, r, byte_tokenizer())
+    loaded = load_compressed(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(ids).logits, want)
+    assert weight_memory(loaded.model) == weight_memory(model)
