@@ -18,7 +18,8 @@ For M in 1, 16, 128, 512, 2048 rows and K = N in 1024, 4096 it times one forward
 
 Timings are medians over ``--repeats`` rounds after one warm-up; within a round every
 variant runs once, in turn, so a busy machine slows all of them alike. A variant already slow at the previous M
-whose time extrapolated to this M exceeds ``--max-call-s`` is skipped (null). Ratios
+whose time extrapolated to this M exceeds ``--max-call-s`` is skipped (null); fp32, the
+baseline, always runs. Ratios
 are fp32_ms / x_ms (above 1 = faster than fp32); TOPS = 2 M N K / time for the int8
 paths. ``--write-dispatch`` stores the fastest path per (op, M, K) for this CPU's ISA in
 core/kernels/dispatch_cpu.json, which the ops read to choose their path.
@@ -184,7 +185,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             fns = cell.variants(x)
             skipped = []
             for name in list(fns):
-                if name in last and _too_slow(*last[name], m, args.max_call_s):
+                if name != "fp32" and name in last and _too_slow(*last[name], m, args.max_call_s):
                     skipped.append(name)
                     del fns[name]
             t = time_round_robin(fns, args.repeats)
