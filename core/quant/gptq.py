@@ -96,16 +96,19 @@ def gptq_quantize(
     qmin, qmax = qrange(spec.bits, spec.symmetric)
     Q = torch.zeros(out_f, in_f, dtype=torch.int16, device=W.device)
 
+    order = perm.tolist() if perm is not None else list(range(in_f))
+    any_pruned = bool(pruned.any())
     for i1 in range(0, in_f, block_size):
         i2 = min(i1 + block_size, in_f)
         W1 = W[:, i1:i2].clone()  # (out, b) the block, updated as its columns are quantized
+        Q1 = torch.zeros_like(W1)  # (out, b) the block's integers
         Err1 = torch.zeros_like(W1)  # (out, b) scaled errors, applied past the block at the end
         Hinv1 = Hinv[i1:i2, i1:i2]
+        diag = torch.diagonal(Hinv1).tolist()  # python floats: fewer tensor ops per column
         for i in range(i2 - i1):
             col = i1 + i
-            orig = int(perm[col]) if perm is not None else col
-            g = orig // cols
-            if grouped and not static_groups and orig % cols == 0:
+            g = order[col] // cols
+            if grouped and not static_groups and order[col] % cols == 0:
                 cur = _current_columns(W, W1, Err1, Hinv, i1, i, min(col + cols, in_f))
                 s, z = compute_scale_zero(cur.unsqueeze(1), spec)
                 scale[:, g] = _as_stored(s[:, 0])
@@ -115,11 +118,13 @@ def gptq_quantize(
             z = zero[:, g] if zero is not None else 0.0
             w = W1[:, i]
             q = torch.clamp(torch.round(w / s) + z, qmin, qmax)
-            q = torch.where(pruned[:, col], z, q)  # the level that dequantizes to exactly 0
-            Q[:, col] = q.to(torch.int16)
-            err = (w - (q - z) * s) / Hinv1[i, i]
-            W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
+            if any_pruned:
+                q = torch.where(pruned[:, col], z, q)  # the level that dequantizes to exactly 0
+            Q1[:, i] = q
+            err = (w - (q - z) * s) / diag[i]
+            W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1.0)
             Err1[:, i] = err
+        Q[:, i1:i2] = Q1.to(torch.int16)
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
 
     if perm is not None:
