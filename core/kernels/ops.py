@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from core.kernels import cpu, ref, triton_int8
+from core.quant.actquant import quantize_per_tensor_static, quantize_per_token
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,6 @@ def _w8a8_ref(x2, w, ws, b, mode, xs=None):
 
 
 def _w8a8_dequant(x2, w, ws, b, mode, xs=None):
-    from core.quant.actquant import quantize_per_tensor_static, quantize_per_token
-
     if mode == "static":
         q, s = quantize_per_tensor_static(x2, xs), xs.float().reshape(1, 1)
     else:
@@ -100,6 +99,7 @@ _ALWAYS = lambda: True  # noqa: E731
 
 def _native() -> bool:
     return cpu.native_available()
+
 
 CPU_PATHS: dict[str, dict[str, KernelPath]] = {
     "int8_linear": {
