@@ -12,6 +12,7 @@ import importlib.util
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -111,13 +112,18 @@ def _slug(name: str) -> str:
 def shots(
     flow: ModuleType, page: Any, artifacts: Path, request: pytest.FixtureRequest
 ) -> Callable[[str], Path]:
-    """``shots("step")`` saves artifacts/browser/<test>/NN-step.png."""
+    """``shots("step")`` saves artifacts/browser/<test>/NN-step.png and notes the seconds
+    since the test started in steps.log there (where a slow CI run spent its time)."""
     folder = artifacts / _slug(request.node.name)
-    count = 0
+    folder.mkdir(parents=True, exist_ok=True)
+    t0, count = time.monotonic(), 0
 
     def take(step: str) -> Path:
         nonlocal count
         count += 1
-        return flow.shot(page, folder / f"{count:02d}-{_slug(step)}.png")
+        path = flow.shot(page, folder / f"{count:02d}-{_slug(step)}.png")
+        with (folder / "steps.log").open("a") as fh:
+            fh.write(f"{time.monotonic() - t0:7.1f} s  {path.name}\n")
+        return path
 
     return take

@@ -243,8 +243,13 @@ def main_area(page: Page) -> Locator:
 
 
 def wait_idle(page: Page, timeout_ms: float = PAGE_LOAD_MS) -> None:
-    """Wait until no script run is in progress (the status widget says "Running...")."""
-    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=timeout_ms)
+    """Wait until no script run is in progress and no element is still a placeholder.
+
+    The app root carries the script state (Streamlit's own tests wait on it); the
+    "Running..." widget is no signal, it only shows for runs longer than a moment."""
+    app = page.get_by_test_id("stApp")
+    expect(app).to_have_attribute("data-test-script-state", "notRunning", timeout=timeout_ms)
+    expect(main_area(page).get_by_test_id("stSkeleton")).to_have_count(0, timeout=timeout_ms)
 
 
 def expect_title(page: Page, title: str, timeout_ms: float = PAGE_LOAD_MS) -> None:
@@ -328,22 +333,34 @@ def fill_fast_run(page: Page, recipe: str = "rtn-int8") -> None:
 
 
 def choose(page: Page, label: str, option: str) -> None:
-    """Pick ``option`` in the select box labelled ``label``."""
+    """Pick ``option`` in the select box labelled ``label``; typing filters the list first,
+    because a long list renders only the options in view."""
     box = main_area(page).get_by_role("combobox", name=label, exact=True)
     if box.input_value() == option:
         return
     box.click()
+    box.fill(option)
     page.get_by_role("option", name=option, exact=True).click()
     expect(box).to_have_value(option)
     wait_idle(page)
 
 
+QUEUED = re.compile(r"Queued job #(\d+)")
+
+
 def queue_run(page: Page) -> int:
-    """Click "Queue run"; returns the job id from the success message."""
+    """Click "Queue run"; returns the new job's id from the success message. A message left
+    from an earlier click does not count; a "Not queued" error fails at once."""
+    main = main_area(page)
+    fresh = main.get_by_text(QUEUED)
+    for old in set(QUEUED.findall(" ".join(fresh.all_inner_texts()))):
+        fresh = fresh.filter(has_not_text=re.compile(rf"#{old}\b"))
+    refused = main.get_by_test_id("stAlertContentError").filter(has_text="Not queued")
     page.get_by_role("button", name="Queue run").click()
-    alert = main_area(page).get_by_text(re.compile(r"Queued job #\d+"))
-    expect(alert).to_be_visible(timeout=PAGE_LOAD_MS)
-    m = re.search(r"#(\d+)", alert.inner_text())
+    expect(fresh.or_(refused).first).to_be_visible(timeout=PAGE_LOAD_MS)
+    if refused.count():
+        raise AssertionError(refused.first.inner_text())
+    m = QUEUED.search(fresh.first.inner_text())
     assert m is not None
     return int(m.group(1))
 
