@@ -13,6 +13,15 @@ st.caption(
     "Compose a job; a worker runs it in the background. Parameters are checked against each "
     "method's allowed values before anything is queued."
 )
+prefilled_from = forms.apply_prefill(st.session_state)
+if prefilled_from:
+    st.session_state["prefill_note"] = prefilled_from
+if st.session_state.get("prefill_note"):
+    st.info(
+        f"Pre-filled from {st.session_state['prefill_note']}: check the recipe below, "
+        "then queue it.",
+        icon=":material/edit_note:",
+    )
 
 st.subheader("1. Model")
 model = forms.model_picker()
@@ -41,6 +50,7 @@ if st.button("Queue run", type="primary", icon=":material/play_arrow:"):
     except ValueError as e:  # ConfigError, DataError and bad settings: say what is allowed
         st.error(f"Not queued: {e}")
     else:
+        st.session_state.pop("prefill_note", None)
         st.success(f"Queued job #{job_id} ({model}).")
         st.page_link(
             shell.RUNS, label="Follow its progress on Runs", icon=":material/arrow_forward:"

@@ -10,7 +10,7 @@ import streamlit as st
 
 from core.metrics import DEFINITIONS
 from db.models import Job
-from ui.frames import fmt_bytes, fmt_duration
+from ui.frames import eval_label, fmt_bytes, fmt_duration
 
 # Keys of job.result shown in this order, with units; anything else follows as stored.
 METRIC_ROWS: tuple[tuple[str, str, str], ...] = (
@@ -136,3 +136,32 @@ def run_details(job: Job) -> None:
     with t_fp:
         st.caption(f"Fingerprint hash: `{job.fingerprint_hash}`")
         st.json(fp)
+
+
+def run_label(job: Any) -> str:
+    return f"#{job.id} {job.recipe_label}"
+
+
+def side_by_side(jobs: list[Any]) -> pd.DataFrame:
+    """Metrics (rows, with units) of several runs (one column each), in the order of
+    :data:`METRIC_ROWS`; a metric no run recorded is left out."""
+    results = [j.result or {} for j in jobs]
+    rows = []
+    for key, label, unit in METRIC_ROWS:
+        if not any(key in r for r in results):
+            continue
+        rows.append(
+            {
+                "metric": label,
+                "unit": unit,
+                **{run_label(j): _fmt(key, r.get(key)) for j, r in zip(jobs, results, strict=True)},
+            }
+        )
+    facts = (
+        ("Model", lambda j: j.model),
+        ("Evaluated on", eval_label),
+        ("Origin", lambda j: getattr(j, "origin", None) or "local"),
+    )
+    for label, get in facts:
+        rows.append({"metric": label, "unit": "", **{run_label(j): str(get(j)) for j in jobs}})
+    return pd.DataFrame(rows)

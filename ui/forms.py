@@ -8,6 +8,7 @@ a select box, a bool a checkbox, and ``T | None`` an opt-in checkbox plus the in
 from __future__ import annotations
 
 import json
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ def preset_note(model_id: str) -> str:
     return f"{n / 1e6:.0f} M parameters · {fmt_bytes(fp32)} as FP32, ≈{fmt_bytes(int8)} at int8 · {note}"
 
 
-def _hub_model() -> str:
+def _hub_model(prefix: str = "") -> str:
     reachable, why = hub_status()
     cached = cached_hub_models()
     if not reachable:
@@ -72,9 +73,11 @@ def _hub_model() -> str:
         tags = [t for t, on in (("cached", m in cached), ("preset", m in PRESETS)) if on]
         return f"{m} ({', '.join(tags)})" if tags else m
 
-    choice = st.selectbox("Model id", options, format_func=label, key="hub_choice")
+    choice = st.selectbox("Model id", options, format_func=label, key=f"{prefix}hub_choice")
     if choice == OTHER_ID:
-        choice = st.text_input("Hugging Face id", placeholder="org/name", key="hub_other").strip()
+        choice = st.text_input(
+            "Hugging Face id", placeholder="org/name", key=f"{prefix}hub_other"
+        ).strip()
     elif choice in PRESETS:
         st.caption(preset_note(choice))
     if not reachable and not cached:
@@ -82,9 +85,11 @@ def _hub_model() -> str:
     return choice
 
 
-def _folder_model() -> str:
+def _folder_model(prefix: str = "") -> str:
     path = st.text_input(
-        "Folder with config.json and weights", placeholder="/models/my-llama", key="folder_path"
+        "Folder with config.json and weights",
+        placeholder="/models/my-llama",
+        key=f"{prefix}folder_path",
     ).strip()
     if path:
         p = Path(path).expanduser()
@@ -100,8 +105,9 @@ def _folder_model() -> str:
     return path
 
 
-def model_picker() -> str:
-    """The model string a worker loads: 'demo', 'tiny-random', a hub id or a folder."""
+def model_picker(prefix: str = "") -> str:
+    """The model string a worker loads: 'demo', 'tiny-random', a hub id or a folder.
+    ``prefix`` keeps the widget keys of two pages apart."""
     kinds = {
         "demo": "Bundled demo model (a small Llama trained on Python stdlib code)",
         TINY_RANDOM: "Tiny Llama, random weights (for smoke tests: its perplexity means nothing)",
@@ -109,7 +115,9 @@ def model_picker() -> str:
         "folder": "Local folder",
     }
     default = 0 if demo_available() else 1
-    kind = st.radio("Model", list(kinds), format_func=kinds.get, index=default, key="model_kind")
+    kind = st.radio(
+        "Model", list(kinds), format_func=kinds.get, index=default, key=f"{prefix}model_kind"
+    )
     if kind == "demo":
         if not demo_available():
             st.warning(
@@ -120,8 +128,8 @@ def model_picker() -> str:
         st.caption("Random weights: use it to check the pipeline, not to compare methods.")
         return TINY_RANDOM
     if kind == "hub":
-        return _hub_model()
-    return _folder_model()
+        return _hub_model(prefix)
+    return _folder_model(prefix)
 
 
 # --- recipe ----------------------------------------------------------------------
@@ -197,8 +205,9 @@ def method_card(cls: type[Method], expanded: bool = True) -> None:
             st.caption(f"Reference: {card.reference}")
 
 
-def step_editor(i: int) -> dict[str, Any]:
+def step_editor(i: int, prefix: str = "") -> dict[str, Any]:
     """Widgets for recipe step ``i``; returns the flat step dict."""
+    key = f"{prefix}step{i}"
     registered = list(methods())
     names = [m.name for m in registered]
     kinds = {m.name: m.kind for m in registered}
@@ -209,7 +218,7 @@ def step_editor(i: int) -> dict[str, Any]:
             names,
             index=default,
             format_func=lambda n: f"{n} ({kinds[n]})",
-            key=f"step{i}:method",
+            key=f"{key}:method",
         )
         cls = get_method(method)
         params = describe_params(cls.config_cls)
@@ -217,14 +226,14 @@ def step_editor(i: int) -> dict[str, Any]:
         cols = st.columns(3)
         for j, p in enumerate(params):
             with cols[j % 3]:
-                values[p["name"]] = param_widget(p, f"step{i}:{method}:{p['name']}")
+                values[p["name"]] = param_widget(p, f"{key}:{method}:{p['name']}")
         c1, c2 = st.columns(2)
         targets = c1.text_input(
             "targets (comma-separated name patterns; re:<regex> allowed)",
             "*",
-            key=f"step{i}:targets",
+            key=f"{key}:targets",
         )
-        ignore = c2.text_input("ignore (patterns excluded)", "lm_head", key=f"step{i}:ignore")
+        ignore = c2.text_input("ignore (patterns excluded)", "lm_head", key=f"{key}:ignore")
         method_card(cls, expanded=(i == 0))
     return {"method": method, **values, "targets": _patterns(targets), "ignore": _patterns(ignore)}
 
@@ -323,21 +332,25 @@ def text_set_picker(sf: queue.Factory, label: str, key: str, default: str, uploa
     return slot.selectbox(label, options, format_func=_set_label(sets, uploads), key=key)
 
 
-def eval_settings() -> tuple[dict[str, int], dict[str, int]]:
+def eval_settings(prefix: str = "") -> tuple[dict[str, int], dict[str, int]]:
     """(evaluation settings, calibration settings) as plain dicts."""
     c = st.columns(5)
-    ctx = c[0].number_input("Context length (tokens)", 16, 8192, 256, step=16, key="ctx")
+    ctx = c[0].number_input("Context length (tokens)", 16, 8192, 256, step=16, key=f"{prefix}ctx")
     eval_tokens = c[1].number_input(
-        "Evaluation tokens", 16, 1_000_000, 4096, step=256, key="eval_tokens"
+        "Evaluation tokens", 16, 1_000_000, 4096, step=256, key=f"{prefix}eval_tokens"
     )
-    n_samples = c[2].number_input("Calibration samples", 1, 4096, 32, key="calib_samples")
-    seq_len = c[3].number_input("Calibration length (tokens)", 8, 8192, 256, step=8, key="seq_len")
-    seed = c[4].number_input("Seed", 0, 2**31 - 1, 0, key="seed")
+    n_samples = c[2].number_input("Calibration samples", 1, 4096, 32, key=f"{prefix}calib_samples")
+    seq_len = c[3].number_input(
+        "Calibration length (tokens)", 8, 8192, 256, step=8, key=f"{prefix}seq_len"
+    )
+    seed = c[4].number_input("Seed", 0, 2**31 - 1, 0, key=f"{prefix}seed")
     with st.expander("Latency measurement"):
         l1, l2, l3 = st.columns(3)
-        prompt_len = l1.number_input("Prompt length (tokens)", 1, 8192, 128, key="prompt_len")
-        decode = l2.number_input("Decode steps timed", 1, 1024, 16, key="decode_tokens")
-        repeats = l3.number_input("Repeats (median reported)", 1, 100, 5, key="repeats")
+        prompt_len = l1.number_input(
+            "Prompt length (tokens)", 1, 8192, 128, key=f"{prefix}prompt_len"
+        )
+        decode = l2.number_input("Decode steps timed", 1, 1024, 16, key=f"{prefix}decode_tokens")
+        repeats = l3.number_input("Repeats (median reported)", 1, 100, 5, key=f"{prefix}repeats")
     ev = {
         "ctx": int(ctx),
         "eval_tokens": int(eval_tokens),
@@ -347,3 +360,65 @@ def eval_settings() -> tuple[dict[str, int], dict[str, int]]:
     }
     cs = {"n_samples": int(n_samples), "seq_len": int(seq_len), "seed": int(seed)}
     return ev, cs
+
+
+# --- pre-filling New run from another page -------------------------------------------
+
+PREFILL_KEY = "prefill_run"  # a pending pre-fill (form state only: nothing about jobs)
+
+
+def prefill_new_run(
+    state: MutableMapping[str, Any],
+    *,
+    model: str,
+    steps: list[dict[str, Any]],
+    source: str,
+    calib: str | None = None,
+    eval_set: str | None = None,
+    eval: dict[str, Any] | None = None,
+    calib_settings: dict[str, Any] | None = None,
+) -> None:
+    """Ask the New run page to open with this model, recipe (as JSON) and settings."""
+    state[PREFILL_KEY] = {
+        "model": model,
+        "steps": steps,
+        "source": source,
+        "calib": calib,
+        "eval_set": eval_set,
+        "eval": eval or {},
+        "calib_settings": calib_settings or {},
+    }
+
+
+def _model_keys(model: str) -> dict[str, Any]:
+    if model in ("demo", TINY_RANDOM):
+        return {"model_kind": model}
+    if model.startswith(("/", "./", "../", "~")) or Path(model).expanduser().is_dir():
+        return {"model_kind": "folder", "folder_path": model}
+    return {"model_kind": "hub", "hub_choice": OTHER_ID, "hub_other": model}
+
+
+# New run widget keys of the evaluation / calibration settings, by settings field.
+_EVAL_KEYS = {k: k for k in ("ctx", "eval_tokens", "prompt_len", "decode_tokens", "repeats")}
+_CALIB_KEYS = {"n_samples": "calib_samples", "seq_len": "seq_len", "seed": "seed"}
+
+
+def apply_prefill(state: MutableMapping[str, Any]) -> str | None:
+    """Move a pending pre-fill into the New run widgets' keys; call before they are drawn.
+    Returns where it came from (for a note on the page), None if there was none."""
+    pre = state.pop(PREFILL_KEY, None)
+    if not pre:
+        return None
+    state.update(_model_keys(str(pre["model"])))
+    state["recipe_mode"] = "JSON"
+    state["recipe_json"] = json.dumps(pre["steps"], indent=1)
+    for name, key in (("calib", "calib_set"), ("eval_set", "eval_set")):
+        if pre.get(name):
+            state[key] = pre[name]
+    for field, key in _EVAL_KEYS.items():
+        if field in pre["eval"]:
+            state[key] = int(pre["eval"][field])
+    for field, key in _CALIB_KEYS.items():
+        if field in pre["calib_settings"]:
+            state[key] = int(pre["calib_settings"][field])
+    return str(pre["source"])

@@ -6,11 +6,13 @@ tests can pass plain namespaces.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 MB = 1e6  # charts and tables use decimal megabytes (10^6 bytes)
@@ -171,6 +173,7 @@ def layers_frame(rows: Iterable[dict[str, Any]], k: float = 3.0) -> pd.DataFrame
     out = []
     for d in rows:
         b, a = d.get("before") or {}, d.get("after") or {}
+        act = d.get("act") or {}
         shape = a.get("shape") or b.get("shape") or ()
         out.append(
             {
@@ -185,6 +188,93 @@ def layers_frame(rows: Iterable[dict[str, Any]], k: float = 3.0) -> pd.DataFrame
                 "zeros_after": _num(a.get("zeros")),
                 f"outliers_before_{key}": _num((b.get("outliers") or {}).get(key)),
                 f"outliers_after_{key}": _num((a.get("outliers") or {}).get(key)),
+                # Input activations on the calibration set (runs with a calibrated recipe).
+                "act_absmax": _num(act.get("absmax")),
+                "act_above": _num(act.get("n_above")),
+                "act_max_over_median": _num(act.get("max_over_median")),
             }
         )
     return pd.DataFrame(out)
+
+
+# --- leaderboard -------------------------------------------------------------------
+
+_BITS_IN_NAME = re.compile(r"(?:int|fp|w|-|^)(\d{1,2})(?:bit|a\d|-|$)")
+_DTYPE_BITS = {"float16": 16, "bfloat16": 16, "float32": 32}
+
+
+def step_bits(step: dict[str, Any]) -> int | None:
+    """The nominal bit width a recipe step stores weights in (None for pruning/transforms):
+    its ``bits`` parameter, a cast's dtype, or the width in its name (fp8, w8a8, bnb-4bit)."""
+    if isinstance(step.get("bits"), int):
+        return int(step["bits"])
+    if step.get("dtype") in _DTYPE_BITS:
+        return _DTYPE_BITS[str(step["dtype"])]
+    m = _BITS_IN_NAME.search(str(step.get("method", "")))
+    return int(m.group(1)) if m else None
+
+
+def nominal_bits(steps: Sequence[dict[str, Any]]) -> str:
+    """ "32" for an uncompressed model, "4" for 4-bit, "4/8" for a mixed-precision recipe."""
+    widths = sorted({b for s in steps if (b := step_bits(s)) is not None})
+    return "/".join(map(str, widths)) if widths else "32"
+
+
+def recipe_sparsity(steps: Sequence[dict[str, Any]]) -> float:
+    """The sparsity a recipe asks for: its pruning step's ``sparsity``, or 1 - N/M of an
+    N:M pattern; 0 without pruning."""
+    out = 0.0
+    for s in steps:
+        pattern = s.get("pattern")
+        if isinstance(pattern, str) and ":" in pattern:
+            n, m = (int(v) for v in pattern.split(":"))
+            out = max(out, 1 - n / m)
+        elif isinstance(s.get("sparsity"), int | float) and not isinstance(s["sparsity"], bool):
+            out = max(out, float(s["sparsity"]))
+    return round(out, 4)
+
+
+def calib_label(job: Any) -> str:
+    """The calibration set a run used ('none' when it needed none)."""
+    fp = getattr(job, "fingerprint", None) or {}
+    if "calib_set" in fp:
+        return (fp["calib_set"] or {}).get("name", "none") if fp["calib_set"] else "none"
+    spec = getattr(job, "spec", None) or {}
+    return str(spec.get("calib", "none")) if recipe_steps(job) else "none"
+
+
+def leaderboard_frame(jobs: Iterable[Any]) -> pd.DataFrame:
+    """The runs frame plus what the leaderboard filters and shares by: bits, sparsity,
+    calibration set, origin and fingerprint hash."""
+    jobs = list(jobs)
+    df = runs_frame(jobs)
+    df["bits"] = [nominal_bits(recipe_steps(j)) for j in jobs]
+    df["sparsity"] = [recipe_sparsity(recipe_steps(j)) for j in jobs]
+    df["calib"] = [calib_label(j) for j in jobs]
+    df["origin"] = [getattr(j, "origin", None) or "local" for j in jobs]
+    df["fingerprint"] = [(getattr(j, "fingerprint_hash", None) or "")[:12] for j in jobs]
+    return df
+
+
+def pareto_mask(
+    df: pd.DataFrame, objectives: dict[str, str], group: str | None = "model"
+) -> pd.Series:
+    """True for rows no other row of the same ``group`` dominates on every objective
+    (column -> "lower" or "higher" is better). A row missing any objective is never on
+    the front and dominates nothing; exact ties do not dominate each other."""
+    cols = list(objectives)
+    mask = pd.Series(False, index=df.index)
+    if df.empty or not set(cols) <= set(df.columns):
+        return mask
+    groups = df.groupby(group, sort=False) if group else [(None, df)]
+    for _, g in groups:
+        d = g.dropna(subset=cols)
+        if d.empty:
+            continue
+        signs = np.array([1.0 if objectives[c] == "lower" else -1.0 for c in cols])
+        v = d[cols].to_numpy(dtype=float) * signs  # smaller is better in every column
+        no_worse = (v[None, :, :] <= v[:, None, :]).all(axis=2)  # [i, j]: j no worse than i
+        better = (v[None, :, :] < v[:, None, :]).any(axis=2)
+        dominated = (no_worse & better).any(axis=1)
+        mask.loc[d.index[~dominated]] = True
+    return mask

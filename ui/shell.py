@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import streamlit as st
 
 from db import queue
@@ -15,8 +17,14 @@ PAGES: tuple[tuple[str, str, str], ...] = (
     ("app_pages/runs.py", "Runs", ":material/pending_actions:"),
     ("app_pages/compare.py", "Compare", ":material/scatter_plot:"),
     ("app_pages/weights.py", "Weights", ":material/bar_chart:"),
+    ("app_pages/leaderboard.py", "Leaderboard", ":material/leaderboard:"),
+    ("app_pages/run.py", "Run", ":material/description:"),
+    ("app_pages/explorer.py", "Outliers", ":material/troubleshoot:"),
+    ("app_pages/sensitivity.py", "Sensitivity", ":material/tune:"),
+    ("app_pages/concepts.py", "Concepts", ":material/school:"),
 )
-HOME, NEW_RUN, RUNS, COMPARE, WEIGHTS = (p[0] for p in PAGES)
+HOME, NEW_RUN, RUNS, COMPARE, WEIGHTS = (p[0] for p in PAGES[:5])
+LEADERBOARD, RUN, OUTLIERS, SENSITIVITY, CONCEPTS = (p[0] for p in PAGES[5:])
 
 
 @st.cache_resource(show_spinner=False)
@@ -38,6 +46,26 @@ def pages() -> list[st.Page]:
         st.Page(path, title=title, icon=icon, default=(i == 0))
         for i, (path, title, icon) in enumerate(PAGES)
     ]
+
+
+def query_ids(value: str | None) -> list[int]:
+    """Run ids from a query parameter such as ``?run=12`` or ``?run=12,15`` (junk skipped)."""
+    out: list[int] = []
+    for part in (value or "").replace(" ", ",").split(","):
+        if part.strip().isdigit() and int(part) not in out:
+            out.append(int(part))
+    return out
+
+
+def run_page_link(ids: list[int], label: str | None = None, *, where: Any = st) -> None:
+    """A link to the Run page showing ``ids`` (one run, or several side by side)."""
+    text = label or (f"Open run #{ids[0]}" if len(ids) == 1 else f"Compare {len(ids)} runs")
+    where.page_link(
+        RUN,
+        label=text,
+        icon=":material/open_in_new:",
+        query_params={"run": ",".join(map(str, ids))},
+    )
 
 
 def _short_url(url: str) -> str:

@@ -73,3 +73,29 @@ JOB_COLUMNS: dict[str, Any] = {
 
 def jobs_table(df: pd.DataFrame, *, key: str) -> Any:
     return st.dataframe(df, column_config=JOB_COLUMNS, hide_index=True, width="stretch", key=key)
+
+
+LEADERBOARD_COLUMNS: dict[str, Any] = {
+    **RUN_COLUMNS,
+    "pareto": _cc.CheckboxColumn(
+        "Pareto", help="on the front of its model and evaluation: memory, latency, perplexity"
+    ),
+    "bits": _cc.TextColumn("bits", help="nominal bit width of the weights; a/b: mixed"),
+    "sparsity": _num("sparsity", "%.2f"),
+    "calib": _cc.TextColumn("calibration set"),
+    "origin": _cc.TextColumn("origin", help="who measured it: local, or an imported bundle's"),
+    "fingerprint": _cc.TextColumn("fingerprint", help="first 12 characters of its hash"),
+}
+
+
+def leaderboard_table(df: pd.DataFrame, *, key: str) -> Any:
+    """Sortable, several rows selectable; returns the selection event."""
+    return st.dataframe(
+        df,
+        column_config=LEADERBOARD_COLUMNS,
+        hide_index=True,
+        width="stretch",
+        key=key,
+        on_select="rerun",
+        selection_mode="multi-row",
+    )

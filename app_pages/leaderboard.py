@@ -1,0 +1,154 @@
+"""Leaderboard: every finished run (this team's and imported ones), filtered, sorted, with
+the Pareto front per model; export a selection as CSV or a JSON bundle, import a bundle."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from db import queue
+from ui import bundle, shell, tables
+from ui.frames import leaderboard_frame, pareto_mask
+
+sf = shell.session()
+st.title("Leaderboard")
+st.caption(
+    "Every finished run, yours and your teammates'. Perplexities compare only between runs "
+    "evaluated the same way, so the Pareto front is per model and evaluation."
+)
+
+PARETO = {"weight_mb": "lower", "prefill_ms": "lower", "perplexity": "lower"}
+
+
+def _import() -> None:
+    with st.expander("Import a teammate's bundle", icon=":material/upload:"):
+        st.caption(
+            "A JSON bundle exported from another CompressLab. Runs already here (same "
+            "fingerprint: model, revision, recipe, data, settings, device) are skipped."
+        )
+        up = st.file_uploader("Bundle (.json)", type=["json"], key="lb_import")
+        if up is None:
+            return
+        done = st.session_state.setdefault("lb_imported", {})
+        if up.file_id not in done:  # the uploader keeps its file across reruns: import once
+            try:
+                rep = bundle.import_bundle(sf, up.getvalue())
+            except bundle.BundleError as e:
+                done[up.file_id] = ("error", str(e))
+            else:
+                origins = ", ".join(f"{n} from {o}" for o, n in rep.origins.items()) or "none new"
+                done[up.file_id] = (
+                    "ok",
+                    f"Imported {len(rep.added)} run(s) exported by {rep.exporter} ({origins}); "
+                    f"{rep.duplicates} already here were skipped.",
+                )
+        kind, msg = done[up.file_id]
+        (st.success if kind == "ok" else st.error)(msg)
+
+
+_import()
+jobs = queue.finished_runs(sf)
+if not jobs:
+    st.info(
+        "No finished runs yet. Queue one on New run, or import a teammate's bundle above; "
+        "finished runs are ranked here."
+    )
+    st.page_link(shell.NEW_RUN, label="New run", icon=":material/add_circle:")
+    st.stop()
+
+df = leaderboard_frame(jobs)
+df["pareto"] = pareto_mask(df, PARETO, group=["model", "eval"])
+
+
+def _filter(col: str, label: str, where) -> list:
+    """Values to keep; empty means all, so runs that arrive later (a new model, an import)
+    are never hidden by a selection made before they existed."""
+    options = sorted(df[col].dropna().unique().tolist(), key=str)
+    return where.multiselect(label, options, key=f"lb_{col}", placeholder="all")
+
+
+with st.container(border=True):
+    f = st.columns(6)
+    picked = {
+        "model": _filter("model", "Model", f[0]),
+        "method": _filter("method", "Method", f[1]),
+        "bits": _filter("bits", "Bits", f[2]),
+        "sparsity": _filter("sparsity", "Sparsity", f[3]),
+        "calib": _filter("calib", "Calibration set", f[4]),
+        "origin": _filter("origin", "Origin", f[5]),
+    }
+    only_front = st.toggle(
+        "Pareto front only",
+        key="lb_front",
+        help="Runs no other run of the same model and evaluation beats on weight memory, "
+        "prefill latency and perplexity at once.",
+    )
+view = df
+for col, values in picked.items():
+    if values:
+        view = view[view[col].isin(values)]
+if only_front:
+    view = view[view["pareto"]]
+view = view.sort_values(["model", "perplexity"]).reset_index(drop=True)
+
+st.subheader(f"{len(view)} of {len(df)} runs")
+if view.empty:
+    st.info("No run matches these filters: widen them above.")
+    st.stop()
+shown = [
+    "id", "pareto", "model", "recipe", "method", "bits", "sparsity", "perplexity",
+    "bits_per_byte", "kl_to_baseline", "weight_mb", "prefill_ms", "decode_tok_s", "calib",
+    "eval", "origin", "fingerprint", "finished",
+]  # fmt: skip
+st.caption("Click a header to sort. Select rows to export them or open them side by side.")
+event = tables.leaderboard_table(view[shown], key="lb_table")
+rows = list(event.selection.rows) if event is not None else []
+selected = view.iloc[rows] if rows else view
+ids = [int(i) for i in selected["id"]]
+what = f"{len(ids)} selected run(s)" if rows else f"all {len(ids)} run(s) shown"
+
+st.subheader("Share")
+c1, c2, c3 = st.columns([1, 1, 2])
+c1.download_button(
+    f"CSV of {what}",
+    data=bundle.runs_csv(selected[shown]),
+    file_name="compresslab-runs.csv",
+    mime="text/csv",
+    icon=":material/table:",
+    key="lb_csv",
+)
+with_layers = c3.checkbox(
+    "Include per-layer statistics in the bundle",
+    value=True,
+    key="lb_layers",
+    help="Histograms, outliers and activations per layer: the teammate's Outliers page "
+    "then works on these runs too. Makes the file larger.",
+)
+origin = c3.text_input(
+    "Exported by (shown to whoever imports it)", bundle.default_origin(), key="lb_exporter"
+)
+
+
+def _bundle_bytes() -> bytes:  # built only when the button is clicked
+    chosen = [j for j in jobs if j.id in set(ids)]
+    layers = (
+        {j.id: [r.data for r in queue.layer_stats(sf, j.id)] for j in chosen}
+        if with_layers
+        else None
+    )
+    return bundle.bundle_bytes(bundle.make_bundle(chosen, layers, origin=origin))
+
+
+c2.download_button(
+    f"JSON bundle of {what}",
+    data=_bundle_bytes,
+    file_name="compresslab-bundle.json",
+    mime="application/json",
+    icon=":material/data_object:",
+    key="lb_bundle",
+)
+if len(ids) >= 2 and rows:
+    shell.run_page_link(ids, f"Open the {len(ids)} selected runs side by side")
+elif len(ids) == 1 and rows:
+    shell.run_page_link(ids)
+else:
+    st.caption("Select two or more rows to open them side by side on the Run page.")

@@ -1,0 +1,160 @@
+"""Sensitivity: quantize one layer (or block) at a time, chart what each costs in perplexity,
+then keep the most sensitive ones in higher precision with one click."""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from core.errors import ModelLoadError
+from core.registry import ConfigError
+from core.sensitivity import (
+    DEFAULT_HIGH_STEP,
+    keep_sensitive_recipe,
+    model_layers,
+    model_skeleton,
+    most_sensitive,
+    sensitivity_recipes,
+    sweep_units,
+)
+from db import queue
+from ui import forms, sensitivity_view, shell
+from ui.submit import build_spec
+
+sf = shell.session()
+st.title("Sensitivity")
+st.caption(
+    "Which layers can take low precision? A sweep queues one job per layer (or per block), "
+    "each quantizing only that one; the perplexity each job loses ranks the layers."
+)
+
+
+@st.cache_resource(show_spinner="Reading the model's layers (no weights are loaded)...")
+def _layers(model: str) -> tuple[list[str], str]:
+    return model_layers(model_skeleton(model))
+
+
+def _new_sweep(expanded: bool) -> str | None:
+    """The form that queues a sweep; returns the new sweep's id when one was queued."""
+    with st.expander("Start a sweep", expanded=expanded, icon=":material/add_circle:"):
+        st.markdown("**Model**")
+        model = forms.model_picker(prefix="sens_")
+        st.markdown("**What each job does to its one unit**")
+        step = forms.step_editor(0, prefix="sens_")
+        unit = st.radio(
+            "Sweep over",
+            ["layer", "block"],
+            format_func={"layer": "each linear layer", "block": "each decoder block"}.get,
+            horizontal=True,
+            key="sens_unit",
+        )
+        d1, d2 = st.columns(2)
+        with d1:
+            calib = forms.text_set_picker(
+                sf, "Calibration set", key="sens_calib", default="stdlib-code", upload=False
+            )
+        with d2:
+            eval_set = forms.text_set_picker(
+                sf, "Evaluation set", key="sens_eval", default="stdlib-heldout", upload=False
+            )
+        ev, cs = forms.eval_settings(prefix="sens_")
+        if not model:
+            st.info("Choose a model above.")
+            return None
+        try:
+            names, block_path = _layers(model)
+            units = sweep_units(names, step, unit, block_path)
+        except (ModelLoadError, ConfigError, ValueError) as e:
+            st.error(f"Cannot plan the sweep: {e}")
+            return None
+        st.caption(
+            f"{len(units)} job(s), one per {unit}: "
+            + ", ".join(u.label for u in units[:6])
+            + (", ..." if len(units) > 6 else "")
+        )
+        if st.button("Queue sensitivity sweep", type="primary", icon=":material/play_arrow:"):
+            try:
+                jobs = []
+                for u, steps in zip(units, sensitivity_recipes(step, units), strict=True):
+                    spec, label = build_spec(sf, model, steps, "", calib, eval_set, ev, cs)
+                    jobs.append((f"{label} only {u.label}", spec.to_json()))
+                sweep_id = queue.submit_sweep(sf, model=model, jobs=jobs)
+            except ValueError as e:
+                st.error(f"Not queued: {e}")
+            else:
+                st.session_state["sens_sweep"] = sweep_id
+                st.success(f"Queued {len(jobs)} jobs as sweep {sweep_id[:8]}.")
+                return sweep_id
+    return None
+
+
+def _sweeps() -> dict[str, list]:
+    return sensitivity_view.sensitivity_sweeps(queue.list_jobs(sf, limit=100_000))
+
+
+sweeps = _sweeps()
+if _new_sweep(expanded=not sweeps):
+    sweeps = _sweeps()  # show the new sweep's progress at once
+
+st.subheader("Results")
+if not sweeps:
+    st.info(
+        "No sensitivity sweep yet: start one above. On the demo model a per-block sweep of "
+        "4-bit RTN is four short jobs."
+    )
+    st.stop()
+if st.session_state.get("sens_sweep") not in sweeps:
+    st.session_state["sens_sweep"] = next(iter(sweeps))
+sweep_id = st.selectbox(
+    "Sweep",
+    list(sweeps),
+    format_func=lambda s: sensitivity_view.sweep_title(sweeps[s]),
+    key="sens_sweep",
+)
+sensitivity_view.live_results(sweep_id)
+
+# Building the mixed-precision recipe reads the sweep as it is now (full reruns only).
+jobs = queue.sweep_jobs(sf, sweep_id)
+points = sensitivity_view.points_of(jobs)
+finished = [p for p in points if p["delta_ppl"] == p["delta_ppl"]]
+st.subheader("Keep the most sensitive in higher precision")
+if not finished:
+    st.caption("Once jobs finish, the most costly units can be kept in 8 bits here.")
+    st.stop()
+c1, c2 = st.columns([1, 2])
+n_keep = c1.number_input(
+    "Units to keep in higher precision",
+    0,
+    len(finished),
+    min(3, len(finished)),
+    key="sens_keep",
+)
+keep = most_sensitive(points, int(n_keep))
+base = {k: v for k, v in jobs[0].spec["recipe"][0].items() if k != "targets"}
+base["targets"] = ["*"]
+try:
+    steps = keep_sensitive_recipe(base, keep, DEFAULT_HIGH_STEP)
+except ConfigError as e:
+    st.error(str(e))
+    st.stop()
+c2.caption(
+    f"{sensitivity_view.step_name(base)} everywhere except {len(keep)} unit(s), which get "
+    f"{sensitivity_view.step_name(DEFAULT_HIGH_STEP)}: " + (", ".join(keep) if keep else "none")
+)
+with st.expander("The recipe"):
+    st.json(steps)
+if st.button("Open this recipe in New run", type="primary", icon=":material/edit_note:"):
+    spec = jobs[0].spec
+    forms.prefill_new_run(
+        st.session_state,
+        model=jobs[0].model,
+        steps=steps,
+        source=f"sensitivity sweep {sweep_id[:8]} ({len(keep)} unit(s) kept in 8 bits, "
+        f"{time.strftime('%H:%M')})",
+        calib=spec.get("calib"),
+        eval_set=spec.get("eval_set"),
+        eval=spec.get("eval"),
+        calib_settings=spec.get("calib_settings"),
+    )
+    st.switch_page(shell.NEW_RUN)

@@ -1,0 +1,215 @@
+"""Sharing runs: export a selection as CSV or as a JSON bundle, import a teammate's bundle.
+
+A bundle holds finished runs with everything needed to judge them: recipe, settings,
+metrics, fingerprint and (optionally) the per-layer statistics. On import every run's
+fingerprint hash is recomputed (``db.queue.fingerprint_hash``), runs already in the
+database (or twice in the bundle) are skipped, and each imported run keeps its origin:
+where it was first measured.
+
+Everything but :func:`existing_hashes` and :func:`import_bundle` is pure.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import select
+
+from db import queue
+from db.models import SUCCEEDED, Job, LayerStat
+
+BUNDLE_FORMAT = "compresslab-bundle"
+BUNDLE_VERSION = 1
+LOCAL = "local"  # the origin of runs measured by this installation's workers
+MAX_RUNS = 5000  # a bundle larger than this is refused: nobody shares that many by hand
+
+
+class BundleError(ValueError):
+    """A file that is not a usable bundle; the message says what is wrong."""
+
+
+def default_origin() -> str:
+    """Who exports: user@host, what teammates see as the origin of these runs."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no user name in a container
+        user = "someone"
+    return f"{user}@{socket.gethostname()}"
+
+
+def run_record(job: Any, layers: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One finished run as a plain dict (``layers``: its per-layer rows, or None)."""
+    rec = {
+        "fingerprint_hash": job.fingerprint_hash,
+        "fingerprint": job.fingerprint,
+        "model": job.model,
+        "recipe_label": job.recipe_label,
+        "spec": job.spec,
+        "result": job.result,
+        "origin": job.origin or LOCAL,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "sweep_id": job.sweep_id,
+        "source_id": job.id,  # its id where it came from, for the teammate's reference
+    }
+    if layers is not None:
+        rec["layers"] = list(layers)
+    return rec
+
+
+def make_bundle(
+    jobs: Iterable[Any],
+    layers: dict[int, list[dict[str, Any]]] | None = None,
+    *,
+    origin: str,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """A bundle of finished ``jobs``; ``layers`` maps job id -> layer rows to include."""
+    runs = [run_record(j, (layers or {}).get(j.id) if layers is not None else None) for j in jobs]
+    return {
+        "format": BUNDLE_FORMAT,
+        "version": BUNDLE_VERSION,
+        "exported_by": origin,
+        "exported_at": time.time() if now is None else now,
+        "runs": runs,
+    }
+
+
+def bundle_bytes(bundle: dict[str, Any]) -> bytes:
+    return json.dumps(bundle, indent=1, allow_nan=True).encode("utf-8")
+
+
+_REQUIRED = ("fingerprint", "model", "recipe_label", "spec", "result")
+
+
+def parse_bundle(raw: bytes | str | dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """(exporter, runs) of a bundle, each run checked; BundleError says what is wrong."""
+    if isinstance(raw, bytes | str):
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BundleError(f"not a JSON file: {e}") from None
+    else:
+        data = raw
+    if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
+        raise BundleError(
+            f'not a CompressLab bundle (expected "format": "{BUNDLE_FORMAT}"); export one '
+            "from the Leaderboard page"
+        )
+    if data.get("version") != BUNDLE_VERSION:
+        raise BundleError(
+            f"bundle version {data.get('version')!r} is not supported (this app reads "
+            f"version {BUNDLE_VERSION})"
+        )
+    runs = data.get("runs")
+    if not isinstance(runs, list):
+        raise BundleError('the bundle has no "runs" list')
+    if len(runs) > MAX_RUNS:
+        raise BundleError(f"{len(runs)} runs: a bundle holds at most {MAX_RUNS}")
+    for i, r in enumerate(runs):
+        missing = [k for k in _REQUIRED if not isinstance(r, dict) or k not in r]
+        if missing:
+            raise BundleError(f"run {i + 1} lacks {', '.join(missing)}")
+        if not isinstance(r["fingerprint"], dict) or not r["fingerprint"]:
+            raise BundleError(f"run {i + 1} has no fingerprint: it cannot be deduplicated")
+        if not isinstance(r["result"], dict) or not isinstance(r["spec"], dict):
+            raise BundleError(f"run {i + 1}: result and spec must be objects")
+    exporter = str(data.get("exported_by") or "unknown")
+    return exporter, runs
+
+
+def origin_of(run: dict[str, Any], exporter: str) -> str:
+    """Where a run was first measured: its recorded origin, or the exporter's when it was
+    local to them."""
+    o = str(run.get("origin") or LOCAL)
+    return exporter if o == LOCAL else o
+
+
+@dataclass
+class ImportPlan:
+    new: list[dict[str, Any]] = field(default_factory=list)  # runs to add, with "origin" set
+    duplicates: list[dict[str, Any]] = field(default_factory=list)  # already here (or twice)
+
+
+def plan_import(runs: Sequence[dict[str, Any]], exporter: str, existing: set[str]) -> ImportPlan:
+    """Which runs are new, by recomputed fingerprint hash (a hash stated in the file is not
+    trusted: it might come from an older hash definition or an edit)."""
+    plan, seen = ImportPlan(), set(existing)
+    for r in runs:
+        h = queue.fingerprint_hash(r["fingerprint"])
+        rec = {**r, "fingerprint_hash": h, "origin": origin_of(r, exporter)}
+        if h in seen:
+            plan.duplicates.append(rec)
+        else:
+            seen.add(h)
+            plan.new.append(rec)
+    return plan
+
+
+def existing_hashes(sf: queue.Factory) -> set[str]:
+    with sf() as s:
+        rows = s.scalars(
+            select(Job.fingerprint_hash).where(
+                Job.status == SUCCEEDED, Job.fingerprint_hash.is_not(None)
+            )
+        )
+        return set(rows)
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    exporter: str
+    added: list[int]  # new job ids
+    duplicates: int
+    origins: dict[str, int]  # origin -> runs added
+
+
+def import_bundle(sf: queue.Factory, raw: bytes | str | dict[str, Any]) -> ImportReport:
+    """Add a bundle's new runs as finished jobs (one transaction: all or nothing)."""
+    exporter, runs = parse_bundle(raw)
+    plan = plan_import(runs, exporter, existing_hashes(sf))
+    added: list[int] = []
+    origins: dict[str, int] = {}
+    t = time.time()
+    with sf.begin() as s:
+        for r in plan.new:
+            job = Job(
+                created_at=float(r.get("created_at") or t),
+                status=SUCCEEDED,
+                model=str(r["model"])[:300],
+                recipe_label=str(r["recipe_label"])[:300],
+                spec_json=json.dumps(r["spec"]),
+                progress=1.0,
+                message=f"imported from {r['origin']}",
+                attempts=0,
+                started_at=r.get("started_at"),
+                finished_at=float(r.get("finished_at") or t),
+                result_json=json.dumps(r["result"]),
+                fingerprint_json=json.dumps(r["fingerprint"]),
+                fingerprint_hash=r["fingerprint_hash"],
+                origin=str(r["origin"])[:200],
+                sweep_id=r.get("sweep_id"),
+            )
+            s.add(job)
+            s.flush()
+            added.append(job.id)
+            origins[job.origin] = origins.get(job.origin, 0) + 1
+            for row in r.get("layers") or []:
+                if isinstance(row, dict) and "name" in row:
+                    s.add(
+                        LayerStat(job_id=job.id, name=str(row["name"]), data_json=json.dumps(row))
+                    )
+    return ImportReport(exporter, added, len(plan.duplicates), origins)
+
+
+def runs_csv(df: pd.DataFrame) -> bytes:
+    """The table as CSV (UTF-8, no index), the columns as shown."""
+    return df.to_csv(index=False).encode("utf-8")

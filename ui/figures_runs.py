@@ -1,0 +1,149 @@
+"""Figures that put runs side by side (overlaid histograms, per-layer error curves) and the
+sensitivity sweep's cost per layer. Pure: stored stats / rows in, Plotly Figures out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from ui.figures import AFTER_COLOR, PALETTE, short_names
+
+
+def overlaid_histograms(
+    series: Sequence[tuple[str, dict[str, Any] | None]],
+    reference: dict[str, Any] | None = None,
+    *,
+    title: str = "",
+) -> go.Figure:
+    """One step line per run (its weights after compression), log-scale counts; the
+    uncompressed weights (``reference``) as a grey area behind them."""
+    fig = go.Figure()
+
+    def centers_counts(stats: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        edges = np.asarray(stats["edges"], dtype=float)
+        counts = np.asarray(stats["counts"], dtype=float)
+        return (edges[:-1] + edges[1:]) / 2, np.where(counts > 0, counts, np.nan)
+
+    if reference:
+        x, y = centers_counts(reference)
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y,
+                mode="lines",
+                name="uncompressed",
+                line={"color": "#BBBBBB", "shape": "hvh"},
+                fill="tozeroy",
+                fillcolor="rgba(180,180,180,0.25)",
+                hovertemplate="w ≈ %{x:.4g}: %{y:.0f} weights<extra>uncompressed</extra>",
+            )
+        )
+    for i, (label, stats) in enumerate(series):
+        if not stats:
+            continue
+        x, y = centers_counts(stats)
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y,
+                mode="lines",
+                name=label,
+                line={"color": PALETTE[i % len(PALETTE)], "shape": "hvh", "width": 1.5},
+                hovertemplate="w ≈ %{x:.4g}: %{y:.0f} weights<extra>" + label + "</extra>",
+            )
+        )
+    fig.update_layout(
+        title=title or "Weight histograms after compression",
+        xaxis_title="Weight value",
+        yaxis_title="Number of weights (log scale)",
+        yaxis={"type": "log", "dtick": 1},
+        legend={"orientation": "h", "y": -0.2},
+        height=420,
+        margin={"t": 60, "l": 60, "r": 20, "b": 60},
+    )
+    return fig
+
+
+def layer_error_curves(curves: dict[str, pd.DataFrame]) -> go.Figure:
+    """Relative output error per linear, one line per run, layers in model order (the order
+    of the first run that has them)."""
+    order: list[str] = []
+    for df in curves.values():
+        order += [n for n in df["layer"] if n not in order]
+    short = dict(zip(order, short_names(order), strict=True))
+    fig = go.Figure()
+    for i, (label, df) in enumerate(curves.items()):
+        d = df.dropna(subset=["rel_error"])
+        d = d.assign(pos=d["layer"].map(order.index)).sort_values("pos")
+        fig.add_trace(
+            go.Scatter(
+                x=[short[n] for n in d["layer"]],
+                y=d["rel_error"],
+                mode="lines+markers",
+                name=label,
+                line={"color": PALETTE[i % len(PALETTE)]},
+                customdata=d["layer"],
+                hovertemplate="%{customdata}<br>relative error %{y:.3g}<extra>"
+                + label
+                + "</extra>",
+            )
+        )
+    fig.update_layout(
+        title="Layer error per linear: ‖WX − W′X‖ / ‖WX‖ on calibration inputs",
+        xaxis_title="Linear layer (model order)",
+        xaxis={"categoryorder": "array", "categoryarray": [short[n] for n in order]},
+        yaxis_title="Relative output error (log scale)",
+        yaxis_type="log",
+        legend={"orientation": "h", "y": -0.45},
+        height=430,
+        margin={"t": 50, "l": 60, "r": 20, "b": 130},
+    )
+    return fig
+
+
+def sensitivity_figure(points: Sequence[dict[str, Any]], keep: Sequence[str] = ()) -> go.Figure:
+    """Perplexity increase when only that layer (or block) is quantized, most costly first;
+    the units a mixed recipe would keep in higher precision in red."""
+    done = [p for p in points if np.isfinite(p["delta_ppl"])]
+    units = [p["unit"] for p in done]
+    labels = short_names(units) if len(units) > 1 else units
+    colors = [AFTER_COLOR if u in keep else "#8C9BB5" for u in units]
+    fig = go.Figure(
+        go.Bar(
+            x=labels,
+            y=[p["delta_ppl"] for p in done],
+            marker={"color": colors},
+            customdata=[[p["unit"], p["perplexity"], 100 * p["rel_cost"]] for p in done],
+            hovertemplate="%{customdata[0]}<br>perplexity %{customdata[1]:.4f} "
+            "(+%{y:.4g}, %{customdata[2]:+.2f}%)<extra></extra>",
+        )
+    )
+    pending = len(points) - len(done)
+    fig.update_layout(
+        title={
+            "text": "Sensitivity: perplexity cost of quantizing one unit alone",
+            "subtitle": {
+                "text": f"red: kept in higher precision · {pending} unit(s) not finished"
+                if pending
+                else "red: kept in higher precision"
+            },
+        },
+        xaxis_title="Quantized unit (all others left in float)",
+        yaxis_title="Perplexity − uncompressed perplexity",
+        height=420,
+        margin={"t": 70, "l": 60, "r": 20, "b": 130},
+    )
+    if not done:
+        fig.add_annotation(
+            text="no finished sweep jobs yet",
+            showarrow=False,
+            x=0.5,
+            y=0.5,
+            xref="paper",
+            yref="paper",
+        )
+    return fig
