@@ -27,10 +27,6 @@ def test_demo_run_from_new_run_to_compare_and_weights(
 ) -> None:
     expect = flow.expect
     flow.open_app(page, app.url)
-    sidebar = page.get_by_test_id("stSidebar")
-    expect(sidebar.get_by_text(re.compile(r"\d+ workers? alive"))).to_be_visible(
-        timeout=flow.RUN_FINISH_MS  # auto-started; it registers once torch is imported
-    )
     shots("home")
 
     # New run: demo model, rtn-int8, a small evaluation budget.
@@ -47,6 +43,11 @@ def test_demo_run_from_new_run_to_compare_and_weights(
     # Runs: live progress, then the finished job in the history.
     flow.go_to(page, "Runs")
     shots("runs-active")
+    # Nobody started a worker: the app did, and it registers once torch is imported.
+    sidebar = page.get_by_test_id("stSidebar")
+    expect(sidebar.get_by_text(re.compile(r"\d+ workers? alive"))).to_be_visible(
+        timeout=flow.RUN_FINISH_MS
+    )
     flow.wait_run_finished(page, job_id, on_running=lambda: shots("runs-progress"))
     shots("runs-finished")
     history = flow.grid_rows(flow.main_area(page).get_by_test_id("stDataFrame").first)
@@ -63,15 +64,18 @@ def test_demo_run_from_new_run_to_compare_and_weights(
     expect(charts).to_have_count(2)
     memory = charts.first
     expect(memory.locator(".scatterlayer path.point").first).to_be_visible()
-    traces = {t["name"]: t for t in flow.plotly_traces(memory)}
-    assert traces["rtn"]["x"] == pytest.approx([weight_mb])
-    assert traces["rtn"]["y"] == pytest.approx([ppl])
-    assert traces["rtn"]["customdata"][0][0] == job_id
-    hover = flow.hover_point(page, memory, "rtn")
+    # The run's point: the marker trace whose hover data names the run (one trace per
+    # method today; found by run id so a different colouring does not break the test).
+    markers = [t for t in flow.plotly_traces(memory) if t.get("mode") == "markers"]
+    ours = [(t, i) for t in markers for i, c in enumerate(t["customdata"]) if c[0] == job_id]
+    assert len(ours) == 1 and sum(len(t["x"]) for t in markers) == 1
+    trace, i = ours[0]
+    assert trace["x"][i] == pytest.approx(weight_mb) and trace["y"][i] == pytest.approx(ppl)
+    hover = flow.hover_point(page, memory, trace["name"])
     assert f"run #{job_id}: rtn-int8" in hover and "demo" in hover
     shots("compare")
     table = flow.grid_rows(flow.main_area(page).get_by_test_id("stDataFrame").first)
-    assert [r[0] for r in table] == [str(job_id)]
+    assert len(table) == 1 and str(job_id) in table[0] and "rtn-int8" in table[0]
 
     # Weights: the run's layers, a log-scale histogram before and after.
     flow.go_to(page, "Weights")
@@ -79,13 +83,15 @@ def test_demo_run_from_new_run_to_compare_and_weights(
     expect(run_box).to_have_value(re.compile(rf"^#{job_id}: demo"))
     hist = flow.charts(page).first
     expect(hist.locator(".barlayer .point").first).to_be_attached()
-    bars = flow.plotly_traces(hist)
-    assert [t["type"] for t in bars] == ["bar", "bar"]
-    assert bars[0]["name"].startswith("before") and bars[1]["name"].startswith("after")
-    assert sum(y for y in bars[0]["y"] if y == y) > 0  # NaN marks empty bins on the log axis
+    bars = {t["name"].split(":")[0]: t for t in flow.plotly_traces(hist) if t["type"] == "bar"}
+    assert {"before", "after"} <= set(bars)
     assert flow.plotly_layout(hist)["yaxis"]["type"] == "log"
     layer = flow.main_area(page).get_by_role("combobox", name="Layer", exact=True)
-    assert layer.input_value() in {s.name for s in queue.layer_stats(app_db, job_id)}
+    stored = {s.name: s.data for s in queue.layer_stats(app_db, job_id)}
+    data = stored[layer.input_value()]
+    for side in ("before", "after"):  # the bars are the stored counts (NaN: an empty bin)
+        drawn = sum(y for y in bars[side]["y"] if y == y)
+        assert drawn == sum(data[side]["counts"]) > 0
     shots("weights")
 
 
@@ -120,6 +126,7 @@ def test_out_of_range_bits_is_refused(
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,  # a missing browser or a dead app is an error, not this bug
     reason="Streamlit keeps the last valid value of a number input that shows an error: "
     "Queue run then queues bits=8 while the field still shows 99 (ui/forms.param_widget "
     "bounds the widget, so the server never sees 99 to refuse it)",
