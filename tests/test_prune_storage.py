@@ -97,3 +97,34 @@ def test_nm_forward_on_cuda_matches_dense() -> None:
     x = torch.randn(64, 256, device="cuda", dtype=torch.float16)
     ref = nn.functional.linear(x.float(), w.float(), lin.bias.float())
     assert torch.allclose(mod(x).float(), ref, atol=5e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [{"method": "magnitude", "pattern": "2:4"}],
+        [{"method": "magnitude", "pattern": "4:8"}],
+        [{"method": "magnitude", "sparsity": 0.5}],  # bitmask
+        [{"method": "magnitude", "sparsity": 0.98}],  # CSR
+    ],
+)
+def test_sparse_models_save_and_load_in_their_storage(steps, tmp_path) -> None:
+    from core.models import tiny_llama
+    from core.recipe import recipe_from_steps
+    from core.save import load_compressed, save_compressed
+    from core.walk import apply_recipe, find_linears
+
+    model = tiny_llama()
+    recipe = recipe_from_steps(steps)
+    apply_recipe(model, recipe, on_progress=lambda f, m: None, should_cancel=lambda: False)
+    ids = torch.randint(0, 256, (1, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(ids).logits
+    save_compressed(model, tmp_path, recipe)
+    loaded = load_compressed(tmp_path).model
+    kinds = {type(m) for n, m in find_linears(loaded).items() if n != "lm_head"}
+    assert kinds == {type(m) for n, m in find_linears(model).items() if n != "lm_head"}
+    assert kinds <= {NMSparseLinear, BitmaskSparseLinear, CSRSparseLinear}
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, ref)
+    assert weight_memory(loaded) == weight_memory(model)
