@@ -16,7 +16,8 @@ For M in 1, 16, 128, 512, 2048 rows and K = N in 1024, 4096 it times one forward
   activations per tensor to 7 bits (reduce_range: its AVX2 kernel's 16-bit pair sums
   would saturate at 8 bits), so it does not compute the same function as ours.
 
-Timings are medians over ``--repeats`` rounds after one warm-up; within a round every
+Timings (``--clock wall``, or ``thread``: this thread's CPU time, one thread, for a
+busy machine) are medians over ``--repeats`` rounds after one warm-up; within a round every
 variant runs once, in turn, so a busy machine slows all of them alike. A variant already slow at the previous M
 whose time extrapolated to this M exceeds ``--max-call-s`` is skipped (null); fp32, the
 baseline, always runs. Ratios
@@ -188,7 +189,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                 if name != "fp32" and name in last and _too_slow(*last[name], m, args.max_call_s):
                     skipped.append(name)
                     del fns[name]
-            t = time_round_robin(fns, args.repeats)
+            t = time_round_robin(fns, args.repeats, args.clock)
             for name, v in t.items():
                 last[name] = (m, v)
             rows.append(make_row(m, k, k, t, skipped))
@@ -285,7 +286,16 @@ def main() -> None:
     p.add_argument(
         "--write-dispatch", action="store_true", help="store the fastest paths for this CPU"
     )
+    p.add_argument(
+        "--clock",
+        choices=tuple(CLOCKS),
+        default="wall",
+        help="wall: latency as a user sees it; thread: CPU time of this thread only (one "
+        "thread; robust to other processes on a busy machine, blind to memory stalls they cause)",
+    )
     args = p.parse_args()
+    if args.clock == "thread":
+        args.threads = 1
     if args.threads:
         torch.set_num_threads(args.threads)
     meta = {
@@ -297,6 +307,7 @@ def main() -> None:
         "load_before": [round(v, 2) for v in os.getloadavg()],
         "measured": time.strftime("%Y-%m-%d %H:%M"),
         "repeats": args.repeats,
+        "clock": args.clock,
     }
     print("# " + json.dumps(meta))
     t0 = time.perf_counter()
