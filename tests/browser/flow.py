@@ -234,7 +234,7 @@ def launch_browser(pw: Playwright) -> Browser:
 def new_page(browser: Browser) -> Page:
     context = browser.new_context(viewport=VIEWPORT, color_scheme="light", reduced_motion="reduce")
     page = context.new_page()
-    page.set_default_timeout(30_000)
+    page.set_default_timeout(EXPECT_MS)
     return page
 
 
@@ -283,19 +283,23 @@ def set_number(page: Page, label: str, value: int) -> None:
 
 
 def content_height(page: Page) -> int:
-    """Height of everything the main area holds; Streamlit scrolls it inside the page, so
-    a "full page" screenshot alone would stop at the viewport."""
+    """Height the page needs to show the main area whole. Streamlit scrolls that area
+    (``stMain``) inside the window, so a "full page" screenshot would stop at the viewport."""
     return int(
-        page.get_by_test_id("stMainBlockContainer").evaluate(
+        main_area(page).evaluate(
             "el => Math.ceil(el.getBoundingClientRect().top + window.scrollY + el.scrollHeight)"
         )
     )
 
 
 def shot(page: Page, path: Path, max_height: int = 3000) -> Path:
-    """A screenshot of the whole main area (up to ``max_height`` px), sidebar included."""
+    """A screenshot of the main area from its top (up to ``max_height`` px), sidebar included.
+
+    The viewport grows to the content for the picture and shrinks back; the main area is
+    scrolled to the top first, so a message below a clicked button is in it too."""
     path.parent.mkdir(parents=True, exist_ok=True)
     size = page.viewport_size or VIEWPORT
+    main_area(page).evaluate("el => el.scrollTo(0, 0)")
     height = min(max(content_height(page), size["height"]), max_height)
     if height != size["height"]:
         page.set_viewport_size({"width": size["width"], "height": height})
@@ -365,17 +369,26 @@ def queue_run(page: Page) -> int:
     return int(m.group(1))
 
 
+def _in_history(main: Locator, job_id: int) -> bool:
+    """Whether the Runs page's history table (its first grid) has a row for ``job_id``."""
+    grid = main.get_by_test_id("stDataFrame")
+    if grid.count() == 0:
+        return False
+    first_column = grid.first.locator("[data-testid^='glide-cell-0-']").all_text_contents()
+    return str(job_id) in (t.strip() for t in first_column)
+
+
 def wait_run_finished(
     page: Page,
     job_id: int,
     timeout_ms: float = RUN_FINISH_MS,
     on_running: Callable[[], object] | None = None,
 ) -> None:
-    """On Runs: wait until the job left the active list and is in the history. A failed
-    job's error is on the page; raise it at once rather than at the timeout.
-    ``on_running`` is called once if the job is seen running (a screenshot, say)."""
+    """On Runs: wait until the job has left the active list and its row is in the history
+    (the two parts refresh separately, every 2 and 5 s). A failed job's error is on the
+    page: raise it at once rather than at the timeout. ``on_running`` is called once if
+    the job is seen running (to take a screenshot, say)."""
     main = main_area(page)
-    history = main.get_by_role("heading", name=re.compile(r"History \(\d+ finished\)"))
     active_card = main.get_by_text(re.compile(rf"#{job_id}\b.*—\s*(queued|running)"))
     running = main.get_by_text(re.compile(rf"#{job_id}\b.*—\s*running"))
     progress = main.get_by_test_id("stProgress")
@@ -387,13 +400,9 @@ def wait_run_finished(
         if on_running is not None and running.count() and progress.count():
             on_running()
             on_running = None
-        if (
-            active_card.count() == 0
-            and history.count()
-            and "(0 finished)" not in (history.first.inner_text())
-        ):
+        if active_card.count() == 0 and _in_history(main, job_id):
             return
-        page.wait_for_timeout(250)  # polling interval; the fragment refreshes every 2 s
+        page.wait_for_timeout(250)  # polling interval of the condition above
     raise TimeoutError(f"job #{job_id} did not finish within {timeout_ms / 1000:.0f} s")
 
 
