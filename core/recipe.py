@@ -104,6 +104,31 @@ NAMED_RECIPES: dict[str, list[dict[str, Any]]] = {
     "llm-int8": [{"method": "llm-int8", "threshold": 6.0}],
     "int8-weight-only": [{"method": "int8-weight-only"}],
     "int4-weight-only": [{"method": "int4-weight-only", "group_size": 128}],
+    # Weight-only quantization with real packed / bitsandbytes / float8 storage.
+    "rtn-4bit-g128": [{"method": "rtn", "bits": 4, "granularity": "group", "group_size": 128}],
+    "rtn-3bit-g128": [{"method": "rtn", "bits": 3, "granularity": "group", "group_size": 128}],
+    "rtn-4bit-g128-mse": [
+        {
+            "method": "rtn",
+            "bits": 4,
+            "granularity": "group",
+            "group_size": 128,
+            "clip_search": "mse",
+        }
+    ],
+    "gptq-4bit-g128": [{"method": "gptq", "bits": 4, "group_size": 128}],
+    "gptq-3bit-g128": [{"method": "gptq", "bits": 3, "group_size": 128}],
+    "gptq-2bit-g128": [{"method": "gptq", "bits": 2, "group_size": 128, "symmetric": False}],
+    "awq-4bit-g128": [{"method": "awq", "bits": 4, "group_size": 128}],
+    "nf4": [{"method": "bnb-4bit", "quant_type": "nf4", "double_quant": True}],
+    "fp4": [{"method": "bnb-4bit", "quant_type": "fp4", "double_quant": True}],
+    "llm-int8-bnb": [{"method": "bnb-int8", "threshold": 6.0}],
+    "fp8-e4m3": [{"method": "fp8", "format": "e4m3", "granularity": "channel"}],
+    "fp8-e5m2": [{"method": "fp8", "format": "e5m2", "granularity": "channel"}],
+    "attn8-mlp4-g128": [
+        {"method": "rtn", "bits": 8, "targets": ["re:self_attn"]},
+        {"method": "gptq", "bits": 4, "group_size": 128, "targets": ["re:mlp"]},
+    ],
 }
 
 

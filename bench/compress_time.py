@@ -1,0 +1,157 @@
+"""Compression wall time of every weight-quantization method, as the model grows.
+
+Run: ``python bench/compress_time.py [--json] [--repeats N] [--large-repeats N]``.
+
+For the bundled demo model (if present) and a larger Llama built in code (12 layers,
+hidden 768, intermediate 2048, random weights), times ``apply_recipe`` of each method
+with the same calibration set (16 x 256 tokens: stdlib-code windows for the demo,
+random token ids for the random model) and prints, per method, the median wall seconds,
+the seconds per decoder layer, and the ratio to ONE forward pass of the uncompressed
+model over the whole calibration set, measured in the same run (median too). Each
+repeat compresses a fresh copy of the model. With ``--json`` the last line is a JSON
+list of rows (model, method, seconds, s_per_layer, x_forward, forward_s, repeats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.calib import CalibSettings, calibration_batches  # noqa: E402
+from core.recipe import recipe_from_steps  # noqa: E402
+from core.walk import apply_recipe, find_blocks  # noqa: E402
+
+METHODS: dict[str, list[dict]] = {
+    "rtn-4bit-g128": [{"method": "rtn", "bits": 4, "granularity": "group", "group_size": 128}],
+    "rtn-4bit-g128-mse": [
+        {
+            "method": "rtn",
+            "bits": 4,
+            "granularity": "group",
+            "group_size": 128,
+            "clip_search": "mse",
+        }
+    ],
+    "gptq-4bit-g128": [{"method": "gptq", "bits": 4, "group_size": 128}],
+    "gptq-3bit-g128": [{"method": "gptq", "bits": 3, "group_size": 128}],
+    "awq-4bit-g128": [{"method": "awq", "bits": 4, "group_size": 128}],
+    "bnb-int8": [{"method": "bnb-int8"}],
+    "bnb-nf4": [{"method": "bnb-4bit", "quant_type": "nf4"}],
+    "fp8-e4m3": [{"method": "fp8", "format": "e4m3"}],
+}
+CALIB = CalibSettings(n_samples=16, seq_len=256, seed=0)  # --calib-samples overrides
+
+
+def large_llama() -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=4096,
+        hidden_size=768,
+        intermediate_size=2048,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def models(calib: CalibSettings) -> list[tuple[str, nn.Module, list[torch.Tensor]]]:
+    out = []
+    try:
+        from core.data import get_text_set
+        from core.models import load_model
+
+        demo = load_model("demo")
+        text = get_text_set("stdlib-code").text
+        out.append(("demo", demo.model, calibration_batches(demo.tokenizer, text, calib)))
+    except Exception as e:  # the demo model may not be trained yet on this checkout
+        print(f"demo model skipped: {e}", file=sys.stderr)
+    gen = torch.Generator().manual_seed(0)
+    ids = [
+        torch.randint(0, 4096, (1, calib.seq_len), generator=gen) for _ in range(calib.n_samples)
+    ]
+    out.append(("llama-12x768", large_llama(), ids))
+    return out
+
+
+@torch.no_grad()
+def forward_seconds(model: nn.Module, batches: list[torch.Tensor]) -> float:
+    t0 = time.perf_counter()
+    for ids in batches:
+        model(ids, use_cache=False)
+    return time.perf_counter() - t0
+
+
+def compress_seconds(model: nn.Module, steps: list[dict], batches: list[torch.Tensor]) -> float:
+    fresh = copy.deepcopy(model)
+    t0 = time.perf_counter()
+    apply_recipe(
+        fresh,
+        recipe_from_steps(steps),
+        on_progress=lambda f, m: None,
+        should_cancel=lambda: False,
+        calib_batches=batches,
+    )
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", action="store_true", help="last line: JSON list of rows")
+    p.add_argument("--repeats", type=int, default=3, help="repeats on the demo model")
+    p.add_argument("--large-repeats", type=int, default=1, help="repeats on the 12x768 model")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
+    p.add_argument("--calib-samples", type=int, default=CALIB.n_samples, help="sequences")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    calib = CalibSettings(n_samples=args.calib_samples, seq_len=CALIB.seq_len, seed=CALIB.seed)
+    names = [m for m in args.methods.split(",") if m]
+    print(f"threads={torch.get_num_threads()} device=cpu calib={calib.n_samples}x{calib.seq_len}")
+    rows = []
+    for label, model, batches in models(calib):
+        n_layers = len(find_blocks(model)[1])
+        reps = args.repeats if label == "demo" else args.large_repeats
+        forward_seconds(model, batches[:1])  # warm-up
+        fwd = statistics.median(forward_seconds(model, batches) for _ in range(max(reps, 1)))
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        print(f"\n{label}: {n_layers} layers, {params:.1f}M params, forward over calib {fwd:.2f} s")
+        print(f"{'method':<20} {'seconds':>9} {'s/layer':>9} {'x forward':>10}")
+        for name in names:
+            sec = statistics.median(
+                compress_seconds(model, METHODS[name], batches) for _ in range(reps)
+            )
+            row = {
+                "model": label,
+                "method": name,
+                "seconds": sec,
+                "s_per_layer": sec / n_layers,
+                "x_forward": sec / fwd,
+                "forward_s": fwd,
+                "repeats": reps,
+            }
+            rows.append(row)
+            print(f"{name:<20} {sec:>9.2f} {sec / n_layers:>9.3f} {sec / fwd:>10.1f}")
+    if args.json:
+        print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
