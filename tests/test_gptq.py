@@ -129,3 +129,60 @@ def test_gptq_keeps_pruned_weights_at_zero_and_still_compensates(symmetric: bool
     from core.quant.rtn import quantize
 
     assert not torch.allclose(deq, dequantize(quantize(W, spec)))
+
+
+def test_walker_groups_a_blocks_linears_by_shared_input_in_forward_order() -> None:
+    from core.models import tiny_llama
+    from core.walk import capture_block_inputs, find_linears, input_groups
+
+    model = tiny_llama()
+    block = model.model.layers[0]
+    inputs = capture_block_inputs(model, model.model.layers, [torch.randint(0, 256, (1, 16))])
+    layers = {n: m for n, m in find_linears(block).items()}
+    assert input_groups(block, inputs, layers) == [
+        ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+        ["self_attn.o_proj"],
+        ["mlp.gate_proj", "mlp.up_proj"],
+        ["mlp.down_proj"],
+    ]
+
+
+def test_gptq_through_the_walker_reports_blocks_and_cancels_between_them() -> None:
+    from core.errors import Cancelled
+    from core.layers import QuantLinear
+    from core.models import tiny_llama
+    from core.recipe import recipe_from_steps
+    from core.walk import apply_recipe, find_linears
+
+    calib = [
+        torch.randint(0, 256, (1, 32), generator=torch.Generator().manual_seed(i)) for i in range(2)
+    ]
+    recipe = recipe_from_steps([{"method": "gptq", "bits": 4, "group_size": 32}])
+    model = tiny_llama(layers=3)
+    msgs: list[str] = []
+    with pytest.raises(Cancelled):
+        apply_recipe(
+            model,
+            recipe,
+            on_progress=lambda f, m: msgs.append(m),
+            should_cancel=lambda: len(msgs) >= 2,
+            calib_batches=calib,
+        )
+    assert msgs == ["gptq: block 1/3", "gptq: block 2/3"]
+    lin = find_linears(model)
+    assert isinstance(lin["model.layers.1.mlp.down_proj"], QuantLinear)
+    assert not isinstance(lin["model.layers.2.self_attn.q_proj"], QuantLinear)
+    with pytest.raises(ValueError, match="needs a calibration set"):
+        apply_recipe(
+            tiny_llama(), recipe, on_progress=lambda f, m: None, should_cancel=lambda: False
+        )
+
+
+def test_gptq_config_refuses_act_order_with_dynamic_groups() -> None:
+    from core.recipe import parse_recipe
+    from core.registry import ConfigError
+
+    with pytest.raises(ConfigError, match="static_groups"):
+        parse_recipe('[{"method": "gptq", "act_order": true}]')
+    parse_recipe('[{"method": "gptq", "act_order": true, "static_groups": true}]')
+    parse_recipe('[{"method": "gptq", "act_order": true, "group_size": null}]')
