@@ -74,11 +74,14 @@ class RTNConfig(MethodConfig):
         idea="Round each weight to the nearest of 2^bits evenly spaced levels. Absmax maps "
         "[-max|w|, max|w|] symmetrically; zero-point maps [min, max] and shifts by a zero point, "
         "using every level for skewed values. One outlier stretches the scale for everything "
-        "sharing it: finer granularity and clipping are the remedies.",
+        "sharing it: finer granularity (groups of 32..256 weights) and clipping are the "
+        "remedies; clip_search='mse' tries shrunken ranges per scale and keeps the one with "
+        "the least squared rounding error.",
         calibration=False,
         static_or_dynamic="static (weights quantized once)",
         scope="weights only (dequantized to float for the matmul)",
-        parameters="heuristic: scales from the weights' own range",
+        parameters="heuristic: scales from the weights' own range (searched on the weights "
+        "alone with clip_search='mse'; no data)",
         hardware="no special hardware: integer weights are unpacked to float before the matmul",
         memory="about 32/bits x smaller than FP32 weights, plus one fp16 scale per group",
         speed="no speed-up here: dequantizing on the fly adds work; a saving in space only",
