@@ -52,17 +52,23 @@ st.dataframe(
 with st.expander("How each format decodes its bits"):
     for e in encs:
         st.markdown(f"**{e.format}** `{e.bits}`: {e.formula}")
+
+
+def _readable(v: float) -> str:
+    return "—" if v != v else f"{v:.6g}"  # NaN: not applicable to integers
+
+
+table = concepts.format_table()
+for col in ("max", "smallest normal", "smallest subnormal", "step at 1.0 (eps)"):
+    table[col] = table[col].map(_readable)
+table["decimal digits"] = table["decimal digits"].map(lambda v: "—" if v != v else f"{v:.1f}")
 st.dataframe(
-    concepts.format_table(),
+    table,
     hide_index=True,
     width="stretch",
     key="cx_formats",
     column_config={
-        "max": st.column_config.NumberColumn("largest", format="%.4g"),
-        "smallest normal": st.column_config.NumberColumn(format="%.3g"),
-        "smallest subnormal": st.column_config.NumberColumn(format="%.3g"),
-        "step at 1.0 (eps)": st.column_config.NumberColumn(format="%.3g"),
-        "decimal digits": st.column_config.NumberColumn(format="%.1f"),
+        "max": st.column_config.TextColumn("largest"),
         "use": st.column_config.TextColumn(width="large"),
     },
 )
@@ -137,13 +143,15 @@ scales = ", ".join(f"{v:.4g}" for v in mq.scale)
 m[0].metric("Scale" + ("s (one per row)" if per_row else ""), scales)
 m[1].metric(
     "Zero point" + ("s" if per_row else ""),
-    "— (absmax: 0 maps to 0)" if mq.zero is None else ", ".join(map(str, mq.zero)),
+    "none" if mq.zero is None else ", ".join(map(str, mq.zero)),
+    help="Absmax needs none: 0 maps to 0. Zero-point stores the integer that 0.0 maps to.",
 )
 m[2].metric(
     "Storage",
     f"{mq.bytes_before} B → {mq.bytes_after} B",
     delta=f"{mq.bytes_after / mq.bytes_before:.0%} of FP32",
     delta_color="off",
+    delta_arrow="off",
     help=f"FP32: {mq.x.size} × 4 B. After: {s['integers']} B of {bits}-bit integers + "
     f"{s['scales']} B of FP32 scales + {s['zero points']} B of zero points",
 )
@@ -152,6 +160,7 @@ m[3].metric(
     f"{mq.mean_abs_error():.4g}",
     delta=f"{mq.mean_abs_error(exclude_largest=True):.4g} without the largest |x|",
     delta_color="off",
+    delta_arrow="off",
 )
 levels = 2**bits - (1 if scheme == "absmax" else 0)
 st.caption(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from db import queue
-from ui import bundle, shell, tables
+from ui import bundle, sensitivity_view, shell, tables
 from ui.frames import leaderboard_frame, pareto_mask
 
 sf = shell.session()
@@ -55,6 +55,22 @@ if not jobs:
     st.page_link(shell.NEW_RUN, label="New run", icon=":material/add_circle:")
     st.stop()
 
+# One-layer-at-a-time jobs of sensitivity sweeps are diagnostics, not candidates.
+sweep_job_ids = {
+    j.id
+    for js in sensitivity_view.sensitivity_sweeps(queue.list_jobs(sf, limit=100_000)).values()
+    for j in js
+}
+show_sweeps = bool(sweep_job_ids) and st.toggle(
+    f"Include the {sum(j.id in sweep_job_ids for j in jobs)} sensitivity-sweep jobs",
+    key="lb_sweeps",
+    help="Each quantizes a single layer (see the Sensitivity page); hidden by default.",
+)
+if not show_sweeps:
+    jobs = [j for j in jobs if j.id not in sweep_job_ids]
+if not jobs:
+    st.info("Only sensitivity-sweep jobs have finished so far: include them above.")
+    st.stop()
 df = leaderboard_frame(jobs)
 df["pareto"] = pareto_mask(df, PARETO, group=["model", "eval"])
 
@@ -104,12 +120,12 @@ event = tables.leaderboard_table(view[shown], key="lb_table")
 rows = list(event.selection.rows) if event is not None else []
 selected = view.iloc[rows] if rows else view
 ids = [int(i) for i in selected["id"]]
-what = f"{len(ids)} selected run(s)" if rows else f"all {len(ids)} run(s) shown"
+what = f"{len(ids)} selected" if rows else f"all {len(ids)} shown"
 
 st.subheader("Share")
 c1, c2, c3 = st.columns([1, 1, 2])
 c1.download_button(
-    f"CSV of {what}",
+    f"CSV ({what})",
     data=bundle.runs_csv(selected[shown]),
     file_name="compresslab-runs.csv",
     mime="text/csv",
@@ -139,7 +155,7 @@ def _bundle_bytes() -> bytes:  # built only when the button is clicked
 
 
 c2.download_button(
-    f"JSON bundle of {what}",
+    f"JSON bundle ({what})",
     data=_bundle_bytes,
     file_name="compresslab-bundle.json",
     mime="application/json",

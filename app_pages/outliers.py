@@ -17,7 +17,7 @@ from ui.figures_layers import (
     layer_from_selection,
     smoothing_figure,
 )
-from ui.frames import layers_frame
+from ui.frames import layers_frame, most_interesting
 
 sf = shell.session()
 st.title("Outlier explorer")
@@ -59,7 +59,7 @@ if not rows:
     st.info(f"Run #{run_id} recorded no layer statistics (imported without them?): pick another.")
     st.stop()
 if st.session_state.get("ox_layer") not in rows:
-    st.session_state["ox_layer"] = next(iter(rows))
+    st.session_state["ox_layer"] = most_interesting(rows)
 
 
 def _clicked() -> None:
@@ -90,13 +90,14 @@ m = st.columns(5)
 n_b, n_a = figures.outlier_count(before, k), figures.outlier_count(after, k)
 m[0].metric(f"Weight outliers (>{k:g}σ)", "-" if n_b is None else f"{n_b:,}",
             delta=None if n_b is None or n_a is None else f"{n_a - n_b:+,} after",
-            delta_color="off")  # fmt: skip
+            delta_color="off", delta_arrow="off")  # fmt: skip
 kb, ka = (before or {}).get("kurtosis"), (after or {}).get("kurtosis")
 m[1].metric(
     "Excess kurtosis",
     "-" if kb is None else f"{kb:.2f}",
     delta=None if ka is None or kb is None else f"{ka:.2f} after",
     delta_color="off",
+    delta_arrow="off",
     help="0 for a Gaussian; large when a few weights sit far out in the tails",
 )
 err = data.get("rel_error")
@@ -111,6 +112,7 @@ m[4].metric(
     "-" if not act else f"{act['n_above']:,}",
     delta=None if not act else f"{100 * act['frac_above']:.3f}% of values",
     delta_color="off",
+    delta_arrow="off",
 )
 st.caption(figures.layer_summary(data))
 
@@ -136,10 +138,17 @@ left, right = st.columns(2)
 with left:
     st.plotly_chart(activation_figure(act), key="ox_act")
     top = ", ".join(map(str, act.get("top_channels", [])[:8]))
-    st.caption(
-        f"Largest channels: {top}. The largest is {act.get('max_over_median') or 0:.1f}× the "
-        "median channel: one scale for all channels spends its levels on those few."
-    )
+    ratio = act.get("max_over_median") or 0.0
+    if ratio >= 5:
+        st.caption(
+            f"Largest channels: {top}. The largest is {ratio:.1f}× the median channel: one "
+            "scale for all channels spends its levels on those few."
+        )
+    else:
+        st.caption(
+            f"No channel stands out here (the largest is {ratio:.1f}× the median). Layers with "
+            "a dark 'Activations > 6.0' cell above (often mlp.down_proj) show the problem."
+        )
 w_absmax = (before or {}).get("channel_absmax")
 with right:
     alpha = st.slider(

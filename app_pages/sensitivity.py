@@ -84,7 +84,7 @@ def _new_sweep(expanded: bool) -> str | None:
                 st.error(f"Not queued: {e}")
             else:
                 st.session_state["sens_sweep"] = sweep_id
-                st.success(f"Queued {len(jobs)} jobs as sweep {sweep_id[:8]}.")
+                st.session_state["sens_flash"] = f"Queued {len(jobs)} jobs as sweep {sweep_id[:8]}."
                 return sweep_id
     return None
 
@@ -93,68 +93,83 @@ def _sweeps() -> dict[str, list]:
     return sensitivity_view.sensitivity_sweeps(queue.list_jobs(sf, limit=100_000))
 
 
-sweeps = _sweeps()
-if _new_sweep(expanded=not sweeps):
-    sweeps = _sweeps()  # show the new sweep's progress at once
+def _keep_recipe(sweep_id: str) -> None:
+    """N most costly units in 8 bits, the rest as swept; one click pre-fills New run.
+    Reads the sweep as it is now (full reruns only, not the live fragment)."""
+    jobs = queue.sweep_jobs(sf, sweep_id)
+    points = sensitivity_view.points_of(jobs)
+    finished = [p for p in points if p["delta_ppl"] == p["delta_ppl"]]
+    st.subheader("Keep the most sensitive in higher precision")
+    if not finished:
+        st.caption("Once jobs finish, the most costly units can be kept in 8 bits here.")
+        return
+    c1, c2 = st.columns([1, 2])
+    n_keep = c1.number_input(
+        "Units to keep in higher precision",
+        0,
+        len(finished),
+        min(3, len(finished)),
+        key="sens_keep",
+    )
+    keep = most_sensitive(points, int(n_keep))
+    base = {k: v for k, v in jobs[0].spec["recipe"][0].items() if k != "targets"}
+    base["targets"] = ["*"]
+    try:
+        steps = keep_sensitive_recipe(base, keep, DEFAULT_HIGH_STEP)
+    except ConfigError as e:
+        st.error(str(e))
+        return
+    c2.caption(
+        f"{sensitivity_view.step_name(base)} everywhere except {len(keep)} unit(s), which get "
+        f"{sensitivity_view.step_name(DEFAULT_HIGH_STEP)}: " + (", ".join(keep) if keep else "none")
+    )
+    with st.expander("The recipe"):
+        st.json(steps)
+    if st.button("Open this recipe in New run", type="primary", icon=":material/edit_note:"):
+        spec = jobs[0].spec
+        forms.prefill_new_run(
+            st.session_state,
+            model=jobs[0].model,
+            steps=steps,
+            source=f"sensitivity sweep {sweep_id[:8]} ({len(keep)} unit(s) kept in 8 bits, "
+            f"{time.strftime('%H:%M')})",
+            calib=spec.get("calib"),
+            eval_set=spec.get("eval_set"),
+            eval=spec.get("eval"),
+            calib_settings=spec.get("calib_settings"),
+        )
+        st.switch_page(shell.NEW_RUN)
 
-st.subheader("Results")
-if not sweeps:
+
+def _results(sweeps: dict[str, list]) -> None:
+    st.subheader("Results")
+    flash = st.session_state.pop("sens_flash", None)
+    if flash:
+        st.success(flash)
+    if st.session_state.get("sens_sweep") not in sweeps:
+        st.session_state["sens_sweep"] = next(iter(sweeps))
+    sweep_id = st.selectbox(
+        "Sweep",
+        list(sweeps),
+        format_func=lambda s: sensitivity_view.sweep_title(sweeps[s]),
+        key="sens_sweep",
+    )
+    sensitivity_view.live_results(sweep_id)
+    _keep_recipe(sweep_id)
+
+
+# With sweeps, their results come first: the form below may take seconds the first time
+# (it reads the model's layer names), and it must not hold the results back.
+sweeps = _sweeps()
+if sweeps:
+    _results(sweeps)
+    st.divider()
+    if _new_sweep(expanded=False):
+        st.rerun()  # show the new sweep at once
+else:
+    if _new_sweep(expanded=True):
+        st.rerun()
     st.info(
         "No sensitivity sweep yet: start one above. On the demo model a per-block sweep of "
         "4-bit RTN is four short jobs."
     )
-    st.stop()
-if st.session_state.get("sens_sweep") not in sweeps:
-    st.session_state["sens_sweep"] = next(iter(sweeps))
-sweep_id = st.selectbox(
-    "Sweep",
-    list(sweeps),
-    format_func=lambda s: sensitivity_view.sweep_title(sweeps[s]),
-    key="sens_sweep",
-)
-sensitivity_view.live_results(sweep_id)
-
-# Building the mixed-precision recipe reads the sweep as it is now (full reruns only).
-jobs = queue.sweep_jobs(sf, sweep_id)
-points = sensitivity_view.points_of(jobs)
-finished = [p for p in points if p["delta_ppl"] == p["delta_ppl"]]
-st.subheader("Keep the most sensitive in higher precision")
-if not finished:
-    st.caption("Once jobs finish, the most costly units can be kept in 8 bits here.")
-    st.stop()
-c1, c2 = st.columns([1, 2])
-n_keep = c1.number_input(
-    "Units to keep in higher precision",
-    0,
-    len(finished),
-    min(3, len(finished)),
-    key="sens_keep",
-)
-keep = most_sensitive(points, int(n_keep))
-base = {k: v for k, v in jobs[0].spec["recipe"][0].items() if k != "targets"}
-base["targets"] = ["*"]
-try:
-    steps = keep_sensitive_recipe(base, keep, DEFAULT_HIGH_STEP)
-except ConfigError as e:
-    st.error(str(e))
-    st.stop()
-c2.caption(
-    f"{sensitivity_view.step_name(base)} everywhere except {len(keep)} unit(s), which get "
-    f"{sensitivity_view.step_name(DEFAULT_HIGH_STEP)}: " + (", ".join(keep) if keep else "none")
-)
-with st.expander("The recipe"):
-    st.json(steps)
-if st.button("Open this recipe in New run", type="primary", icon=":material/edit_note:"):
-    spec = jobs[0].spec
-    forms.prefill_new_run(
-        st.session_state,
-        model=jobs[0].model,
-        steps=steps,
-        source=f"sensitivity sweep {sweep_id[:8]} ({len(keep)} unit(s) kept in 8 bits, "
-        f"{time.strftime('%H:%M')})",
-        calib=spec.get("calib"),
-        eval_set=spec.get("eval_set"),
-        eval=spec.get("eval"),
-        calib_settings=spec.get("calib_settings"),
-    )
-    st.switch_page(shell.NEW_RUN)

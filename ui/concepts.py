@@ -157,7 +157,7 @@ def _status(value: float, stored: float, fmt: Format) -> str:
             return f"overflow: saturated to ±{fmax:g}"
     if stored == 0 and value != 0:
         return "underflow: became zero"
-    return "exact" if stored == value else "rounded to the nearest representable value"
+    return "exact" if stored == value else "rounded to the nearest value"
 
 
 def encode_float(value: float, fmt: Format) -> Encoding:
@@ -419,7 +419,7 @@ def grid_figure(mq: MatrixQuant) -> go.Figure:
             y=label,
             mode="markers",
             name="original",
-            marker={"color": "#636EFA", "size": 10},
+            marker={"color": "#636EFA", "size": 13, "symbol": "circle-open", "line": {"width": 2}},
             hovertemplate="original %{x:.4g}<extra></extra>",
         )
     )

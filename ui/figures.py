@@ -221,14 +221,22 @@ def histogram_figure(
 
 
 def short_names(names: list[str]) -> list[str]:
-    """Layer names without the dotted prefix they all share ("model.layers.0.mlp" -> "0.mlp")."""
+    """Layer names without the dotted prefix most of them share ("model.layers.0.mlp" ->
+    "0.mlp"); a name outside that prefix (an lm_head) stays whole."""
     parts = [n.split(".") for n in names]
     if len(parts) < 2:
         return [p[-1] for p in parts]
+    firsts = [p[0] for p in parts if len(p) > 1]
+    if not firsts:
+        return list(names)
+    head = max(set(firsts), key=firsts.count)  # the prefix family most names belong to
+    family = [p for p in parts if len(p) > 1 and p[0] == head]
     common = 0
-    while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
+    while all(len(p) > common + 1 for p in family) and len({p[common] for p in family}) == 1:
         common += 1
-    return [".".join(p[common:]) for p in parts]
+    if len(family) < 2:
+        common = len(family[0]) - 1 if family else 0
+    return [".".join(p[common:]) if len(p) > 1 and p[0] == head else ".".join(p) for p in parts]
 
 
 def layer_error_figure(layers: pd.DataFrame, selected: str | None = None) -> go.Figure:

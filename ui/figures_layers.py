@@ -19,12 +19,12 @@ from ui.figures import AFTER_COLOR, BEFORE_COLOR, short_names
 
 # Heatmap columns: (layers_frame column or "outliers_before", label, unit/format, log-scaled).
 HEATMAP_METRICS: tuple[tuple[str, str, str, bool], ...] = (
-    ("rel_error", "Layer output error", ".3g", True),
-    ("outliers_before", "Weight outliers (count)", ",.0f", True),
-    ("kurtosis_before", "Weight excess kurtosis", ".2f", True),
-    ("zeros_after", "Sparsity after (fraction)", ".1%", False),
-    ("act_absmax", "Activation max |x|", ".3g", True),
-    ("act_above", "Activations > 6.0 (count)", ",.0f", True),
+    ("rel_error", "Layer output<br>error", ".3g", True),
+    ("outliers_before", "Weight outliers<br>(count)", ",.0f", True),
+    ("kurtosis_before", "Weight excess<br>kurtosis", ".2f", True),
+    ("zeros_after", "Sparsity after<br>(fraction)", ".1%", False),
+    ("act_absmax", "Activation<br>max |x|", ".3g", True),
+    ("act_above", "Activations > 6.0<br>(count)", ",.0f", True),
 )
 
 
@@ -37,7 +37,7 @@ def heatmap_columns(table: pd.DataFrame, k: float) -> list[tuple[str, str, str, 
             out.append(
                 (
                     real,
-                    label.replace("(count)", f"(count, > {k:g}σ)")
+                    label.replace("(count)", f"(count > {k:g}σ)")
                     if col == "outliers_before"
                     else label,
                     fmt,
@@ -142,10 +142,10 @@ def heatmap_figure(table: pd.DataFrame, k: float, selected: str | None = None) -
         },
         xaxis_title="Metric",
         yaxis_title="Linear layer",
-        xaxis={"side": "top", "title": {"standoff": 4}},
+        xaxis={"side": "top", "tickangle": 0, "title": {"standoff": 4}},
         yaxis={"autorange": "reversed", "type": "category"},
         height=max(320, 120 + 24 * len(layers)),
-        margin={"t": 120, "l": 160, "r": 20, "b": 30},
+        margin={"t": 150, "l": 160, "r": 20, "b": 30},
         clickmode="event+select",
         dragmode=False,
     )
@@ -230,10 +230,10 @@ def activation_figure(act: dict[str, Any]) -> go.Figure:
             },
         },
         xaxis_title="Input channel j (hidden dimension)",
-        yaxis_title="max over tokens of |X_j| (activation units)",
+        yaxis_title="max |X_j| over tokens",
         bargap=0,
         height=330,
-        margin={"t": 70, "l": 60, "r": 20, "b": 50},
+        margin={"t": 80, "l": 70, "r": 20, "b": 50},
     )
     return fig
 
@@ -280,8 +280,9 @@ def smoothing_figure(sm: Smoothed, alpha: float) -> go.Figure:
             row=row,
             col=1,
         )
-    fig.update_yaxes(type="log", title_text="max |X_j| (log)", row=1, col=1)
-    fig.update_yaxes(type="log", title_text="max |W_j| (log)", row=2, col=1)
+    # Powers of ten only: the default minor digits crowd a short log axis.
+    fig.update_yaxes(type="log", dtick=1, title_text="max |X_j| (log)", row=1, col=1)
+    fig.update_yaxes(type="log", dtick=1, title_text="max |W_j| (log)", row=2, col=1)
     fig.update_xaxes(title_text="Input channel j", row=2, col=1)
     fig.update_layout(
         title={
@@ -291,7 +292,7 @@ def smoothing_figure(sm: Smoothed, alpha: float) -> go.Figure:
             },
         },
         legend={"orientation": "h", "y": -0.15},
-        height=560,
-        margin={"t": 100, "l": 70, "r": 20, "b": 60},
+        height=600,
+        margin={"t": 130, "l": 70, "r": 20, "b": 60},
     )
     return fig

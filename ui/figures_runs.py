@@ -127,12 +127,12 @@ def sensitivity_figure(points: Sequence[dict[str, Any]], keep: Sequence[str] = (
         title={
             "text": "Sensitivity: perplexity cost of quantizing one unit alone",
             "subtitle": {
-                "text": f"red: kept in higher precision · {pending} unit(s) not finished"
-                if pending
-                else "red: kept in higher precision"
+                "text": "red: kept in higher precision · below zero: no measurable harm (noise)"
+                + (f" · {pending} unit(s) not finished" if pending else "")
             },
         },
         xaxis_title="Quantized unit (all others left in float)",
+        xaxis_type="category",
         yaxis_title="Perplexity − uncompressed perplexity",
         height=420,
         margin={"t": 70, "l": 60, "r": 20, "b": 130},

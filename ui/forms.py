@@ -169,11 +169,9 @@ def param_widget(p: dict[str, Any], key: str) -> Any:
             step: Any = 1
         else:
             step = (hi - lo) / 100 if lo is not None and hi is not None else 0.01
-        return cast(
-            st.number_input(
-                name, min_value=lo, max_value=hi, value=value, step=step, key=key, help=helptext
-            )
-        )
+        # No min/max on the widget: Streamlit would silently keep the last valid value,
+        # while the config's own validation refuses it with a message that says what is allowed.
+        return cast(st.number_input(name, value=value, step=step, key=key, help=helptext))
     return st.text_input(
         name, value="" if default is None else str(default), key=key, help=helptext
     )

@@ -278,3 +278,16 @@ def pareto_mask(
         dominated = (no_worse & better).any(axis=1)
         mask.loc[d.index[~dominated]] = True
     return mask
+
+
+def most_interesting(rows: dict[str, dict[str, Any]]) -> str:
+    """The layer to open first: the most activation values above the outlier threshold,
+    else the largest layer error, else the first layer."""
+
+    def key(item: tuple[str, dict[str, Any]]) -> tuple[float, float]:
+        d = item[1]
+        above = _num((d.get("act") or {}).get("n_above"))
+        err = _num(d.get("rel_error"))
+        return (above if above == above else -1.0, err if err == err else -1.0)
+
+    return max(rows.items(), key=key)[0] if rows else ""

@@ -36,11 +36,18 @@ def sensitivity_sweeps(jobs: Iterable[Any]) -> dict[str, list[Any]]:
 
 
 def step_name(step: dict[str, Any]) -> str:
-    """ "rtn(bits=4, granularity=group)": the method with its non-default parameters."""
+    """Like "rtn(bits=4, granularity=group)": the method with its non-default parameters,
+    and its bit width even when that is the default (what a mixed recipe is about)."""
     try:
-        return recipe_label(recipe_from_steps([{k: v for k, v in step.items()}]))
+        label = recipe_label(recipe_from_steps([dict(step)]))
     except ConfigError:
         return str(step.get("method", "?"))
+    bits = step.get("bits")
+    if isinstance(bits, int) and "bits=" not in label:
+        label = (
+            label.replace("(", f"(bits={bits}, ", 1) if "(" in label else f"{label}(bits={bits})"
+        )
+    return label
 
 
 def sweep_title(jobs: list[Any]) -> str:
@@ -93,6 +100,7 @@ def live_results(sweep_id: str) -> None:
     table = pd.DataFrame(points)[
         ["unit", "status", "perplexity", "delta_ppl", "rel_cost", "layer_error", "id"]
     ]
+    table["rel_cost"] = 100 * table["rel_cost"]
     st.dataframe(
         table,
         hide_index=True,
@@ -102,7 +110,7 @@ def live_results(sweep_id: str) -> None:
             "unit": st.column_config.TextColumn("quantized unit"),
             "perplexity": st.column_config.NumberColumn("perplexity", format="%.4f"),
             "delta_ppl": st.column_config.NumberColumn("Δ perplexity", format="%+.4f"),
-            "rel_cost": st.column_config.NumberColumn("relative cost", format="percent"),
+            "rel_cost": st.column_config.NumberColumn("relative cost (%)", format="%+.3f"),
             "layer_error": st.column_config.NumberColumn("layer error", format="%.2e"),
             "id": st.column_config.NumberColumn("job", format="%d"),
         },

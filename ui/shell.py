@@ -19,7 +19,7 @@ PAGES: tuple[tuple[str, str, str], ...] = (
     ("app_pages/weights.py", "Weights", ":material/bar_chart:"),
     ("app_pages/leaderboard.py", "Leaderboard", ":material/leaderboard:"),
     ("app_pages/run.py", "Run", ":material/description:"),
-    ("app_pages/explorer.py", "Outliers", ":material/troubleshoot:"),
+    ("app_pages/outliers.py", "Outliers", ":material/troubleshoot:"),
     ("app_pages/sensitivity.py", "Sensitivity", ":material/tune:"),
     ("app_pages/concepts.py", "Concepts", ":material/school:"),
 )

@@ -1,0 +1,94 @@
+"""Sharing runs: bundle export, validation, import deduplicated by recomputed fingerprint hash,
+origins kept through a chain of teammates, layer statistics carried along, CSV export."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from core.recipe import NAMED_RECIPES
+from db import queue
+from ui import bundle
+from ui.submit import submit_run
+
+WORKER = "w"
+
+
+def _finished(sf, name: str, ppl: float, device: str = "cpu") -> int:
+    job_id = submit_run(
+        sf, "tiny-random", NAMED_RECIPES[name], name, "stdlib-code", "stdlib-heldout", None, None
+    )
+    queue.claim(sf, WORKER, job_id=job_id)
+    spec = queue.get_job(sf, job_id).spec
+    fp = {"model": "tiny-random", "revision": "seed:0", "recipe": spec["recipe"], "device": device}
+    layers = [{"name": "model.layers.0.mlp.up_proj", "rel_error": 0.02, "scheme": "int8"}]
+    assert queue.complete(sf, job_id, WORKER, {"perplexity": ppl}, layers, fp)
+    return job_id
+
+
+def test_round_trip_into_another_database_with_origin_and_layers(sf, tmp_path) -> None:
+    ids = [_finished(sf, "rtn-int8", 12.3), _finished(sf, "fp16", 12.0)]
+    jobs = [queue.get_job(sf, i) for i in ids]
+    layers = {i: [r.data for r in queue.layer_stats(sf, i)] for i in ids}
+    raw = bundle.bundle_bytes(bundle.make_bundle(jobs, layers, origin="alice@lab", now=1.0))
+
+    from db.session import session_factory
+
+    other = session_factory(f"sqlite:///{tmp_path / 'bob.db'}")
+    report = bundle.import_bundle(other, raw)
+    assert report.exporter == "alice@lab" and report.duplicates == 0
+    assert report.origins == {"alice@lab": 2}
+    got = {j.recipe_label: j for j in queue.finished_runs(other)}
+    assert set(got) == {"rtn-int8", "fp16"}
+    assert got["rtn-int8"].result == {"perplexity": 12.3} and got["rtn-int8"].origin == "alice@lab"
+    assert got["rtn-int8"].fingerprint_hash == jobs[0].fingerprint_hash
+    assert [r.data["rel_error"] for r in queue.layer_stats(other, got["fp16"].id)] == [0.02]
+
+    again = bundle.import_bundle(other, raw)  # importing twice adds nothing
+    assert again.added == [] and again.duplicates == 2
+    # Bob passes Alice's runs on: Carol sees Alice as their origin, not Bob.
+    onward = bundle.make_bundle(queue.finished_runs(other), None, origin="bob@home")
+    plan = bundle.plan_import(onward["runs"], "bob@home", set())
+    assert {r["origin"] for r in plan.new} == {"alice@lab"}
+    assert "layers" not in onward["runs"][0]
+
+
+def test_dedup_uses_the_recomputed_hash_and_catches_repeats_inside_a_bundle(sf) -> None:
+    job = queue.get_job(sf, _finished(sf, "rtn-int8", 12.3))
+    b = bundle.make_bundle([job, job], None, origin="me")
+    b["runs"][0]["fingerprint_hash"] = "forged"  # a stated hash is not trusted
+    plan = bundle.plan_import(b["runs"], "me", set())
+    assert len(plan.new) == 1 and len(plan.duplicates) == 1
+    assert plan.new[0]["fingerprint_hash"] == job.fingerprint_hash
+    assert bundle.import_bundle(sf, b).added == []  # already in this database
+    gpu = json.loads(json.dumps(b))
+    gpu["runs"][0]["fingerprint"]["device"] = "cuda"  # another device: another measurement
+    assert len(bundle.import_bundle(sf, gpu).added) == 1
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (b"not json", "not a JSON file"),
+        (b"[1, 2]", "not a CompressLab bundle"),
+        (json.dumps({"format": "compresslab-bundle", "version": 99}).encode(), "version 99"),
+        (json.dumps({"format": "compresslab-bundle", "version": 1}).encode(), '"runs" list'),
+        (
+            json.dumps({"format": "compresslab-bundle", "version": 1, "runs": [{"model": "m"}]}),
+            "run 1 lacks fingerprint",
+        ),
+    ],
+)
+def test_bad_bundles_are_refused_with_a_reason(sf, raw, message) -> None:
+    with pytest.raises(bundle.BundleError, match=message):
+        bundle.import_bundle(sf, raw)
+    assert queue.finished_runs(sf) == []
+
+
+def test_csv_has_the_columns_shown() -> None:
+    df = pd.DataFrame({"id": [1, 2], "recipe": ["a,b", "c"], "perplexity": [1.5, 2.0]})
+    back = pd.read_csv(pd.io.common.BytesIO(bundle.runs_csv(df)))
+    assert back.to_dict("list") == df.to_dict("list")
+    assert "@" in bundle.default_origin()
