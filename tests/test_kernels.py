@@ -99,30 +99,44 @@ def test_native_quantization_matches_reference_bit_for_bit() -> None:
     assert s[4] == 1.0 and not q[4].any()
 
 
-@needs_native
+@pytest.mark.parametrize("path", ["native", "dequant"])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_int8_weight_only_native_matches_reference(shape: tuple) -> None:
+def test_int8_weight_only_paths_match_reference(path: str, shape: tuple) -> None:
+    if path == "native" and not NATIVE:
+        pytest.skip("no native kernels here")
     m, k, n = shape
     w, ws, b = _w8(n, k, seed=5)
     x = _x(m, k, seed=6)
-    with ops.use_path("native"):
+    with ops.use_path(path):
         got = ops.int8_weight_only_linear(x, w, ws, b)
     _close(got, ref.int8_weight_only_linear(x, w, ws, b), 1e-5)
 
 
-@needs_native
+@pytest.mark.parametrize("path", ["native", "dequant"])
 @pytest.mark.parametrize("group", [32, 128])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_int4_weight_only_native_matches_reference(group: int, shape: tuple) -> None:
+def test_int4_weight_only_paths_match_reference(path: str, group: int, shape: tuple) -> None:
+    if path == "native" and not NATIVE:
+        pytest.skip("no native kernels here")
     m, k, n = shape
     lin = torch.nn.Linear(k, n)
     layer = Int4WeightOnlyLinear(lin, group)
     x = _x(m, k, seed=7)
     args = (layer.w_packed, layer.scale, layer.zero, group, layer.bias)
     want = ref.int4_weight_only_linear(x, *args)
-    with ops.use_path("native"):
+    with ops.use_path(path):
         got = ops.int4_weight_only_linear(x, *args)
     _close(got, want, 1e-5)
+
+
+@needs_native
+def test_native_dequantization_matches_reference() -> None:
+    w, ws, _ = _w8(33, 203, seed=8)
+    assert torch.equal(cpu.dequantize_int8_native(w, ws), w.float() * ws[:, None])
+    layer = Int4WeightOnlyLinear(torch.nn.Linear(203, 33), 32)
+    args = (layer.w_packed, layer.scale, layer.zero, 32, 203)
+    want = ref.dequantize_int4(*args)
+    assert torch.allclose(cpu.dequantize_int4_native(*args), want, rtol=1e-6, atol=1e-7)
 
 
 def test_op_registration_cpu_meta_and_batched_shapes() -> None:

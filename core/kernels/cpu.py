@@ -93,6 +93,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.cl_w8a8_scratch_needed.argtypes = [_i64, _i64]
     lib.cl_w8a8_scratch_needed.restype = _i64
     lib.cl_int8_weight_only_linear.argtypes = [_p, _p, _p, _p, _p, _i64, _i64, _i64, _int]
+    lib.cl_dequantize_int8.argtypes = [_p, _p, _p, _i64, _i64, _int]
+    lib.cl_dequantize_int4.argtypes = [_p, _p, _p, _p, _i64, _i64, _i64, _i64, _int]
     lib.cl_int4_weight_only_linear.argtypes = [
         *(_p,) * 6,
         *(_i64,) * 5,
@@ -287,6 +289,37 @@ def int4_weight_only_native(
         half * 2,
         group_size,
         _threads(m * n * k),
+    )
+    return out
+
+
+def dequantize_int8_native(w_int8: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+    """(N, K) float32 = w_int8 * w_scale[:, None], in one parallel pass."""
+    w, ws = w_int8.contiguous(), _f32c(w_scale)
+    n, k = w.shape
+    out = torch.empty((n, k), dtype=torch.float32)
+    _lib().cl_dequantize_int8(w.data_ptr(), ws.data_ptr(), out.data_ptr(), n, k, _threads(n * k))
+    return out
+
+
+def dequantize_int4_native(
+    w_packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int, k: int
+) -> torch.Tensor:
+    """(N, k) float32 = (code - zero) * scale, as ref.dequantize_int4, in one parallel pass."""
+    w, sc = w_packed.contiguous(), scale.to(torch.float16).contiguous()
+    z = zero.to(torch.uint8).contiguous()
+    n, half = w.shape
+    out = torch.empty((n, k), dtype=torch.float32)
+    _lib().cl_dequantize_int4(
+        w.data_ptr(),
+        sc.data_ptr(),
+        z.data_ptr(),
+        out.data_ptr(),
+        n,
+        k,
+        half * 2,
+        group_size,
+        _threads(n * k),
     )
     return out
 

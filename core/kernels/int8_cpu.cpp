@@ -325,9 +325,60 @@ void wo4_impl(const WO4Args& a, int nt) {
   }
 }
 
+// ---------------------------------------------------------------- dequantization to float
+// For large batches the weights are reused M times: turning them back into float32 once
+// per call (one pass, in parallel) and letting BLAS run beats any integer inner loop on
+// a CPU without int8 dot products.
+
+void dequantize_int8_impl(const int8_t* w, const float* ws, float* out, int64_t N, int64_t K,
+                          int nt) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const __m256 s = _mm256_set1_ps(ws[n]);
+    const int8_t* row = w + n * K;
+    float* o = out + n * K;
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8) {
+      const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + k));
+      _mm256_storeu_ps(o + k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), s));
+    }
+    for (; k < K; ++k) o[k] = static_cast<float>(row[k]) * ws[n];
+  }
+}
+
+void dequantize_int4_impl(const uint8_t* w, const uint16_t* scale, const uint8_t* zero,
+                          float* out, int64_t N, int64_t K, int64_t kp, int64_t group, int nt) {
+  const int64_t G = kp / group;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const uint8_t* row = w + n * (kp / 2);
+    float* o = out + n * K;
+    for (int64_t g = 0; g < G; ++g) {
+      const float s = _cvtsh_ss(scale[n * G + g]);
+      const float zs = static_cast<float>(zero[n * G + g]) * s;
+      const int64_t k1 = std::min(K, (g + 1) * group);
+      for (int64_t k = g * group; k < k1; ++k) {
+        const uint8_t b = row[k / 2];
+        const float q = static_cast<float>((k & 1) ? (b >> 4) : (b & 0x0F));
+        o[k] = q * s - zs;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 extern "C" {
+
+void cl_dequantize_int8(const int8_t* w, const float* ws, float* out, int64_t N, int64_t K,
+                        int nt) {
+  dequantize_int8_impl(w, ws, out, N, K, nt);
+}
+
+void cl_dequantize_int4(const uint8_t* w, const uint16_t* scale, const uint8_t* zero,
+                        float* out, int64_t N, int64_t K, int64_t kp, int64_t group, int nt) {
+  dequantize_int4_impl(w, scale, zero, out, N, K, kp, group, nt);
+}
 
 // Bumped whenever an entry point's meaning or arguments change (cpu.py checks it).
 int cl_abi_version() { return 1; }

@@ -11,8 +11,9 @@ Paths that compute the same function (see core/kernels/ref.py) and where they ru
 
 - ``native``: our AVX2 C++ (core/kernels/int8_cpu.cpp), integer GEMM / streamed weights.
 - ``int_mm``: ``torch._int_mm`` (oneDNN / MKL; fast only with VNNI or AMX).
-- ``dequant``: float emulation: integers turned back into float32 and one BLAS call.
-  Exact up to float32 rounding; no integer math runs.
+- ``dequant``: float emulation: integers turned back into float32 (by our C++ in one
+  pass where it runs, else by torch) and one BLAS call. Exact up to float32 rounding;
+  no integer math runs. Best where the weights are reused by many rows.
 - ``triton``: the CUDA kernel in core/kernels/triton_int8.py.
 - ``ref``: the plain-torch reference (exact int accumulation in float64; slow).
 
@@ -72,16 +73,30 @@ def _w8a8_int_mm(x2, w, ws, b, mode, xs=None):
     return cpu.w8a8_linear_int_mm(x2, w, ws, b, mode, xs)
 
 
-def _wo8_dequant(x2, w, ws, b):
+def _wo8_ref(x2, w, ws, b):
     return ref.int8_weight_only_linear(x2.float(), w, ws, b)
+
+
+def _wo8_dequant(x2, w, ws, b):
+    if not cpu.native_available():
+        return _wo8_ref(x2, w, ws, b)
+    wf = cpu.dequantize_int8_native(w, ws)
+    return torch.nn.functional.linear(x2.float(), wf, None if b is None else b.float())
 
 
 def _wo8_native(x2, w, ws, b):
     return cpu.int8_weight_only_native(x2, w, ws, b)
 
 
-def _wo4_dequant(x2, w, s, z, g, b):
+def _wo4_ref(x2, w, s, z, g, b):
     return ref.int4_weight_only_linear(x2.float(), w, s, z, g, b)
+
+
+def _wo4_dequant(x2, w, s, z, g, b):
+    if not cpu.native_available():
+        return _wo4_ref(x2, w, s, z, g, b)
+    wf = cpu.dequantize_int4_native(w, s, z, g, x2.shape[1])
+    return torch.nn.functional.linear(x2.float(), wf, None if b is None else b.float())
 
 
 def _wo4_native(x2, w, s, z, g, b):
@@ -111,12 +126,12 @@ CPU_PATHS: dict[str, dict[str, KernelPath]] = {
     "int8_weight_only_linear": {
         "native": KernelPath(_wo8_native, _native),
         "dequant": KernelPath(_wo8_dequant, _ALWAYS),
-        "ref": KernelPath(_wo8_dequant, _ALWAYS),
+        "ref": KernelPath(_wo8_ref, _ALWAYS),
     },
     "int4_weight_only_linear": {
         "native": KernelPath(_wo4_native, _native),
         "dequant": KernelPath(_wo4_dequant, _ALWAYS),
-        "ref": KernelPath(_wo4_dequant, _ALWAYS),
+        "ref": KernelPath(_wo4_ref, _ALWAYS),
     },
 }
 
@@ -268,8 +283,8 @@ def _cpu_impl(op: str) -> Callable[..., torch.Tensor]:
 def _default_impl(op: str) -> Callable[..., torch.Tensor]:
     fns = {
         "int8_linear": _w8a8_ref,
-        "int8_weight_only_linear": _wo8_dequant,
-        "int4_weight_only_linear": _wo4_dequant,
+        "int8_weight_only_linear": _wo8_ref,
+        "int4_weight_only_linear": _wo4_ref,
     }
 
     def impl(x: torch.Tensor, *args):
