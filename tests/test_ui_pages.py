@@ -232,7 +232,12 @@ def test_new_run_refuses_an_out_of_range_parameter(sf, db_url) -> None:
 def test_new_run_builds_steps_from_config_widgets(sf, db_url) -> None:
     at = _app(NEW_RUN)
     at.radio(key="recipe_mode").set_value("Build steps").run()
-    assert at.number_input(key="step0:rtn:bits").max == 8  # the range comes from the config
+    bits = at.number_input(key="step0:rtn:bits")
+    assert "range [2, 8]" in bits.help  # the range comes from the config
+    bits.set_value(99).run()  # unbounded widget: the config's validation refuses it
+    _button(at, "Queue run").click().run()
+    assert "bits=99" in _texts(at.error) and "[2, 8]" in _texts(at.error)
+    assert queue.list_jobs(sf) == []
     assert at.selectbox(key="step0:rtn:granularity").options == ["tensor", "channel", "group"]
     assert any("Needs a calibration set" in m.value for m in at.markdown)  # the method card
     at.number_input(key="step0:rtn:bits").set_value(4).run()
