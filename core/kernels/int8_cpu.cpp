@@ -357,7 +357,21 @@ void dequantize_int4_impl(const uint8_t* w, const uint16_t* scale, const uint8_t
       const float s = _cvtsh_ss(scale[n * G + g]);
       const float zs = static_cast<float>(zero[n * G + g]) * s;
       const int64_t k1 = std::min(K, (g + 1) * group);
-      for (int64_t k = g * group; k < k1; ++k) {
+      const __m256 sv = _mm256_set1_ps(s), nzs = _mm256_set1_ps(-zs);
+      const __m128i low4 = _mm_set1_epi8(0x0F);
+      int64_t k = g * group;
+      for (; k + 32 <= k1; k += 32) {  // 16 bytes -> 32 codes, back in column order
+        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k / 2));
+        const __m128i lo = _mm_and_si128(b, low4);
+        const __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
+        const __m128i c0 = _mm_unpacklo_epi8(lo, hi), c1 = _mm_unpackhi_epi8(lo, hi);
+        const __m128i parts[4] = {c0, _mm_srli_si128(c0, 8), c1, _mm_srli_si128(c1, 8)};
+        for (int p = 0; p < 4; ++p) {
+          const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[p]));
+          _mm256_storeu_ps(o + k + 8 * p, _mm256_fmadd_ps(q, sv, nzs));
+        }
+      }
+      for (; k < k1; ++k) {
         const uint8_t b = row[k / 2];
         const float q = static_cast<float>((k & 1) ? (b >> 4) : (b & 0x0F));
         o[k] = q * s - zs;
