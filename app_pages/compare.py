@@ -51,5 +51,6 @@ if ids:
     job = queue.get_job(sf, picked)
     if job is not None:
         compare_view.run_details(job)
+        shell.run_page_link([job.id], f"Open run #{job.id} on its own page (a link to share)")
 else:
     st.info("No run matches the filters.")

@@ -71,3 +71,9 @@ else:
     st.caption("No layer errors recorded (an uncompressed run, or a method without them).")
 with st.expander("Every layer of this run"):
     st.dataframe(table, hide_index=True, width="stretch")
+st.page_link(
+    shell.OUTLIERS,
+    label="Every layer at a glance, with activation outliers: Outliers",
+    icon=":material/troubleshoot:",
+    query_params={"run": str(run_id), "layer": layer},
+)

@@ -275,7 +275,7 @@ def test_outlier_explorer_heatmap_layer_and_smoothing(runs) -> None:
     )
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     heat = charts[0]
-    assert "Activation max |x|" in heat["data"][0]["x"] and len(heat["data"][0]["y"]) == 3
+    assert "Activation<br>max |x|" in heat["data"][0]["x"] and len(heat["data"][0]["y"]) == 3
     assert heat["layout"]["yaxis"]["title"]["text"] == "Linear layer"
     assert len(charts) == 5  # heatmap, histogram, channel maxima, activations, smoothing
     metrics = {m.label: m.value for m in at.metric}

@@ -192,10 +192,10 @@ def channel_figure(before: Sequence[float] | None, after: Sequence[float] | None
             },
         },
         xaxis_title="Input channel j (column of W)",
-        yaxis_title="max over rows of |W_ij| (weight units)",
+        yaxis_title="max |W_ij| over rows",
         legend={"orientation": "h", "y": -0.25},
         height=330,
-        margin={"t": 70, "l": 60, "r": 20, "b": 60},
+        margin={"t": 80, "l": 70, "r": 20, "b": 60},
     )
     return fig
 

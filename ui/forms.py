@@ -409,7 +409,7 @@ def apply_prefill(state: MutableMapping[str, Any]) -> str | None:
         return None
     state.update(_model_keys(str(pre["model"])))
     state["recipe_mode"] = "JSON"
-    state["recipe_json"] = json.dumps(pre["steps"], indent=1)
+    state["recipe_json"] = "[\n" + ",\n".join("  " + json.dumps(s) for s in pre["steps"]) + "\n]"
     for name, key in (("calib", "calib_set"), ("eval_set", "eval_set")):
         if pre.get(name):
             state[key] = pre[name]
