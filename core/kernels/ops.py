@@ -61,7 +61,13 @@ def _w8a8_dequant(x2, w, ws, b, mode, xs=None):
         q, s = quantize_per_tensor_static(x2, xs), xs.float().reshape(1, 1)
     else:
         q, s = quantize_per_token(x2)
-    y = torch.nn.functional.linear(q.float(), w.float()) * s * ws.float().reshape(1, -1)
+    if cpu.native_available():  # w * w_scale in cache-sized tiles, then BLAS
+        y = _tiled_linear(
+            q, w.shape[0], lambda n0, n1: cpu.dequantize_int8_native(w[n0:n1], ws[n0:n1]), None
+        )
+        y = y * s
+    else:
+        y = torch.nn.functional.linear(q.float(), w.float()) * s * ws.float().reshape(1, -1)
     return y if b is None else y + b.float()
 
 
