@@ -41,6 +41,9 @@ def test_scale_search_protects_salient_channels() -> None:
     # The salient channels get the largest scales; max(s) * min(s) = 1 by normalisation.
     assert set(torch.topk(res.scale, 4).indices.tolist()) == {3, 40, 77, 100}
     assert (res.scale.max() * res.scale.min()).item() == pytest.approx(1.0, rel=1e-5)
+    # Duo scaling (also divided by the weights' relative size) shares alpha = 0 = RTN.
+    duo = awq_search_scale(W, G, absmean, SPEC, n_grid=20, duo=True)
+    assert duo.loss <= duo.loss_plain and duo.loss < 0.6 * duo.loss_plain
 
 
 def test_clip_search_never_loses_and_bounds_lie_in_the_range() -> None:

@@ -102,24 +102,25 @@ def _run(name: str) -> tuple[float, float, tuple[LayerReport, ...]]:
     return res.perplexity, res.kl_to_baseline, tuple(reports)
 
 
-# Measured with these settings (perplexity / KL to the baseline in nats per token):
-#   baseline 157.627
-#   rtn-4bit-g128 157.788 / 0.00121     gptq-4bit-g128 157.664 / 0.00029
-#   rtn-3bit-g128 158.123 / 0.00614     gptq-3bit-g128 157.465 / 0.00151
-#   rtn-4bit-g128-asym 157.613 / 0.00080  awq-4bit-g128 (asym) 157.564 / 0.00076
-#   nf4 157.672 / 0.00074               fp4 157.792 / 0.00134
-#   bnb-int8 157.632 / 0.00002
-# This small model barely notices 4-bit weights: perplexity moves by 0.1%, about as much
-# as the noise any weight perturbation adds (at 8192 tokens RTN 3-bit even scores below
-# RTN 4-bit), so each perplexity ordering the issue asks for is asserted as measured, with
-# no margin, and the KL divergence, which separates the methods by 2-5x, carries margins.
+# Measured with these settings (perplexity / KL to the baseline in nats per token), on the
+# demo model retrained at 20:44 (test-budget perplexity 67.59):
+#   rtn-4bit-g128 68.106 / 0.00488        gptq-4bit-g128 67.594 / 0.00133
+#   rtn-3bit-g128 70.714 / 0.03078        gptq-3bit-g128 68.350 / 0.00755
+#   rtn-4bit-g128-asym 67.976 / 0.00357   awq-4bit-g128 (asym) 67.974 / 0.00275
+#   nf4 68.002 / 0.00322                  fp4 68.535 / 0.00576
+#   bnb-int8 67.645 / 0.00008
+# Perplexity differences of a few tenths are within what any weight perturbation does to
+# this small model (the earlier, shorter-trained demo model even scored RTN 3-bit below
+# RTN 4-bit at 8192 tokens), so the perplexity orderings the issue asks for are asserted
+# as measured, without a margin, and the KL divergence, which separates the methods by
+# 1.3-4x, carries the margins.
 
 
 @pytest.mark.parametrize("bits", [4, 3])
 def test_gptq_beats_rtn_at_the_same_bits_and_group_size(bits: int) -> None:
     gptq, rtn = f"gptq-{bits}bit-g128", f"rtn-{bits}bit-g128"
     assert perplexity(gptq) < perplexity(rtn)
-    assert kl(gptq) < 0.5 * kl(rtn)  # measured 0.24x (4-bit) and 0.25x (3-bit)
+    assert kl(gptq) < 0.5 * kl(rtn)  # measured 0.27x (4-bit) and 0.25x (3-bit)
 
 
 def test_gptq_layer_errors_are_at_most_rtn_on_calibration_inputs() -> None:
@@ -136,19 +137,19 @@ def test_gptq_layer_errors_are_at_most_rtn_on_calibration_inputs() -> None:
 
 def test_awq_beats_rtn_4bit_g128() -> None:
     awq = "awq-4bit-g128"
-    # Against RTN with the same storage (zero points, asymmetric) and the symmetric one.
-    assert perplexity(awq) < perplexity("rtn-4bit-g128-asym")
-    assert perplexity(awq) < perplexity("rtn-4bit-g128")
-    assert kl(awq) < kl("rtn-4bit-g128-asym")  # measured 0.95x: AWQ's gain is small here
-    assert kl(awq) < 0.8 * kl("rtn-4bit-g128")  # measured 0.63x
+    assert perplexity(awq) < perplexity("rtn-4bit-g128")  # the named recipe (symmetric)
+    # Against RTN with the same storage (zero points) the perplexities tie (67.974 against
+    # 67.976, not asserted); the KL shows AWQ's gain.
+    assert kl(awq) < 0.85 * kl("rtn-4bit-g128-asym")  # measured 0.77x
+    assert kl(awq) < 0.75 * kl("rtn-4bit-g128")  # measured 0.56x
 
 
 def test_nf4_is_not_worse_than_fp4() -> None:
     assert perplexity("nf4") <= perplexity("fp4")
-    assert kl("nf4") < 0.75 * kl("fp4")  # measured 0.55x
+    assert kl("nf4") < 0.75 * kl("fp4")  # measured 0.56x
 
 
 def test_llm_int8_stays_within_one_percent_of_baseline() -> None:
     base = perplexity("baseline")
-    assert abs(perplexity("bnb-int8") - base) <= 0.01 * base  # measured 0.003%
-    assert kl("bnb-int8") < 1e-3  # measured 2e-5
+    assert abs(perplexity("bnb-int8") - base) <= 0.01 * base  # measured 0.08%
+    assert kl("bnb-int8") < 1e-3  # measured 8e-5

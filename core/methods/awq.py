@@ -36,6 +36,9 @@ class AWQConfig(MethodConfig):
     )
     symmetric: bool = param(False, "absmax if true; zero-point (AWQ's default) if false")
     n_grid: int = param(20, "grid points for the exponent alpha in [0, 1)", min=1, max=100)
+    duo_scaling: bool = param(
+        False, "s = mean|x|^alpha / mean|w|^(1-alpha) (the AutoAWQ code) instead of mean|x|^alpha"
+    )
     scale_pairs: bool = param(
         True, "also scale linear -> linear pairs (v_proj -> o_proj, up_proj -> down_proj)"
     )
@@ -199,7 +202,9 @@ def _scale_site(block: nn.Module, site: _Site, cfg: AWQConfig) -> None:
     if site.source is None or site.stats is None or site.stats.rows == 0:
         return
     W = torch.cat([get_submodule(block, n).weight for n in site.linears], dim=0)
-    res = awq_search_scale(W, site.stats.gram.H, site.stats.absmean, cfg.spec(), cfg.n_grid)
+    res = awq_search_scale(
+        W, site.stats.gram.H, site.stats.absmean, cfg.spec(), cfg.n_grid, cfg.duo_scaling
+    )
     log.debug(
         "awq %s: alpha=%.2f loss %.4g (rtn %.4g)", site.linears, res.alpha, res.loss, res.loss_plain
     )

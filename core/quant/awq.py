@@ -35,25 +35,45 @@ def output_error(D: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
     return ((D @ G) * D).sum()
 
 
-def awq_scale_candidates(x_absmean: torch.Tensor, alpha: float) -> torch.Tensor:
-    """s = mean|x|^alpha, normalised so that max(s) * min(s) = 1 (as in the reference code)."""
+def awq_scale_candidates(
+    x_absmean: torch.Tensor, alpha: float, w_mean: torch.Tensor | None = None
+) -> torch.Tensor:
+    """s = mean|x|^alpha (or, "duo scaling" of the AutoAWQ code, mean|x|^alpha /
+    w_mean^(1-alpha)), normalised so that max(s) * min(s) = 1 (as in the reference code)."""
     s = x_absmean.clamp(min=1e-4).pow(alpha)
+    if w_mean is not None:
+        s = (s / (w_mean.pow(1 - alpha) + 1e-4)).clamp(min=1e-4)
     return s / (s.max() * s.min()).sqrt()
 
 
+def weight_group_mean(W: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Per input channel, the mean over rows of |w| / max|w| of its group (in,), the weight
+    statistic of duo scaling."""
+    g, _ = _group_view(W.float().abs(), spec)
+    rel = g / (g.amax(-1, keepdim=True) + 1e-6)
+    return rel.reshape(W.shape[0], -1)[:, : W.shape[1]].mean(0)
+
+
 def awq_search_scale(
-    W: torch.Tensor, G: torch.Tensor, x_absmean: torch.Tensor, spec: QuantSpec, n_grid: int = 20
+    W: torch.Tensor,
+    G: torch.Tensor,
+    x_absmean: torch.Tensor,
+    spec: QuantSpec,
+    n_grid: int = 20,
+    duo: bool = False,
 ) -> ScaleSearch:
     """Grid search of alpha in {0, 1/n_grid, ..., (n_grid-1)/n_grid} minimising
     tr(D G D^T) with D = W - Q(W diag(s)) diag(s)^-1. ``W`` stacks the output rows of
     every linear that reads the same input (q, k and v for example). alpha = 0 is plain
-    round-to-nearest, so the result is never worse than RTN on this objective."""
+    round-to-nearest, so the result is never worse than RTN on this objective. ``duo``
+    divides by the weights' relative magnitude to the power 1 - alpha as well."""
     W, G = W.float(), G.float()
+    w_mean = weight_group_mean(W, spec) if duo else None
     best: ScaleSearch | None = None
     plain = float("nan")
     for k in range(n_grid):
         alpha = k / n_grid
-        s = awq_scale_candidates(x_absmean.float(), alpha)
+        s = awq_scale_candidates(x_absmean.float(), alpha, w_mean)
         D = W - fake_quantize(W * s, spec) / s
         loss = output_error(D, G).item()
         if k == 0:
