@@ -17,7 +17,6 @@ states) and the model card ``README.md``; ``--card-only`` rewrites the card from
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import math
@@ -26,7 +25,7 @@ import platform
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -69,6 +68,7 @@ class DemoConfig:
     grad_clip: float = 1.0  # max global grad norm
     seed: int = 0  # tokenizer-independent: model init and data order
     threads: int = 1  # torch.set_num_threads: results depend on it; 1 is the most portable
+    line_aligned: bool = False  # windows start at the start of a line, as prompts do
     # held-out evaluation
     eval_ctx: int = 256  # window length; windows do not overlap (stride = ctx)
     eval_tokens: int = 8192  # first tokens of stdlib-heldout
@@ -181,15 +181,41 @@ def count_parameters(model: torch.nn.Module) -> int:
 # ---------------------------------------------------------------- training
 
 
-def batches(tokens: torch.Tensor, ctx: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
-    """Endless (batch_size, ctx) batches of non-overlapping windows, reshuffled each epoch."""
-    n_windows = len(tokens) // ctx
+def line_start_mask(tokenizer: PreTrainedTokenizerFast, tokens: torch.Tensor) -> torch.Tensor:
+    """True where a token follows one that contains a newline (a line starts there)."""
+    newline = torch.zeros(len(tokenizer), dtype=torch.bool)
+    for token, idx in tokenizer.get_vocab().items():
+        newline[idx] = "\u010a" in token  # byte-level spelling of "\n"
+    mask = torch.zeros(len(tokens), dtype=torch.bool)
+    mask[1:] = newline[tokens[:-1]]
+    return mask
+
+
+def window_starts(n_tokens: int, ctx: int, line_starts: torch.Tensor | None = None) -> torch.Tensor:
+    """Starts of non-overlapping ctx-token windows, each snapped forward to a line start if given."""
+    if line_starts is None:
+        return torch.arange(0, n_tokens - ctx + 1, ctx)
+    starts: list[int] = []
+    next_free = 0
+    for pos in line_starts.nonzero().flatten().tolist():
+        if pos + ctx > n_tokens:
+            break
+        if pos >= next_free:
+            starts.append(pos)
+            next_free = pos + ctx
+    return torch.tensor(starts, dtype=torch.long)
+
+
+def batches(
+    tokens: torch.Tensor, starts: torch.Tensor, ctx: int, batch_size: int, seed: int
+) -> Iterator[torch.Tensor]:
+    """Endless (batch_size, ctx) batches of the windows at ``starts``, reshuffled each epoch."""
     gen = torch.Generator().manual_seed(seed)
     while True:
-        order = torch.randperm(n_windows, generator=gen)
-        for start in range(0, n_windows - batch_size + 1, batch_size):
-            idx = order[start : start + batch_size]
-            offsets = idx[:, None] * ctx + torch.arange(ctx)  # (B, ctx)
+        order = torch.randperm(len(starts), generator=gen)
+        for first in range(0, len(starts) - batch_size + 1, batch_size):
+            idx = starts[order[first : first + batch_size]]
+            offsets = idx[:, None] + torch.arange(ctx)  # (B, ctx)
             yield tokens[offsets]
 
 
@@ -234,11 +260,16 @@ def train(
     tokens: torch.Tensor,
     cfg: DemoConfig,
     max_seconds: float | None = None,
+    line_starts: torch.Tensor | None = None,
 ) -> dict:
-    """Train in place; stops after ``cfg.steps`` or ``max_seconds``, whichever first."""
+    """Train in place; stops after ``cfg.steps`` or ``max_seconds``, whichever first.
+
+    ``line_starts`` (a mask over ``tokens``) is needed when ``cfg.line_aligned``.
+    """
     model.train()
     opt = make_optimizer(model, cfg)
-    data = batches(tokens, cfg.ctx, cfg.batch_size, cfg.seed)
+    starts = window_starts(len(tokens), cfg.ctx, line_starts if cfg.line_aligned else None)
+    data = batches(tokens, starts, cfg.ctx, cfg.batch_size, cfg.seed)
     start = time.perf_counter()
     cpu_start = time.process_time()
     losses: list[float] = []
@@ -266,6 +297,7 @@ def train(
         "load_average_1min": round(os.getloadavg()[0], 2),
         "final_loss_nats": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 4),
         "tokens_seen": steps_done * cfg.batch_size * cfg.ctx,
+        "windows_per_epoch": len(starts),
     }
 
 
@@ -364,11 +396,36 @@ def _fmt_eval(name: str, r: dict) -> str:
     return f"| {name} | {r['perplexity']:.2f} | {r['bits_per_byte']:.4f} | {r['nll_nats_per_token']:.4f} |"
 
 
+def _stages(report: dict) -> list[dict]:
+    return report.get("stages") or _previous_stages(report)
+
+
+def _stage_commands(report: dict) -> str:
+    return "\n".join(st["command"] for st in _stages(report))
+
+
+def _stage_table(report: dict) -> str:
+    rows = [
+        "| stage | steps | tokens | peak / final lr | warm-up | windows | seed | final train "
+        "loss (nats) | wall min | CPU min | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, st in enumerate(_stages(report), start=1):
+        tr = st["training"]
+        windows = "line starts" if st["line_aligned"] else "any"
+        rows.append(
+            f"| {i} | {tr['steps']} | {tr['tokens_seen']:,} | {st['lr']} / {st['min_lr']} "
+            f"| {st['warmup_steps']} | {windows} | {st['seed']} | {tr['final_loss_nats']} "
+            f"| {tr['seconds'] / 60:.1f} | {tr['cpu_seconds'] / 60:.1f} "
+            f"| {tr['load_average_1min']} |"
+        )
+    return "\n".join(rows)
+
+
 def model_card(report: dict) -> str:
     """The README.md next to the weights."""
     cfg = report["config"]
     ev = report["eval"]
-    tr = report["training"]
     mb = report["weights_bytes"] / 1e6
     heldout = ", ".join(f"`{m}`" for m in HELDOUT_MODULES)
     return f"""---
@@ -440,21 +497,26 @@ and pad. No special token is added when encoding. Loads with
 
 ## Training
 
+Run in order (each command reads what the one before it wrote):
+
 ```
-{report["command"]}
+{_stage_commands(report)}
 ```
 
-AdamW (betas 0.9/0.95, weight decay {cfg["weight_decay"]} on matrices), peak learning
-rate {cfg["lr"]} with {cfg["warmup_steps"]} warm-up steps and cosine decay to
-{cfg["min_lr"]}, gradient clipping {cfg["grad_clip"]}, batches of {cfg["batch_size"]} x
-{cfg["ctx"]} tokens drawn from non-overlapping windows in a seeded order (seed
-{cfg["seed"]}), {tr["steps"]} steps ({tr["tokens_seen"]:,} tokens), final training loss
-{tr["final_loss_nats"]} nats/token. Wall time {tr["seconds"] / 60:.1f} minutes of
-training ({report["total_seconds"] / 60:.1f} minutes for the whole script, tokenizer
-and evaluation included; {tr["cpu_seconds"] / 60:.1f} CPU minutes of training; the 1-minute
-load average at the end of training was {tr["load_average_1min"]}) with
-{cfg["threads"]} torch thread(s) on {report["cpu"]}, torch {report["torch"]},
-transformers {report["transformers"]}, tokenizers {report["tokenizers"]}.
+AdamW (betas 0.9/0.95, weight decay {cfg["weight_decay"]} on matrices), gradient clipping
+{cfg["grad_clip"]}, batches of {cfg["batch_size"]} x {cfg["ctx"]} tokens from non-overlapping
+windows in a seeded order, one linear warm-up and cosine decay per stage. A later stage
+continues from the weights of the one before with a fresh optimizer (a warm restart),
+a new data order, and its windows starting at line starts (the start of a line is where
+prompts such as `def ` begin).
+
+{_stage_table(report)}
+
+Wall time depends on how busy the machine was (the load average is recorded);
+CPU time does less. Whole script, last stage: {report["total_seconds"] / 60:.1f} minutes
+(tokenizer and evaluation included), with {cfg["threads"]} torch thread(s) on
+{report["cpu"]}, torch {report["torch"]}, transformers {report["transformers"]},
+tokenizers {report["tokenizers"]}.
 
 ## Held-out evaluation
 
@@ -541,22 +603,67 @@ def evaluate_both(
     }
 
 
-def run(cfg: DemoConfig, out: Path, max_seconds: float | None, command: str) -> dict:
-    """The whole recipe: tokenizer, model, training, evaluation, files in ``out``."""
+def _stage(cfg: DemoConfig, command: str, training: dict, init_from: str | None) -> dict:
+    """One training stage as the card lists it."""
+    keys = ("steps", "lr", "min_lr", "warmup_steps", "batch_size", "seed", "threads")
+    return {
+        "command": command,
+        "init_from": init_from,
+        "line_aligned": cfg.line_aligned,
+        **{k: getattr(cfg, k) for k in keys},
+        "training": training,
+    }
+
+
+def _previous_stages(previous: dict) -> list[dict]:
+    """Stages of the run a model was initialised from (older runs list none)."""
+    if "stages" in previous:
+        return previous["stages"]
+    cfg = DemoConfig(**{**previous["config"], "line_aligned": False})
+    return [_stage(cfg, previous["command"], previous["training"], None)]
+
+
+def _start(
+    cfg: DemoConfig, init_from: Path | None, train_text: str
+) -> tuple[PreTrainedTokenizerFast, LlamaForCausalLM, list[dict], int]:
+    """Tokenizer, model, earlier stages and the seed of the first init."""
+    if init_from is None:
+        tokenizer = train_tokenizer(train_text, cfg.vocab_size)
+        return tokenizer, build_model(cfg, tokenizer), [], cfg.seed
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(init_from)
+    model = LlamaForCausalLM.from_pretrained(init_from, dtype=torch.float32)
+    stages = _previous_stages(json.loads((init_from / "training_run.json").read_text()))
+    return tokenizer, model, stages, stages[0]["seed"]
+
+
+def run(
+    cfg: DemoConfig,
+    out: Path,
+    max_seconds: float | None,
+    command: str,
+    init_from: Path | None = None,
+) -> dict:
+    """The whole recipe: tokenizer, model, training, evaluation, files in ``out``.
+
+    With ``init_from`` (a folder this script wrote) training continues from that
+    model and tokenizer: a further stage with its own warm-up and cosine schedule.
+    """
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.threads)
     train_set = get_text_set("stdlib-code")
-    tokenizer = train_tokenizer(train_set.text, cfg.vocab_size)
+    tokenizer, model, stages, init_seed = _start(cfg, init_from, train_set.text)
     tokens = encode(tokenizer, train_set.text)
     logger.info("tokenizer: %d ids, %d training tokens", len(tokenizer), len(tokens))
-    model = build_model(cfg, tokenizer)
-    untrained = copy.deepcopy(model).eval()
-    training = train(model, tokens, cfg, max_seconds)
+    untrained = build_model(replace(cfg, seed=init_seed), tokenizer).eval()
+    line_starts = line_start_mask(tokenizer, tokens) if cfg.line_aligned else None
+    training = train(model, tokens, cfg, max_seconds, line_starts)
+    stages = [*stages, _stage(cfg, command, training, init_from and str(init_from))]
     sample_new_tokens = 64
     report = {
         "config": asdict(cfg),
         "command": command,
         "training": training,
+        "stages": stages,
         "n_params": count_parameters(model),
         "vocab_size": len(tokenizer),
         "special_token_id": tokenizer.eos_token_id,
@@ -569,7 +676,7 @@ def run(cfg: DemoConfig, out: Path, max_seconds: float | None, command: str) -> 
         "sample_new_tokens": sample_new_tokens,
         **_versions(),
     }
-    report["eval"]["training_steps"] = training["steps"]
+    report["eval"]["training_steps"] = sum(st["training"]["steps"] for st in stages)
     report["total_seconds"] = round(time.perf_counter() - t0, 1)
     save(out, model, tokenizer, report)
     return report
@@ -584,6 +691,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=DemoConfig.seed, help="init and data-order seed")
     p.add_argument("--threads", type=int, default=DemoConfig.threads, help="torch threads")
+    p.add_argument("--lr", type=float, default=DemoConfig.lr, help="peak learning rate")
+    p.add_argument("--min-lr", type=float, default=DemoConfig.min_lr, help="final learning rate")
+    p.add_argument("--warmup", type=int, default=DemoConfig.warmup_steps, help="warm-up steps")
+    p.add_argument(
+        "--line-aligned", action="store_true", help="start training windows at line starts"
+    )
+    p.add_argument(
+        "--init-from", type=Path, default=None, help="continue training a model this script saved"
+    )
     p.add_argument(
         "--card-only", action="store_true", help="rewrite README.md from training_run.json"
     )
@@ -597,12 +713,20 @@ def main(argv: list[str] | None = None) -> int:
         report = json.loads((args.out / "training_run.json").read_text())
         (args.out / "README.md").write_text(model_card(report))
         return 0
-    cfg = DemoConfig(steps=args.steps, seed=args.seed, threads=args.threads)
+    cfg = DemoConfig(
+        steps=args.steps,
+        seed=args.seed,
+        threads=args.threads,
+        lr=args.lr,
+        min_lr=args.min_lr,
+        warmup_steps=args.warmup,
+        line_aligned=args.line_aligned,
+    )
     command = "python -m core.zoo.train_demo " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
     max_seconds = None if args.minutes is None else args.minutes * 60
-    report = run(cfg, args.out, max_seconds, command.strip())
+    report = run(cfg, args.out, max_seconds, command.strip(), args.init_from)
     ev = report["eval"]
     print(f"steps {report['training']['steps']}, {report['total_seconds'] / 60:.1f} min")
     for which in ("trained", "untrained"):
