@@ -7,9 +7,13 @@ hidden 768, intermediate 2048, random weights), times ``apply_recipe`` of each m
 with the same calibration set (16 x 256 tokens: stdlib-code windows for the demo,
 random token ids for the random model) and prints, per method, the median wall seconds,
 the seconds per decoder layer, and the ratio to ONE forward pass of the uncompressed
-model over the whole calibration set, measured in the same run (median too). Each
-repeat compresses a fresh copy of the model. With ``--json`` the last line is a JSON
-list of rows (model, method, seconds, s_per_layer, x_forward, forward_s, repeats).
+model over the whole calibration set, measured in the same run (median too): one
+forward is timed right before every compression, so that a machine whose load drifts
+during the run biases both alike. Each repeat compresses a fresh copy of the model.
+``--clock thread`` measures the CPU time of the calling thread instead of wall time:
+with ``--threads 1`` that is the work done, unaffected by other processes on a busy
+machine. With ``--json`` the last line is a JSON list of rows (model, method, seconds,
+s_per_layer, x_forward, forward_s, repeats, clock).
 """
 
 from __future__ import annotations
@@ -89,17 +93,22 @@ def models(calib: CalibSettings) -> list[tuple[str, nn.Module, list[torch.Tensor
     return out
 
 
+CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
+
+
 @torch.no_grad()
-def forward_seconds(model: nn.Module, batches: list[torch.Tensor]) -> float:
-    t0 = time.perf_counter()
+def forward_seconds(model: nn.Module, batches: list[torch.Tensor], clock: str) -> float:
+    t0 = CLOCKS[clock]()
     for ids in batches:
         model(ids, use_cache=False)
-    return time.perf_counter() - t0
+    return CLOCKS[clock]() - t0
 
 
-def compress_seconds(model: nn.Module, steps: list[dict], batches: list[torch.Tensor]) -> float:
+def compress_seconds(
+    model: nn.Module, steps: list[dict], batches: list[torch.Tensor], clock: str
+) -> float:
     fresh = copy.deepcopy(model)
-    t0 = time.perf_counter()
+    t0 = CLOCKS[clock]()
     apply_recipe(
         fresh,
         recipe_from_steps(steps),
@@ -107,7 +116,7 @@ def compress_seconds(model: nn.Module, steps: list[dict], batches: list[torch.Te
         should_cancel=lambda: False,
         calib_batches=batches,
     )
-    return time.perf_counter() - t0
+    return CLOCKS[clock]() - t0
 
 
 def main() -> None:
@@ -118,26 +127,31 @@ def main() -> None:
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
     p.add_argument("--calib-samples", type=int, default=CALIB.n_samples, help="sequences")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--clock", choices=tuple(CLOCKS), default="wall", help="wall or thread CPU")
     args = p.parse_args()
     logging.basicConfig(level=logging.ERROR)
     if args.threads:
         torch.set_num_threads(args.threads)
     calib = CalibSettings(n_samples=args.calib_samples, seq_len=CALIB.seq_len, seed=CALIB.seed)
     names = [m for m in args.methods.split(",") if m]
-    print(f"threads={torch.get_num_threads()} device=cpu calib={calib.n_samples}x{calib.seq_len}")
+    print(
+        f"threads={torch.get_num_threads()} device=cpu clock={args.clock} "
+        f"calib={calib.n_samples}x{calib.seq_len}"
+    )
     rows = []
     for label, model, batches in models(calib):
         n_layers = len(find_blocks(model)[1])
         reps = args.repeats if label == "demo" else args.large_repeats
-        forward_seconds(model, batches[:1])  # warm-up
-        fwd = statistics.median(forward_seconds(model, batches) for _ in range(max(reps, 1)))
+        forward_seconds(model, batches[:1], args.clock)  # warm-up
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        print(f"\n{label}: {n_layers} layers, {params:.1f}M params, forward over calib {fwd:.2f} s")
-        print(f"{'method':<20} {'seconds':>9} {'s/layer':>9} {'x forward':>10}")
+        print(f"\n{label}: {n_layers} layers, {params:.1f}M params")
+        print(f"{'method':<20} {'seconds':>9} {'s/layer':>9} {'x forward':>10} {'forward s':>10}")
         for name in names:
-            sec = statistics.median(
-                compress_seconds(model, METHODS[name], batches) for _ in range(reps)
-            )
+            fwd_t, comp_t = [], []
+            for _ in range(reps):
+                fwd_t.append(forward_seconds(model, batches, args.clock))
+                comp_t.append(compress_seconds(model, METHODS[name], batches, args.clock))
+            fwd, sec = statistics.median(fwd_t), statistics.median(comp_t)
             row = {
                 "model": label,
                 "method": name,
@@ -146,9 +160,13 @@ def main() -> None:
                 "x_forward": sec / fwd,
                 "forward_s": fwd,
                 "repeats": reps,
+                "clock": args.clock,
             }
             rows.append(row)
-            print(f"{name:<20} {sec:>9.2f} {sec / n_layers:>9.3f} {sec / fwd:>10.1f}")
+            print(
+                f"{name:<20} {sec:>9.2f} {sec / n_layers:>9.3f} {sec / fwd:>10.1f} {fwd:>10.2f}",
+                flush=True,
+            )
     if args.json:
         print(json.dumps(rows))
 
