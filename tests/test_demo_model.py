@@ -101,12 +101,6 @@ def test_heldout_perplexity_matches_record(
     assert recorded["trained"]["perplexity"] < recorded["untrained"]["perplexity"] / 20
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known defect (issue 3 stays open): the bundled model, trained 450 steps on a loaded "
-    "2-core machine, continues 'def ' with '.__(self._name, ...' rather than an identifier; "
-    "it needs a longer training run",
-)
 def test_greedy_generation_looks_like_python(
     model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase
 ) -> None:

@@ -1,22 +1,22 @@
-"""Pruning quality on the bundled demo model: the calibrated methods against magnitude.
+"""Pruning quality on the bundled demo model: the calibrated methods beat magnitude.
 
 Settings (small, so the file stays around a minute on two idle cores): calibration on
 stdlib-code, 8 samples of 256 tokens, seed 0; perplexity on the first 2048 tokens of
 stdlib-heldout in windows of 256.
 
-What holds on this model, and what does not (numbers in the pruning report):
-- SparseGPT reconstructs the kept weights, so its layer output error is a fraction of
-  magnitude's (about 1/4 at 50%) and at 2:4 its perplexity is clearly lower (158.6 vs
-  165.1 here, 4%). Asserted with a 2% perplexity margin and a 0.5x layer-error bound.
-- Wanda's layer errors (measured on calibration rows, where its statistics come from)
-  are lower than magnitude's at every budget tried: 0.97x at 50% with these 8 samples,
-  0.92x at 50% and 0.87x at 2:4 with 32; asserted as strictly lower, no margin. Its
-  perplexity is within noise of magnitude's on this model at 50% and at 2:4 (either
-  sign depending on the evaluation tokens), so no perplexity inequality is asserted
-  for it: the demo model's input features have no outliers (max/median input norm
-  1.4-7.5), which is what Wanda's |W| x ||X|| exploits.
-- At 50% unstructured every method stays within 1% of the unpruned perplexity: the
-  ordering there is noise, so only layer errors are compared.
+Measured on the bundled demo model (stage 2 of its training, sha256 c3a099ff...,
+unpruned perplexity 45.45 here):
+- 50%:  magnitude 51.07, wanda 49.29 (0.965x), sparsegpt 46.74 (0.915x)
+- 2:4:  magnitude 53.86, wanda 53.05 (0.985x), sparsegpt 47.74 (0.886x)
+Margins: Wanda at most 0.99x magnitude's perplexity, SparseGPT at most 0.98x. Wanda's
+gain at 2:4 is the thinnest (1.5%): this small model has no outlier input features
+(max/median input norm 1.4-7.5), which is what |W| x ||X|| exploits. On the first,
+shorter-trained demo model every method stayed within 1% of the unpruned perplexity at
+50% and Wanda's ordering against magnitude was noise; if the model is retrained,
+re-measure before touching a margin.
+Mean layer output errors (on calibration rows) must also be lower than magnitude's:
+SparseGPT's below 0.6x (measured 0.49x at 50% and 0.43x at 2:4), Wanda's strictly lower
+(0.90x and 0.91x).
 """
 
 from __future__ import annotations
@@ -36,9 +36,8 @@ from core.walk import apply_recipe, find_linears
 
 SETTINGS = {"50%": {"sparsity": 0.5}, "2:4": {"pattern": "2:4"}}
 METHODS = ("magnitude", "wanda", "sparsegpt")
-EVALUATED = {("magnitude", "2:4"), ("sparsegpt", "2:4")}  # perplexity only where asserted
-PPL_MARGIN = 0.98  # sparsegpt 2:4 perplexity <= 0.98 x magnitude's
-ERR_BOUND = {"sparsegpt": 0.5, "wanda": 1.0}  # mean layer error < bound x magnitude's
+PPL_MARGIN = {"wanda": 0.99, "sparsegpt": 0.98}  # perplexity <= margin x magnitude's
+ERR_BOUND = {"wanda": 1.0, "sparsegpt": 0.6}  # mean layer error < bound x magnitude's
 
 
 @pytest.fixture(scope="module")
@@ -68,22 +67,21 @@ def results() -> dict[tuple[str, str], dict[str, float]]:
                 if n != "lm_head"
             ]
             assert len(zeros) == 28 and min(zeros) >= 0.5, f"{method} {setting}"
-            row = {"layer_error": sum(r.rel_error for r in reports) / len(reports)}
-            if (method, setting) in EVALUATED:
-                row["perplexity"] = evaluate(model, tok, windows).perplexity
-            out[(method, setting)] = row
+            out[(method, setting)] = {
+                "layer_error": sum(r.rel_error for r in reports) / len(reports),
+                "perplexity": evaluate(model, tok, windows).perplexity,
+            }
     return out
-
-
-def test_sparsegpt_perplexity_beats_magnitude_at_2_4(results) -> None:
-    mag = results[("magnitude", "2:4")]["perplexity"]
-    got = results[("sparsegpt", "2:4")]["perplexity"]
-    assert got <= PPL_MARGIN * mag, f"sparsegpt 2:4 {got:.2f} vs magnitude {mag:.2f}"
 
 
 @pytest.mark.parametrize("setting", list(SETTINGS))
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
-def test_calibrated_pruning_has_lower_layer_error(results, method: str, setting: str) -> None:
-    mag = results[("magnitude", setting)]["layer_error"]
-    got = results[(method, setting)]["layer_error"]
-    assert 0 < got < ERR_BOUND[method] * mag, f"{method} {setting}: {got:.4f} vs {mag:.4f}"
+def test_calibrated_pruning_beats_magnitude(results, method: str, setting: str) -> None:
+    mag = results[("magnitude", setting)]
+    got = results[(method, setting)]
+    assert got["perplexity"] <= PPL_MARGIN[method] * mag["perplexity"], (
+        f"{method} {setting}: {got['perplexity']:.2f} vs magnitude {mag['perplexity']:.2f}"
+    )
+    assert 0 < got["layer_error"] < ERR_BOUND[method] * mag["layer_error"], (
+        f"{method} {setting}: layer error {got['layer_error']:.4f} vs {mag['layer_error']:.4f}"
+    )

@@ -103,12 +103,12 @@ def _run(name: str) -> tuple[float, float, tuple[LayerReport, ...]]:
 
 
 # Measured with these settings (perplexity / KL to the baseline in nats per token), on the
-# demo model retrained at 20:44 (test-budget perplexity 67.59):
-#   rtn-4bit-g128 68.106 / 0.00488        gptq-4bit-g128 67.594 / 0.00133
-#   rtn-3bit-g128 70.714 / 0.03078        gptq-3bit-g128 68.350 / 0.00755
-#   rtn-4bit-g128-asym 67.976 / 0.00357   awq-4bit-g128 (asym) 67.974 / 0.00275
-#   nf4 68.002 / 0.00322                  fp4 68.535 / 0.00576
-#   bnb-int8 67.645 / 0.00008
+# bundled demo model (stage 2 of its training; test-budget perplexity 45.45):
+#   rtn-4bit-g128 46.018 / 0.00944        gptq-4bit-g128 45.640 / 0.00336
+#   rtn-3bit-g128 48.329 / 0.04982        gptq-3bit-g128 46.791 / 0.01894
+#   rtn-4bit-g128-asym 45.992 / 0.00705   awq-4bit-g128 (asym) 45.898 / 0.00565
+#   nf4 45.467 / 0.00538                  fp4 46.292 / 0.01001
+#   bnb-int8 45.435 / 0.00013
 # Perplexity differences of a few tenths are within what any weight perturbation does to
 # this small model (the earlier, shorter-trained demo model even scored RTN 3-bit below
 # RTN 4-bit at 8192 tokens), so the perplexity orderings the issue asks for are asserted
@@ -120,7 +120,7 @@ def _run(name: str) -> tuple[float, float, tuple[LayerReport, ...]]:
 def test_gptq_beats_rtn_at_the_same_bits_and_group_size(bits: int) -> None:
     gptq, rtn = f"gptq-{bits}bit-g128", f"rtn-{bits}bit-g128"
     assert perplexity(gptq) < perplexity(rtn)
-    assert kl(gptq) < 0.5 * kl(rtn)  # measured 0.27x (4-bit) and 0.25x (3-bit)
+    assert kl(gptq) < 0.5 * kl(rtn)  # measured 0.36x (4-bit) and 0.38x (3-bit)
 
 
 def test_gptq_layer_errors_are_at_most_rtn_on_calibration_inputs() -> None:
@@ -138,18 +138,19 @@ def test_gptq_layer_errors_are_at_most_rtn_on_calibration_inputs() -> None:
 def test_awq_beats_rtn_4bit_g128() -> None:
     awq = "awq-4bit-g128"
     assert perplexity(awq) < perplexity("rtn-4bit-g128")  # the named recipe (symmetric)
-    # Against RTN with the same storage (zero points) the perplexities tie (67.974 against
-    # 67.976, not asserted); the KL shows AWQ's gain.
-    assert kl(awq) < 0.85 * kl("rtn-4bit-g128-asym")  # measured 0.77x
-    assert kl(awq) < 0.75 * kl("rtn-4bit-g128")  # measured 0.56x
+    # Against RTN with the same storage (zero points): 45.898 against 45.992, asserted
+    # without a margin; the KL shows AWQ's gain.
+    assert perplexity(awq) < perplexity("rtn-4bit-g128-asym")
+    assert kl(awq) < 0.9 * kl("rtn-4bit-g128-asym")  # measured 0.80x
+    assert kl(awq) < 0.75 * kl("rtn-4bit-g128")  # measured 0.60x
 
 
 def test_nf4_is_not_worse_than_fp4() -> None:
     assert perplexity("nf4") <= perplexity("fp4")
-    assert kl("nf4") < 0.75 * kl("fp4")  # measured 0.56x
+    assert kl("nf4") < 0.75 * kl("fp4")  # measured 0.54x
 
 
 def test_llm_int8_stays_within_one_percent_of_baseline() -> None:
     base = perplexity("baseline")
-    assert abs(perplexity("bnb-int8") - base) <= 0.01 * base  # measured 0.08%
-    assert kl("bnb-int8") < 1e-3  # measured 8e-5
+    assert abs(perplexity("bnb-int8") - base) <= 0.01 * base  # measured 0.03%
+    assert kl("bnb-int8") < 1e-3  # measured 1.3e-4

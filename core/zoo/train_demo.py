@@ -386,9 +386,15 @@ def save(
 
 
 def _portable_tokenizer_class(path: Path) -> None:
-    """Name the class transformers 4.x also knows (5.x maps it to the same backend)."""
+    """Name the class transformers 4.x also knows (5.x maps it to the same backend).
+
+    Also drops the loading flags transformers 5 writes back when the tokenizer was read
+    from a folder (``--init-from``): they describe that load, not the tokenizer.
+    """
     config = json.loads(path.read_text())
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    for key in ("is_local", "local_files_only"):
+        config.pop(key, None)
     path.write_text(json.dumps(config, indent=2) + "\n")
 
 
