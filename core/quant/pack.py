@@ -27,12 +27,15 @@ def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
         flat = torch.nn.functional.pad(flat, (0, pad)).reshape(-1, per)
         shifts = torch.arange(per, dtype=torch.uint8, device=flat.device) * bits
         return (flat << shifts).sum(dim=1, dtype=torch.int32).to(torch.uint8)
-    bit_idx = torch.arange(bits, dtype=torch.uint8, device=flat.device)
-    stream = ((flat.unsqueeze(1) >> bit_idx) & 1).reshape(-1)  # (numel * bits,)
-    pad = (-stream.numel()) % 8
-    stream = torch.nn.functional.pad(stream, (0, pad)).reshape(-1, 8)
-    weights = (1 << torch.arange(8, dtype=torch.int32, device=flat.device)).to(torch.int32)
-    return (stream.to(torch.int32) * weights).sum(dim=1).to(torch.uint8)
+    # Other widths: every 8 values make one little-endian word of 8 * bits (<= 56) bits,
+    # written out as ``bits`` bytes, the same layout as one continuous bit stream.
+    pad = (-flat.numel()) % 8
+    groups = torch.nn.functional.pad(flat, (0, pad)).reshape(-1, 8).to(torch.int64)
+    shifts = torch.arange(8, dtype=torch.int64, device=flat.device) * bits
+    word = (groups << shifts).sum(dim=1, keepdim=True)
+    byte_shifts = torch.arange(bits, dtype=torch.int64, device=flat.device) * 8
+    out = ((word >> byte_shifts) & 0xFF).to(torch.uint8).reshape(-1)
+    return out[: packed_numel(values.numel(), bits)]
 
 
 def unpack_bits(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
@@ -46,8 +49,9 @@ def unpack_bits(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
         per = 8 // bits
         shifts = torch.arange(per, dtype=torch.uint8, device=packed.device) * bits
         return ((packed.unsqueeze(1) >> shifts) & mask).reshape(-1)[:numel]
-    bit_idx = torch.arange(8, dtype=torch.uint8, device=packed.device)
-    stream = ((packed.unsqueeze(1) >> bit_idx) & 1).reshape(-1)[: numel * bits]
-    stream = stream.reshape(numel, bits).to(torch.int32)
-    weights = 1 << torch.arange(bits, dtype=torch.int32, device=packed.device)
-    return (stream * weights).sum(dim=1).to(torch.uint8)
+    pad = (-packed.numel()) % bits
+    chunks = torch.nn.functional.pad(packed, (0, pad)).reshape(-1, bits).to(torch.int64)
+    byte_shifts = torch.arange(bits, dtype=torch.int64, device=packed.device) * 8
+    word = (chunks << byte_shifts).sum(dim=1, keepdim=True)
+    shifts = torch.arange(8, dtype=torch.int64, device=packed.device) * bits
+    return ((word >> shifts) & mask).to(torch.uint8).reshape(-1)[:numel]
