@@ -21,6 +21,15 @@ st.caption(
     f"{len(df)} run(s). Dashed: the Pareto front (no other run is better on both axes). "
     "Dotted: the uncompressed model."
 )
+slower = df[df["smaller_but_slower"]]
+if not slower.empty:
+    runs_list = ", ".join(f"#{i}" for i in slower["id"])
+    st.warning(
+        f"Space saving is not a speed-up: {runs_list} use less weight memory than the "
+        "uncompressed model but run slower on the device that measured them (column "
+        "'smaller but slower'; speed-ups measured in the same job).",
+        icon=":material/speed:",
+    )
 left, right = st.columns(2)
 with left:
     st.plotly_chart(figures.memory_figure(df), key="fig_memory")

@@ -31,12 +31,12 @@ import io
 import json
 import logging
 import os
-import socket
 import sysconfig
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+
+from core import hub
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,6 @@ EXCLUDED_PREFIXES: tuple[str, ...] = ("_sysconfigdata", "config-")
 
 STDLIB_CODE_MAX_BYTES = 16 * 2**20  # cap on the source part of stdlib-code
 HUB_MAX_BYTES = 32 * 2**20  # cap on the text taken from a hub set (pile-val is large)
-HUB_PROBE_TIMEOUT_S = 3.0  # reachability probe before ``datasets`` may hang for minutes
 
 MAX_NON_PRINTABLE_FRACTION = 0.1  # above this an upload is treated as binary
 FILE_SEPARATOR = "\n\n# ===== {path} =====\n"
@@ -268,32 +267,11 @@ def load_stdlib_heldout() -> str:
 # ---------------------------------------------------------------- hub sets
 
 
-def _hub_offline_flag() -> str | None:
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            return var
-    return None
-
-
-def _hub_endpoint() -> tuple[str, int]:
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
-
-
 def _require_hub(name: str) -> None:
     """Fail fast, before ``datasets`` can spend minutes retrying, when offline."""
-    flag = _hub_offline_flag()
-    if flag:
-        raise DataError(f"hub unreachable (offline?): {flag}=1, so text set {name!r} can't load")
-    host, port = _hub_endpoint()
-    try:
-        with socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S):
-            pass
-    except OSError as exc:
-        raise DataError(
-            f"hub unreachable (offline?): cannot connect to {host}:{port} for text set "
-            f"{name!r} ({exc})"
-        ) from exc
+    why = hub.probe()
+    if why:
+        raise DataError(f"hub unreachable (offline?): {why}, so text set {name!r} can't load")
 
 
 def _load_dataset(*args: object, **kwargs: object) -> object:

@@ -47,6 +47,11 @@ DEFINITIONS: dict[str, str] = {
     "decode_tok_s": "1 / median seconds of one decode step with a KV cache after the prompt",
     "compress_s": "wall seconds spent applying the recipe (calibration included)",
     "layer_error": "||WX - W'X|| / ||WX|| per linear on calibration inputs",
+    "prefill_speedup": "baseline prefill ms / this run's prefill ms, both measured in the same "
+    "job on the same device (above 1: faster than the uncompressed model)",
+    "decode_speedup": "this run's decode tokens/s / the baseline's, measured in the same job",
+    "smaller_but_slower": "weights smaller than the uncompressed model's, yet prefill or decode "
+    f"more than {round(100 * (1 - 1 / 1.05))}% slower: a space saving is not a speed-up",
     "kernel_paths": "the path each compresslab:: integer op took while evaluating and timing "
     "(op, device, path, batch-size bucket, calls); empty when no integer op ran",
 }
@@ -178,6 +183,28 @@ def evaluate(
     if baseline is not None:
         res.kl_to_baseline, res.top1_agreement = kl_sum / n_tok, agree / n_tok
     return res
+
+
+SLOWER_TOLERANCE = 1.05  # a speed-up below 1 / 1.05 counts as slower (timing noise aside)
+
+
+def speed_vs_baseline(
+    weight_bytes: int,
+    prefill_ms: float,
+    decode_tok_s: float,
+    base_weight_bytes: int,
+    base_prefill_ms: float,
+    base_decode_tok_s: float,
+) -> dict[str, float | bool]:
+    """Speed-ups over the uncompressed model, and whether memory shrank while speed fell."""
+    prefill_speedup = base_prefill_ms / prefill_ms
+    decode_speedup = decode_tok_s / base_decode_tok_s
+    slower = min(prefill_speedup, decode_speedup) < 1 / SLOWER_TOLERANCE
+    return {
+        "prefill_speedup": prefill_speedup,
+        "decode_speedup": decode_speedup,
+        "smaller_but_slower": bool(weight_bytes < base_weight_bytes and slower),
+    }
 
 
 @torch.no_grad()

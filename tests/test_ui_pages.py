@@ -13,7 +13,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from core.metrics import DEFINITIONS
+from core.metrics import DEFINITIONS, speed_vs_baseline
 from core.recipe import NAMED_RECIPES
 from core.stats import before_after
 from db import queue
@@ -25,7 +25,13 @@ WORKER = "fixture-worker"
 LAYERS = ("model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj")
 
 
+BASE_BYTES, BASE_PREFILL_MS = 8_000_000, 5.0  # the baseline fixture run's
+
+
 def _metrics(ppl: float, weight_bytes: int, prefill_ms: float) -> dict:
+    speed = speed_vs_baseline(
+        weight_bytes, prefill_ms, 1000 / prefill_ms, BASE_BYTES, BASE_PREFILL_MS, 200.0
+    )
     return {
         "perplexity": ppl,
         "bits_per_byte": ppl / 10,
@@ -38,6 +44,10 @@ def _metrics(ppl: float, weight_bytes: int, prefill_ms: float) -> dict:
         "peak_mem_bytes": 600_000_000,
         "prefill_ms": prefill_ms,
         "decode_tok_s": 1000 / prefill_ms,
+        "baseline_weight_bytes": BASE_BYTES,
+        "baseline_prefill_ms": BASE_PREFILL_MS,
+        "baseline_decode_tok_s": 200.0,
+        **speed,
         "compress_s": 1.5,
         "mean_layer_error": 0.01,
         "n_params": 2_000_000,
@@ -82,7 +92,7 @@ def _finished(sf, name: str, ppl: float, weight_bytes: int, prefill_ms: float, s
 def runs(sf) -> dict[str, int]:
     """Three finished runs, one failed, one running, one queued."""
     ids = {
-        "baseline": _finished(sf, "baseline", 12.0, 8_000_000, 5.0, 0),
+        "baseline": _finished(sf, "baseline", 12.0, BASE_BYTES, BASE_PREFILL_MS, 0),
         "fp16": _finished(sf, "fp16", 12.01, 4_000_000, 6.0, 1),
         "rtn-int8": _finished(sf, "rtn-int8", 12.3, 2_100_000, 9.0, 2),
     }
@@ -173,6 +183,12 @@ def test_compare_page_charts_table_and_details(runs) -> None:
     assert "MB" in memory["layout"]["xaxis"]["title"]["text"]
     table = at.dataframe[0].value
     assert len(table) == 3 and table["perplexity"].is_monotonic_increasing
+    # fp16 and rtn-int8 are smaller than the baseline and slower (6 and 9 ms against 5)
+    flagged = dict(zip(table["id"], table["smaller_but_slower"], strict=True))
+    assert flagged == {runs["baseline"]: False, runs["fp16"]: True, runs["rtn-int8"]: True}
+    warning = at.warning[0].value  # the page's; the run details add their own below
+    assert "not a speed-up" in warning
+    assert f"#{runs['fp16']}" in warning and f"#{runs['baseline']}," not in warning
 
     at.selectbox(key="cmp_detail").set_value(runs["rtn-int8"]).run()
     assert not at.exception
@@ -180,6 +196,7 @@ def test_compare_page_charts_table_and_details(runs) -> None:
     metrics = at.table[0].value
     assert DEFINITIONS["perplexity"] in metrics["definition"].tolist()
     assert "2.10 MB" in " ".join(metrics["value"])
+    assert any("prefill 0.56x" in w.value for w in at.warning)  # 5 ms / 9 ms, in the details
     assert any('"revision"' in j.proto.body for j in at.json)  # the fingerprint
 
 

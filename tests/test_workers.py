@@ -83,6 +83,15 @@ def test_the_baseline_is_computed_once_and_reused(sf, tmp_path: Path) -> None:
     # Against its own cached (float16) log-probs the baseline agrees exactly.
     assert base["kl_to_baseline"] == 0.0 and base["top1_agreement"] == 1.0
     assert base["compress_s"] == 0.0
+    # Speed against the uncompressed model, measured in the same job.
+    assert base["prefill_speedup"] == 1.0 and base["smaller_but_slower"] is False
+    assert quant["weight_bytes"] < quant["baseline_weight_bytes"] == base["weight_bytes"]
+    assert quant["prefill_speedup"] == pytest.approx(
+        quant["baseline_prefill_ms"] / quant["prefill_ms"]
+    )
+    assert quant["decode_speedup"] == pytest.approx(
+        quant["decode_tok_s"] / quant["baseline_decode_tok_s"]
+    )
 
 
 def test_cancel_a_running_job(sf, tmp_path: Path) -> None:

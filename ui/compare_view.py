@@ -26,6 +26,12 @@ METRIC_ROWS: tuple[tuple[str, str, str], ...] = (
     ("peak_mem_bytes", "Peak memory", "bytes"),
     ("prefill_ms", "Prefill latency", "ms"),
     ("decode_tok_s", "Decode throughput", "tokens/s"),
+    ("prefill_speedup", "Prefill speed-up over the baseline", "x"),
+    ("decode_speedup", "Decode speed-up over the baseline", "x"),
+    ("smaller_but_slower", "Smaller but slower", ""),
+    ("baseline_weight_bytes", "Baseline weight memory", "bytes"),
+    ("baseline_prefill_ms", "Baseline prefill latency", "ms"),
+    ("baseline_decode_tok_s", "Baseline decode throughput", "tokens/s"),
     ("compress_s", "Compression time", "s"),
     ("mean_layer_error", "Mean layer error", "relative"),
     ("n_params", "Parameters", "count"),
@@ -45,6 +51,10 @@ EXTRA_DEFINITIONS: dict[str, str] = {
     "linear_weights": "weights of all linear layers (biases excluded)",
     "eval_tokens_used": "tokens actually predicted (the first token of each window is context)",
     "eval_bytes_used": "UTF-8 bytes of the predicted tokens' text (denominator of bits per byte)",
+    "baseline_weight_bytes": "weight_bytes of the uncompressed model as loaded in this job",
+    "baseline_prefill_ms": "prefill_ms of the uncompressed model, measured in this job before "
+    "compressing",
+    "baseline_decode_tok_s": "decode_tok_s of the uncompressed model, measured in this job",
     "model_note": "what to keep in mind about the model (e.g. random weights)",
 }
 
@@ -103,12 +113,25 @@ def filter_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return df[df["model"].isin(chosen) & (df["eval"] == ev)], latency
 
 
+def slower_message(result: dict[str, Any], device: str) -> str:
+    """Why a run that saved memory is still no win for speed on this device."""
+    return (
+        "Space saving is not a speed-up: the weights shrank "
+        f"({fmt_bytes(result['baseline_weight_bytes'])} -> {fmt_bytes(result['weight_bytes'])}) "
+        f"but this run is slower than the uncompressed model on {device}: "
+        f"prefill {result['prefill_speedup']:.2f}x, decode {result['decode_speedup']:.2f}x "
+        "(both measured in the same job). The method card says which hardware accelerates it."
+    )
+
+
 def run_details(job: Job) -> None:
     """Recipe, settings, every metric with its definition, and the fingerprint of one run."""
     spec, fp, result = job.spec, job.fingerprint, job.result
     st.subheader(f"Run #{job.id}: {job.model} · {job.recipe_label}")
     if result.get("model_note"):
         st.caption(f"Model note: {result['model_note']}")
+    if result.get("smaller_but_slower"):
+        st.warning(slower_message(result, fp.get("device", "this device")), icon=":material/speed:")
     t_metrics, t_recipe, t_settings, t_fp = st.tabs(
         ["Metrics", "Recipe", "Settings", "Fingerprint"]
     )

@@ -34,6 +34,11 @@ RUN_COLUMNS: dict[str, Any] = {
     ),
     "prefill_ms": _num("prefill (ms)", "%.1f", "prefill_ms"),
     "decode_tok_s": _num("decode (tok/s)", "%.1f", "decode_tok_s"),
+    "prefill_speedup": _num("prefill speed-up", "%.2fx", "prefill_speedup"),
+    "decode_speedup": _num("decode speed-up", "%.2fx", "decode_speedup"),
+    "smaller_but_slower": _cc.CheckboxColumn(
+        "smaller but slower", help=DEFINITIONS["smaller_but_slower"]
+    ),
     "peak_mem_mb": _num("peak mem (MB)", "%.0f", "peak_mem_bytes"),
     "compress_s": _num("compress (s)", "%.1f", "compress_s"),
     "mean_layer_error": _num("layer error", "%.2e", "layer_error"),

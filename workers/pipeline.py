@@ -31,6 +31,7 @@ from core.metrics import (
     eval_windows,
     evaluate,
     measure_latency,
+    speed_vs_baseline,
     weight_memory,
 )
 from core.models import LoadedModel, load_model
@@ -157,6 +158,12 @@ def run_job(
             loaded, windows, store, should_cancel, lambda f, m: on_progress(0.05 + 0.25 * f, m)
         )
         before = _stats_before(loaded.model)
+        prompt = torch.cat(windows)
+        base_mem = weight_memory(loaded.model)
+        base_latency = None
+        if recipe.steps:  # the uncompressed model's speed, measured in this job to compare
+            on_progress(0.3, "measuring the baseline's latency")
+            base_latency = measure_latency(loaded.model, prompt, spec.eval)
         calib_text, batches, compress_s, errors, acts = None, None, 0.0, {}, {}
         if recipe.steps:
             calib_text = resolve_text(spec.calib)
@@ -188,10 +195,18 @@ def run_job(
             on_progress=lambda f, m: on_progress(0.7 + 0.2 * f, m),
         )
         on_progress(0.9, "measuring latency")
-        prompt = torch.cat(windows)
         prefill_ms, decode_tok_s = measure_latency(loaded.model, prompt, spec.eval)
         kernel_paths = path_log()  # the integer kernel paths that really ran
         mem = weight_memory(loaded.model)
+    base_prefill_ms, base_decode_tok_s = base_latency or (prefill_ms, decode_tok_s)
+    speed = speed_vs_baseline(
+        mem.weight_bytes,
+        prefill_ms,
+        decode_tok_s,
+        base_mem.weight_bytes,
+        base_prefill_ms,
+        base_decode_tok_s,
+    )
     layer_rows = _layer_rows(loaded.model, before, errors, acts)
     errs = [e for e in errors.values() if e is not None]
     metrics = {
@@ -209,6 +224,10 @@ def run_job(
         "peak_mem_bytes": peak.peak,
         "prefill_ms": prefill_ms,
         "decode_tok_s": decode_tok_s,
+        "baseline_weight_bytes": base_mem.weight_bytes,
+        "baseline_prefill_ms": base_prefill_ms,
+        "baseline_decode_tok_s": base_decode_tok_s,
+        **speed,
         "compress_s": compress_s,
         "mean_layer_error": sum(errs) / len(errs) if errs else None,
         "eval_tokens_used": res.n_tokens,
