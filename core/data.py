@@ -274,17 +274,27 @@ def _require_hub(name: str) -> None:
         raise DataError(f"hub unreachable (offline?): {why}, so text set {name!r} can't load")
 
 
+PARQUET_REVISION = "refs/convert/parquet"  # the hub's automatic Parquet copy of a dataset
+
+
 def _load_dataset(*args: object, **kwargs: object) -> object:
+    """``datasets.load_dataset`` with our errors. A dataset still defined by a loading
+    script (which datasets >= 4 refuses to run) is read from the hub's Parquet copy."""
     try:
         import datasets
     except ImportError as exc:
         raise DataError("hub text sets need the datasets package: pip install datasets") from exc
     try:
-        return datasets.load_dataset(*args, **kwargs)
+        try:
+            return datasets.load_dataset(*args, **kwargs)
+        except RuntimeError as exc:
+            if "scripts are no longer supported" not in str(exc) or "revision" in kwargs:
+                raise
+            return datasets.load_dataset(*args, revision=PARQUET_REVISION, **kwargs)
     except DataError:
         raise
-    except Exception as exc:  # network, auth and missing-file errors all look alike here
-        raise DataError(f"hub unreachable (offline?): loading {args[0]!r} failed: {exc}") from exc
+    except Exception as exc:  # the probe passed, so the hub answered: say what failed
+        raise DataError(f"loading {args[0]!r} from the hub failed: {exc}") from exc
 
 
 def _join_capped(texts: Iterable[str], sep: str, max_bytes: int = HUB_MAX_BYTES) -> str:

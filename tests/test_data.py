@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import sys
 import time
 
 import pytest
 
-from core import data
+from core import data, hub
 from core.data import (
     HELDOUT_MODULES,
     DataError,
@@ -88,9 +89,41 @@ def test_hub_probe_failure_is_the_same_message(monkeypatch: pytest.MonkeyPatch) 
     def refuse(*args: object, **kwargs: object) -> None:
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(data.socket, "create_connection", refuse)
+    monkeypatch.setattr(hub.socket, "create_connection", refuse)
     with pytest.raises(DataError, match=r"hub unreachable \(offline\?\).*unreachable"):
         get_text_set("wikitext2")
+
+
+class _FakeDatasets:
+    """Stands in for the datasets package: answers like a hub whose dataset still has a
+    loading script, except on the hub's Parquet copy."""
+
+    def __init__(self, script_only: bool) -> None:
+        self.script_only, self.calls = script_only, []
+
+    def load_dataset(self, path: str, *args: object, **kwargs: object) -> dict:
+        self.calls.append(kwargs.get("revision"))
+        if kwargs.get("revision") == data.PARQUET_REVISION:
+            return {"sentence": ["a b", "c d"]}
+        if self.script_only:
+            raise RuntimeError(f"Dataset scripts are no longer supported, but found {path}.py")
+        raise FileNotFoundError(f"{path}: no such split")
+
+
+@pytest.mark.parametrize("script_only", [True, False])
+def test_hub_loading_falls_back_to_parquet_and_names_other_failures(
+    monkeypatch: pytest.MonkeyPatch, script_only: bool
+) -> None:
+    fake = _FakeDatasets(script_only)
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    monkeypatch.setattr(hub, "probe", lambda *a, **k: None)  # the hub answers
+    if script_only:
+        assert data.load_ptb() == "a b c d"
+        assert fake.calls == [None, data.PARQUET_REVISION]
+    else:
+        with pytest.raises(DataError, match="'ptb_text_only' from the hub failed: .*no such split"):
+            data.load_ptb()
+        assert fake.calls == [None]
 
 
 # ---------------------------------------------------------------- uploads
