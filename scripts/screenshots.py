@@ -5,8 +5,9 @@ Chromium with the same steps as the browser tests (tests/browser/flow.py).
 
 It starts `streamlit run app.py` against a temporary database, queues one run of the
 demo model per recipe from the New run page, lets the auto-started local worker run them,
-and saves home.png, new_run.png, runs.png, compare.png and weights.png. Needs Playwright
-and Chromium at /usr/bin/chromium (see .ci/run); takes a few minutes on 2 CPU cores.
+and saves home.png, new_run.png, runs.png, compare.png, weights.png, leaderboard.png,
+outliers.png and concepts.png. Needs Playwright and Chromium at /usr/bin/chromium (see
+.ci/run); takes a few minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -122,6 +123,15 @@ def take(out: Path, recipes: list[str], workdir: Path) -> list[Path]:
         flow.expect(hist.locator(".barlayer .point").first).to_be_attached()
         page.mouse.move(0, 0)
         save_png(page, out / "weights.png", max_height=1500)
+        for title, heading, name in (
+            ("Leaderboard", "Leaderboard", "leaderboard.png"),
+            ("Outliers", "Outlier explorer", "outliers.png"),
+            ("Concepts", "Concepts", "concepts.png"),
+        ):
+            flow.go_to(page, title, heading=heading)
+            flow.wait_idle(page)
+            page.mouse.move(0, 0)
+            save_png(page, out / name, max_height=1500)
         browser.close()
     return sorted(out.glob("*.png"))
 
