@@ -97,6 +97,24 @@ def tiny_llama(
     return LlamaForCausalLM(cfg).eval()
 
 
+@torch.no_grad()
+def linearize_conv1d(model: nn.Module) -> int:
+    """Replace transformers' ``Conv1D`` (GPT-2's x @ W + b, W of shape (in, out)) by the
+    ``nn.Linear`` computing the same function, so that recipes can target those layers.
+    Returns how many were replaced."""
+    from transformers.pytorch_utils import Conv1D
+
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, Conv1D)]
+    for name, conv in found:
+        n_in, n_out = conv.weight.shape
+        lin = nn.Linear(n_in, n_out, device=conv.weight.device, dtype=conv.weight.dtype)
+        lin.weight.copy_(conv.weight.t())
+        lin.bias.copy_(conv.bias)
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, lin)
+    return len(found)
+
+
 def _from_folder(path: Path, model_id: str, trust_remote_code: bool) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -107,6 +125,7 @@ def _from_folder(path: Path, model_id: str, trust_remote_code: bool) -> LoadedMo
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load a causal LM from folder {path}: {e}") from None
+    linearize_conv1d(model)
     return LoadedModel(
         model=model.eval(),
         tokenizer=tok,
@@ -141,6 +160,7 @@ def _from_hub(model_id: str, revision: str | None, trust_remote_code: bool) -> L
                 f"model not found: {model_id!r} is not a hub id or folder"
             ) from None
         raise ModelLoadError(f"cannot load {model_id!r} from the hub: {msg}") from None
+    linearize_conv1d(model)
     commit = getattr(model.config, "_commit_hash", None) or revision or "unknown"
     return LoadedModel(
         model=model.eval(),

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from core.layers import CompressedLinear
-from core.models import LoadedModel, content_hash
+from core.models import LoadedModel, content_hash, linearize_conv1d
 from core.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,7 @@ def load_compressed(folder: str | Path, device: torch.device | str = "cpu") -> L
         )
     config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    linearize_conv1d(model)  # as load_model does: the saved layers are nn.Linear
     for name, entry in qcfg["modules"].items():
         cls = _resolve_class(entry["class"])
         replace_module(model, name, cls.from_storage_config(entry))

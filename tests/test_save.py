@@ -10,7 +10,7 @@ import torch
 
 from core.layers import CompressedLinear
 from core.metrics import weight_memory
-from core.models import byte_tokenizer, tiny_llama
+from core.models import byte_tokenizer, linearize_conv1d, tiny_llama
 from core.recipe import recipe_from_steps
 from core.save import QUANT_CONFIG, WEIGHTS, SaveError, load_compressed, save_compressed
 from core.walk import apply_recipe, find_linears
@@ -99,3 +99,36 @@ def test_loading_refuses_foreign_classes_and_other_folders(tmp_path: Path) -> No
     path.write_text(json.dumps(qcfg))
     with pytest.raises(SaveError, match="not a core module"):
         load_compressed(tmp_path)
+
+
+def _tiny_gpt2() -> torch.nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=256, bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def test_gpt2_conv1d_layers_become_linears_that_recipes_compress(tmp_path: Path) -> None:
+    """GPT-2 (a UI preset) keeps its projections in transformers' Conv1D (x @ W + b)."""
+    model = _tiny_gpt2()
+    with torch.no_grad():
+        before = model(IDS).logits
+    assert linearize_conv1d(model) == 2 * 4  # c_attn, c_proj, mlp.c_fc, mlp.c_proj per block
+    with torch.no_grad():
+        assert torch.allclose(model(IDS).logits, before, atol=1e-5)
+    recipe = recipe_from_steps(RECIPES["rtn4-asym-g64"], name="rtn4")
+    reports = apply_recipe(
+        model,
+        recipe,
+        on_progress=lambda f, m: None,
+        should_cancel=lambda: False,
+        calib_batches=CALIB,
+    )
+    compressed = {n for n, m in find_linears(model).items() if isinstance(m, CompressedLinear)}
+    assert len(compressed) == 8 and {r.name for r in reports} >= compressed
+    with torch.no_grad():
+        ref = model(IDS).logits
+    save_compressed(model, tmp_path, recipe, byte_tokenizer())
+    with torch.no_grad():
+        assert torch.equal(load_compressed(tmp_path).model(IDS).logits, ref)
