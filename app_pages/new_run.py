@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import forms, shell
+from ui import estimate_view, forms, shell
 from ui.submit import steps_from_json, submit_run
 
 sf = shell.session()
@@ -42,6 +42,13 @@ with d2:
 
 st.subheader("4. Evaluation settings")
 ev, cs = forms.eval_settings()
+
+st.subheader("5. Memory estimate")
+try:
+    estimate_steps = steps_from_json(recipe) if mode == "JSON" else recipe
+except ValueError:
+    estimate_steps = None
+estimate_view.show(model, estimate_steps, cs)
 
 if st.button("Queue run", type="primary", icon=":material/play_arrow:"):
     try:

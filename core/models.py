@@ -179,33 +179,46 @@ def load_model(
     device: torch.device | str = "cpu",
 ) -> LoadedModel:
     """Load ``demo``, ``tiny-random``, a local folder or a hub id, in float32, for evaluation."""
-    spec = spec.strip()
-    if not spec:
-        raise ModelLoadError("no model given: use 'demo', a local folder, or a hub id")
-    if spec == TINY_RANDOM:
+    source = model_source(spec)
+    if source == TINY_RANDOM:
         model = tiny_llama()
         loaded = LoadedModel(
             model,
             byte_tokenizer(),
-            spec,
+            TINY_RANDOM,
             "seed:0",
             sum(p.numel() for p in model.parameters()),
             note="random weights",
         )
-    elif spec == "demo":
-        if not (DEMO_DIR / "config.json").is_file():
-            raise ModelLoadError(f"the bundled demo model is missing from {DEMO_DIR}")
+    elif source == DEMO_DIR:
         loaded = _from_folder(DEMO_DIR, "demo", trust_remote_code=False)
-    elif Path(spec).expanduser().is_dir():
-        loaded = _from_folder(Path(spec).expanduser(), spec, trust_remote_code)
-    elif spec.startswith(("/", "./", "~", "../")):
-        raise ModelLoadError(f"model not found: folder {spec!r} does not exist")
-    elif spec.count("/") > 1 or " " in spec:
-        raise ModelLoadError(f"model not found: {spec!r} is neither a folder nor a hub id")
+    elif isinstance(source, Path):
+        loaded = _from_folder(source, spec.strip(), trust_remote_code)
     else:
-        loaded = _from_hub(spec, revision, trust_remote_code)
+        loaded = _from_hub(source, revision, trust_remote_code)
     loaded.model.to(device)
     return loaded
+
+
+def model_source(spec: str) -> str | Path:
+    """Where ``spec`` points: ``tiny-random``, a folder (the demo model's included), or a hub
+    id. Raises ModelLoadError for what can be neither."""
+    spec = spec.strip()
+    if not spec:
+        raise ModelLoadError("no model given: use 'demo', a local folder, or a hub id")
+    if spec == TINY_RANDOM:
+        return TINY_RANDOM
+    if spec == "demo":
+        if not (DEMO_DIR / "config.json").is_file():
+            raise ModelLoadError(f"the bundled demo model is missing from {DEMO_DIR}")
+        return DEMO_DIR
+    if Path(spec).expanduser().is_dir():
+        return Path(spec).expanduser()
+    if spec.startswith(("/", "./", "~", "../")):
+        raise ModelLoadError(f"model not found: folder {spec!r} does not exist")
+    if spec.count("/") > 1 or " " in spec:
+        raise ModelLoadError(f"model not found: {spec!r} is neither a folder nor a hub id")
+    return spec
 
 
 def cached_hub_models() -> list[str]:

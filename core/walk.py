@@ -267,7 +267,7 @@ def collect_inputs(
             h.remove()
 
 
-def _wants_sequential(method: LayerMethod, cfg: Any) -> bool:
+def wants_sequential(method: LayerMethod, cfg: Any) -> bool:
     """A layer method opts into sequential calibration inside a block with a
     ``sequential(cfg) -> bool`` method (GPTQ's "true sequential")."""
     flag = getattr(method, "sequential", None)
@@ -376,7 +376,7 @@ def _apply_blockwise(
     """Calibrate and compress block by block, feeding each block the compressed outputs
     of the previous one. Holds one block's inputs at a time besides the model."""
     done: set[str] = set()
-    sequential = _wants_sequential(method, step.config)
+    sequential = wants_sequential(method, step.config)
     for prefix, block, inputs in iter_blocks(model, ctx, step.method):
         layers = {n: m for n, m in targets.items() if n.startswith(prefix + ".")}
         done.update(layers)

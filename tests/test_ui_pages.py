@@ -13,10 +13,14 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
+from core.calib import CalibSettings
+from core.estimate import estimate_memory
 from core.metrics import DEFINITIONS, speed_vs_baseline
-from core.recipe import NAMED_RECIPES
+from core.models import tiny_llama
+from core.recipe import NAMED_RECIPES, parse_recipe
 from core.stats import before_after
 from db import queue
+from ui.frames import fmt_bytes
 from ui.shell import COMPARE, HOME, NEW_RUN, RUNS, WEIGHTS
 from ui.submit import submit_run
 
@@ -234,6 +238,20 @@ def test_new_run_queues_a_named_recipe(sf, db_url) -> None:
     jobs = queue.list_jobs(sf)
     assert len(jobs) == 1 and jobs[0].recipe_label == "rtn-int8" and jobs[0].model == "tiny-random"
     assert any(f"#{jobs[0].id}" in s.value for s in at.success)
+
+
+def test_new_run_states_the_calibration_memory(sf, db_url) -> None:
+    at = _app(NEW_RUN)
+    at.radio(key="model_kind").set_value("tiny-random").run()
+    metrics = {m.label: m.value for m in at.metric}
+    want = estimate_memory(tiny_llama(), parse_recipe("rtn-int8"), CalibSettings(32, 256))
+    assert metrics["Calibration memory, besides the model"] == fmt_bytes(want.calibration_bytes)
+    assert metrics["Model weights (float32, as loaded)"] == fmt_bytes(want.weight_bytes)
+    assert any("one block's inputs and outputs" in m.value for m in at.markdown)
+    at.radio(key="recipe_mode").set_value("JSON").run()
+    at.text_area(key="recipe_json").input("[{").run()  # not JSON yet: no estimate, no error
+    assert not at.exception
+    assert any("once the model and the recipe are valid" in c.value for c in at.caption)
 
 
 def test_new_run_refuses_an_out_of_range_parameter(sf, db_url) -> None:

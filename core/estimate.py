@@ -1,0 +1,107 @@
+"""Memory estimate before a run: the model's weights, and what calibration holds besides.
+
+A worker runs every recipe step block by block on the calibration samples (they also
+give each layer's output error). The walker keeps one decoder block's inputs and outputs
+at a time, plus the statistics of the layers it is calibrating: for a layer method, what its ``init_stats``
+allocates (a Hessian of in x in floats for GPTQ and SparseGPT, a vector for Wanda),
+one input group's at a time for a sequential method (GPTQ) and the whole block's for the
+others, plus the rows each linear keeps to measure its output error. The statistics
+are sized by calling ``init_stats`` on the model built on the meta device, so no memory
+is allocated and a new method needs no entry here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core import hub
+from core.calib import CalibSettings
+from core.errors import ModelLoadError
+from core.models import TINY_RANDOM, linearize_conv1d, model_source, tiny_llama
+from core.recipe import Recipe
+from core.registry import LayerMethod, get_method
+from core.walk import ERROR_SAMPLE_ROWS, find_blocks, find_linears, wants_sequential
+
+FLOAT32 = 4  # bytes: calibration activations and statistics are float32
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weight_bytes: int  # the uncompressed model as loaded (float32)
+    block_io_bytes: int  # one block's calibration inputs and outputs
+    layer_stats_bytes: int  # statistics held at once (Hessians, norms)
+    error_rows_bytes: int  # rows kept per linear to measure its output error
+
+    @property
+    def calibration_bytes(self) -> int:
+        """Held by calibration besides the model (0 for a recipe without calibration)."""
+        return self.block_io_bytes + self.layer_stats_bytes + self.error_rows_bytes
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of every tensor in ``obj`` (a tensor, a dataclass, or a list/tuple/dict of them)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return sum(tensor_bytes(getattr(obj, f.name)) for f in dataclasses.fields(obj))
+    if isinstance(obj, list | tuple):
+        return sum(tensor_bytes(v) for v in obj)
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    return 0
+
+
+def skeleton(spec: str) -> nn.Module:
+    """The model ``spec`` names, built from its config on the meta device (no weights)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source = model_source(spec)
+    if source == TINY_RANDOM:
+        return tiny_llama()
+    offline = not isinstance(source, Path) and hub.probe() is not None
+    try:
+        config = AutoConfig.from_pretrained(source, local_files_only=offline)
+    except Exception as e:  # an unreadable config, an unknown id
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if offline:
+            raise ModelLoadError(
+                f"hub unreachable (offline?): no config of {spec!r} in the local cache"
+            ) from None
+        raise ModelLoadError(f"cannot read the config of {spec!r}: {first}") from None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    linearize_conv1d(model)
+    return model
+
+
+def estimate_memory(model: nn.Module, recipe: Recipe, calib: CalibSettings) -> MemoryEstimate:
+    """What a run of ``recipe`` on ``model`` holds (``model`` may live on the meta device)."""
+    weight_bytes = sum(tensor_bytes(p) for p in model.parameters())
+    if not recipe.steps:
+        return MemoryEstimate(weight_bytes, 0, 0, 0)
+    path, blocks = find_blocks(model)
+    layers = find_linears(blocks[0], prefix=f"{path}.0")  # every block is alike
+    hidden = min(m.in_features for m in layers.values())  # q/k/v and gate/up read it
+    rows = calib.n_samples * calib.seq_len
+    block_io = 2 * rows * hidden * FLOAT32
+    stats = errors = 0
+    for step in recipe.steps:  # a worker runs every step block by block on calibration data
+        method = get_method(step.method)()
+        targets = {n: m for n, m in layers.items() if step.selects(n)}
+        if isinstance(method, LayerMethod):
+            sizes = [tensor_bytes(method.init_stats(m, step.config)) for m in targets.values()]
+            held = max(sizes) if wants_sequential(method, step.config) else sum(sizes)
+        else:  # model-level methods (AWQ, SmoothQuant): per-channel statistics per layer
+            held = sum(m.in_features * FLOAT32 for m in targets.values())
+        stats = max(stats, held)
+        errors = max(
+            errors,
+            sum(min(ERROR_SAMPLE_ROWS, rows) * m.in_features * FLOAT32 for m in targets.values()),
+        )
+    return MemoryEstimate(weight_bytes, block_io, stats, errors)
