@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from db import queue
-from ui import compare_view, figures, shell, tables
+from ui import compare_view, figures, shell, sweep_view, tables
 from ui.frames import runs_frame
 
 sf = shell.session()
@@ -35,6 +35,9 @@ with left:
     st.plotly_chart(figures.memory_figure(df), key="fig_memory")
 with right:
     st.plotly_chart(figures.latency_figure(df, latency), key="fig_latency")
+
+shown = set(df["id"])
+sweep_view.sweep_chart([j for j in runs if j.id in shown and j.sweep_id])
 
 table = df.sort_values("perplexity").reset_index(drop=True)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import estimate_view, forms, shell
-from ui.submit import steps_from_json, submit_run
+from ui import estimate_view, forms, shell, sweep_view
+from ui.submit import steps_from_json, submit_run, submit_sweep_run
 
 sf = shell.session()
 st.title("New run")
@@ -62,3 +62,27 @@ if st.button("Queue run", type="primary", icon=":material/play_arrow:"):
         st.page_link(
             shell.RUNS, label="Follow its progress on Runs", icon=":material/arrow_forward:"
         )
+
+with st.expander("Sweep one parameter instead (one run per value, compared on Compare)"):
+    sweep = sweep_view.sweep_form(estimate_steps)
+    if sweep is not None and st.button("Queue sweep", icon=":material/stacked_line_chart:"):
+        index, param, values = sweep
+        try:
+            sweep_id, n = submit_sweep_run(
+                sf,
+                model,
+                estimate_steps or [],
+                recipe_name,
+                calib,
+                eval_set,
+                ev,
+                cs,
+                step_index=index,
+                param=param,
+                values=values,
+            )
+        except ValueError as e:
+            st.error(f"Not queued: {e}")
+        else:
+            st.success(f"Queued a sweep of {n} runs over {param} (sweep {sweep_id[:8]}).")
+            st.page_link(shell.RUNS, label="Follow them on Runs", icon=":material/arrow_forward:")

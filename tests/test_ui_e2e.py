@@ -3,30 +3,22 @@ on the tiny random Llama, and the Compare and Weights pages show the result."""
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.recipe import NAMED_RECIPES
 from db import queue
+from tests.plotly_data import values
 from ui.frames import runs_frame
 from ui.shell import COMPARE, WEIGHTS
 from ui.submit import submit_run
 from workers.runner import Runner
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-
-
-def _values(v: object) -> list:
-    """Plotly sends numeric arrays base64-encoded ({"dtype", "bdata"}); decode them."""
-    if isinstance(v, dict) and "bdata" in v:
-        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"]).tolist()
-    return list(v)  # type: ignore[call-overload]
 
 
 @pytest.mark.slow
@@ -58,7 +50,7 @@ def test_submit_run_work_compare(sf, tmp_path: Path) -> None:
     assert not at.exception
     assert at.dataframe[0].value["id"].tolist() == [job_id]
     memory = json.loads(at.get("plotly_chart")[0].proto.spec)
-    xs = [x for t in memory["data"] if t.get("name") == "rtn" for x in _values(t["x"])]
+    xs = [x for t in memory["data"] if t.get("name") == "rtn" for x in values(t["x"])]
     assert xs == pytest.approx([row["weight_mb"]])
 
     at.switch_page(WEIGHTS).run()

@@ -20,9 +20,10 @@ from core.models import tiny_llama
 from core.recipe import NAMED_RECIPES, parse_recipe
 from core.stats import before_after
 from db import queue
+from tests.plotly_data import values
 from ui.frames import fmt_bytes
 from ui.shell import COMPARE, HOME, NEW_RUN, RUNS, WEIGHTS
-from ui.submit import submit_run
+from ui.submit import submit_run, submit_sweep_run
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 WORKER = "fixture-worker"
@@ -252,6 +253,57 @@ def test_new_run_states_the_calibration_memory(sf, db_url) -> None:
     at.text_area(key="recipe_json").input("[{").run()  # not JSON yet: no estimate, no error
     assert not at.exception
     assert any("once the model and the recipe are valid" in c.value for c in at.caption)
+
+
+def test_new_run_queues_a_parameter_sweep_as_one_submission(sf, db_url) -> None:
+    at = _app(NEW_RUN)
+    at.radio(key="model_kind").set_value("tiny-random").run()  # named recipe rtn-int8
+    assert at.selectbox(key="sweep_param:0:rtn").value == "bits"
+    assert any("7 run(s): bits = 2, 3, 4, 5, 6, 7, 8" in c.value for c in at.caption)
+    at.number_input(key="sweep:0:rtn:bits:start").set_value(1.0).run()
+    _button(at, "Queue sweep").click().run()
+    assert "bits=1" in _texts(at.error) and "[2, 8]" in _texts(at.error)
+    assert queue.list_jobs(sf) == []  # one bad value: nothing queued
+    at.number_input(key="sweep:0:rtn:bits:start").set_value(4.0).run()
+    _button(at, "Queue sweep").click().run()
+    assert not at.error, _texts(at.error)
+    jobs = queue.list_jobs(sf)
+    assert len(jobs) == 5 and len({j.sweep_id for j in jobs}) == 1 and jobs[0].sweep_id
+    assert sorted(j.spec["recipe"][0]["bits"] for j in jobs) == [4, 5, 6, 7, 8]
+    assert any("sweep of 5 runs over bits" in m.value for m in at.success)
+
+
+def test_compare_draws_a_sweep_per_method(sf, runs) -> None:
+    for method, ppls in (("magnitude", (13.0, 15.0, 30.0)), ("wanda", (12.5, 14.0, 20.0))):
+        steps = [{"method": method, "sparsity": 0.5}]
+        sweep_id, n = submit_sweep_run(
+            sf,
+            "tiny-random",
+            steps,
+            "",
+            "stdlib-code",
+            "stdlib-heldout",
+            None,
+            None,
+            step_index=0,
+            param="sparsity",
+            values=[0.3, 0.5, 0.7],
+        )
+        for job, ppl in zip(queue.sweep_jobs(sf, sweep_id), ppls, strict=True):
+            queue.claim(sf, WORKER, job_id=job.id)
+            fingerprint = {"recipe": job.spec["recipe"], "eval_settings": job.spec["eval"]}
+            queue.complete(sf, job.id, WORKER, _metrics(ppl, 4_000_000, 6.0), [], fingerprint)
+    at = _app(COMPARE)
+    assert not at.exception
+    charts = at.get("plotly_chart")
+    assert len(charts) == 3
+    sweep = json.loads(charts[2].proto.spec)
+    lines = {t["name"]: (values(t["x"]), values(t["y"])) for t in sweep["data"]}
+    assert lines == {
+        "magnitude": ([0.3, 0.5, 0.7], [13.0, 15.0, 30.0]),
+        "wanda": ([0.3, 0.5, 0.7], [12.5, 14.0, 20.0]),
+    }
+    assert sweep["layout"]["xaxis"]["title"]["text"] == "sparsity (swept)"
 
 
 def test_new_run_refuses_an_out_of_range_parameter(sf, db_url) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -11,6 +12,7 @@ from core.jobspec import JobSpec
 from core.metrics import EvalSettings
 from core.recipe import Recipe, recipe_from_steps
 from core.registry import ConfigError
+from core.sweep import expand_sweep
 from db import queue
 
 
@@ -111,3 +113,34 @@ def submit_run(
         sf, model, steps, recipe_name, calib, eval_set, eval_settings, calib_settings
     )
     return queue.submit(sf, model=spec.model, recipe_label=label, spec_json=spec.to_json())
+
+
+def submit_sweep_run(
+    sf: queue.Factory,
+    model: str,
+    steps: list[dict[str, Any]],
+    recipe_name: str,
+    calib: str,
+    eval_set: str,
+    eval_settings: EvalSettings | dict[str, Any] | None,
+    calib_settings: CalibSettings | dict[str, Any] | None,
+    *,
+    step_index: int,
+    param: str,
+    values: list[float],
+) -> tuple[str, int]:
+    """Queue one run per value of ``steps[step_index][param]`` under one sweep id; returns
+    (sweep id, number of runs). Every recipe is validated first: nothing is queued if one
+    value is refused."""
+    spec, label = build_spec(
+        sf, model, steps, recipe_name, calib, eval_set, eval_settings, calib_settings
+    )
+    recipes = expand_sweep(spec.recipe, step_index, param, values)
+    jobs = [
+        (
+            f"{label} {param}={r[step_index][param]}",
+            dataclasses.replace(spec, recipe=r, recipe_name="").to_json(),
+        )
+        for r in recipes
+    ]
+    return queue.submit_sweep(sf, model=spec.model, jobs=jobs), len(jobs)
