@@ -12,6 +12,10 @@ For M in 1, 16, 128, 512, 2048 rows and K = N in 1024, 4096 it times one forward
 - ``int8_weight_only_ms`` / ``int4_weight_only_ms``: our weight-only decode ops, likewise;
 - ``int_mm_ms``: ``torch._int_mm`` alone on already quantized int8 inputs;
 - ``bnb_int8_ms`` / ``bnb_nf4_ms``: bitsandbytes' LLM.int8() and NF4 layers;
+- ``llm_int8_ms`` / ``bnb_int8_outliers_ms``: our LLM.int8() decomposition and
+  bitsandbytes' on the same input with OUTLIER_COLUMNS feature columns scaled up 20x (as
+  LLM activations have them; the plain inputs above have none), with each one's relative
+  output error against fp32 in ``llm_int8_rel_err`` / ``bnb_int8_outliers_rel_err``;
 - ``fbgemm_a7_ms``: PyTorch's FBGEMM dynamic linear for reference. It quantizes
   activations per tensor to 7 bits (reduce_range: its AVX2 kernel's 16-bit pair sums
   would saturate at 8 bits), so it does not compute the same function as ours.
@@ -46,10 +50,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.kernels import cpu, ops  # noqa: E402
-from core.layers_int8 import Int4WeightOnlyLinear, W8A8Linear  # noqa: E402
+from core.layers_int8 import Int4WeightOnlyLinear, LLMInt8Linear, W8A8Linear  # noqa: E402
 from core.quant.actquant import quantize_per_token  # noqa: E402
 
 MS = (1, 16, 128, 512, 2048)
+OUTLIER_COLUMNS = 4  # input features with |x| far above LLM.int8's threshold of 6
 KS = (1024, 4096)
 OP_COLUMNS = {  # op -> (prefix of its per-path columns, column of the dispatched path)
     "int8_linear": ("w8a8", "w8a8_ms"),
@@ -110,6 +115,7 @@ class Cell:
         self.w = self.lin.weight.detach()
         self.wb = self.w.to(torch.bfloat16)
         self.w8 = W8A8Linear(self.lin, "dynamic")
+        self.llm8 = LLMInt8Linear(self.lin, 6.0)
         self.w4 = Int4WeightOnlyLinear(self.lin, 128)
         self.bnb = _bnb_layers(self.lin)
         self.fbgemm = _fbgemm(self.lin)
@@ -148,9 +154,36 @@ class Cell:
                     out[f"{prefix}_{path}"] = forced(op, path, calls[op])
         for name, mod in self.bnb.items():
             out[name] = lambda mod=mod: mod(x)
+        for name, call in self.outlier_variants(with_outliers(x)).items():
+            out[name] = call
         if self.fbgemm is not None:
             out["fbgemm_a7"] = lambda: self.fbgemm(x)
         return out
+
+    def outlier_variants(self, xo: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
+        """The two LLM.int8() implementations, on an input with outlier features."""
+        out = {"llm_int8": lambda: self.llm8(xo)}
+        if "bnb_int8" in self.bnb:
+            out["bnb_int8_outliers"] = lambda: self.bnb["bnb_int8"](xo)
+        return out
+
+    def outlier_errors(self, x: torch.Tensor) -> dict[str, float]:
+        """Relative output error of each LLM.int8() against fp32, on the outlier input."""
+        xo = with_outliers(x)
+        with torch.no_grad():
+            ref = F.linear(xo, self.w)
+            return {
+                f"{name}_rel_err": round(((call().float() - ref).norm() / ref.norm()).item(), 6)
+                for name, call in self.outlier_variants(xo).items()
+            }
+
+
+def with_outliers(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with OUTLIER_COLUMNS evenly spaced feature columns scaled 20x."""
+    xo = x.clone()
+    cols = torch.linspace(0, x.shape[1] - 1, OUTLIER_COLUMNS).long()
+    xo[:, cols] *= 20.0
+    return xo
 
 
 CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
@@ -198,7 +231,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             t = time_round_robin(fns, args.repeats, args.clock)
             for name, v in t.items():
                 last[name] = (m, v)
-            rows.append(make_row(m, k, k, t, skipped))
+            rows.append({**make_row(m, k, k, t, skipped), **cell.outlier_errors(x)})
             print(format_row(rows[-1]), flush=True)
     return rows
 
@@ -234,6 +267,8 @@ SHOW = (
     "bnb_int8",
     "bnb_nf4",
     "fbgemm_a7",
+    "llm_int8",
+    "bnb_int8_outliers",
 )
 
 
