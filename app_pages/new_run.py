@@ -50,10 +50,17 @@ except ValueError:
     estimate_steps = None
 estimate_view.show(model, estimate_steps, cs)
 
+keep = st.checkbox(
+    "Keep the compressed model for download",
+    value=True,
+    key="save_model",
+    help="Saved by the worker in its data folder (safetensors in the real storage format, "
+    "plus a config describing the quantization); the run's page offers it as a .zip.",
+)
 if st.button("Queue run", type="primary", icon=":material/play_arrow:"):
     try:
         steps = steps_from_json(recipe) if mode == "JSON" else recipe
-        job_id = submit_run(sf, model, steps, recipe_name, calib, eval_set, ev, cs)
+        job_id = submit_run(sf, model, steps, recipe_name, calib, eval_set, ev, cs, keep)
     except ValueError as e:  # ConfigError, DataError and bad settings: say what is allowed
         st.error(f"Not queued: {e}")
     else:

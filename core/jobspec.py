@@ -22,6 +22,7 @@ class JobSpec:
     eval_set: str = "stdlib-heldout"  # evaluation text set
     eval: EvalSettings = field(default_factory=EvalSettings)
     calib_settings: CalibSettings = field(default_factory=CalibSettings)
+    save_model: bool = False  # keep the compressed model (safetensors + config) for download
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -18,8 +18,10 @@ file (strictly: a missing or unexpected tensor is an error).
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import logging
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,22 @@ def save_compressed(
         tokenizer.save_pretrained(folder)
     log.info("saved %d compressed modules to %s", len(qcfg["modules"]), folder)
     return folder
+
+
+def folder_bytes(folder: str | Path) -> int:
+    """Total size of the files in a saved folder."""
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
+def archive(folder: str | Path) -> bytes:
+    """A zip of a saved folder, files at its top level (the download of a run's model)."""
+    folder = Path(folder)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                z.write(f, f.relative_to(folder).as_posix())
+    return buf.getvalue()
 
 
 def load_compressed(folder: str | Path, device: torch.device | str = "cpu") -> LoadedModel:

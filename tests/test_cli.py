@@ -89,6 +89,7 @@ def test_run_json_prints_a_result_and_records_it(db_url, tmp_path) -> None:
         "--calib-seq-len",
         "64",
         "--json",
+        "--save",
         db_url=db_url,
         data=tmp_path,
     )
@@ -101,6 +102,10 @@ def test_run_json_prints_a_result_and_records_it(db_url, tmp_path) -> None:
 
     job = queue.get_job(session_factory(db_url), out["run_id"])
     assert job.status == "succeeded" and job.result["perplexity"] == out["perplexity"]
+    # --save kept the compressed model in the data folder
+    saved = Path(out["saved_model"])
+    assert saved == tmp_path / "models" / f"run-{out['run_id']}"
+    assert (saved / "compresslab_quant.json").is_file() and (saved / "model.safetensors").is_file()
 
 
 def test_missing_model_fails_with_a_readable_line(db_url, tmp_path) -> None:

@@ -18,8 +18,10 @@ from core.estimate import estimate_memory
 from core.metrics import DEFINITIONS, speed_vs_baseline
 from core.models import tiny_llama
 from core.recipe import NAMED_RECIPES, parse_recipe
+from core.save import QUANT_CONFIG
 from core.stats import before_after
 from db import queue
+from db.models import Job
 from tests.plotly_data import values
 from ui.frames import fmt_bytes
 from ui.shell import COMPARE, HOME, NEW_RUN, RUNS, WEIGHTS
@@ -203,6 +205,25 @@ def test_compare_page_charts_table_and_details(runs) -> None:
     assert "2.10 MB" in " ".join(metrics["value"])
     assert any("prefill 0.56x" in w.value for w in at.warning)  # 5 ms / 9 ms, in the details
     assert any('"revision"' in j.proto.body for j in at.json)  # the fingerprint
+
+
+def test_run_details_offer_the_kept_model_for_download(sf, db_url, tmp_path: Path) -> None:
+    folder = tmp_path / "run-kept"
+    folder.mkdir()
+    (folder / QUANT_CONFIG).write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"\0" * 3000)
+    kept = _finished(sf, "rtn-int8", 12.3, 2_100_000, 9.0, 2)
+    _finished(sf, "fp16", 12.01, 4_000_000, 6.0, 1)  # not kept
+    with sf() as s:  # the worker's result of a run that kept its model
+        job = s.get(Job, kept)
+        job.result_json = json.dumps({**job.result, "saved_model": str(folder)})
+        s.commit()
+    at = _app(COMPARE)
+    assert any("was not kept" in c.value for c in at.caption)  # the newest run, fp16
+    at.selectbox(key="cmp_detail").set_value(kept).run()
+    (button,) = at.get("download_button")
+    assert button.proto.label == "Download the compressed model (.zip, 3.00 kB)"
+    assert any("load_compressed" in c.value for c in at.caption)
 
 
 def test_compare_page_latency_axis_switch(runs) -> None:

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from core.calib import CalibSettings
+from core.data import get_text_set
 from core.jobspec import JobSpec
-from core.metrics import EvalSettings
+from core.metrics import EvalSettings, eval_windows, evaluate, weight_memory
 from core.recipe import parse_recipe
+from core.save import archive, folder_bytes, load_compressed
 from db import queue
 from db.models import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED
 from workers.runner import Runner
@@ -92,6 +97,30 @@ def test_the_baseline_is_computed_once_and_reused(sf, tmp_path: Path) -> None:
     assert quant["decode_speedup"] == pytest.approx(
         quant["decode_tok_s"] / quant["baseline_decode_tok_s"]
     )
+
+
+@pytest.mark.parametrize("recipe", ["rtn-int8", "baseline"])
+def test_a_kept_model_downloads_and_loads_back_with_the_same_perplexity(
+    sf, tmp_path: Path, recipe: str
+) -> None:
+    steps = [{"method": "gptq", "bits": 4, "group_size": 32}] if recipe != "baseline" else []
+    spec = dataclasses.replace(_spec(recipe=recipe), recipe=steps, save_model=True)
+    job_id = _submit(sf, spec)
+    Runner(sf, cache_dir=tmp_path / "cache").serve(poll_s=0.05, max_jobs=1)
+    result = queue.get_job(sf, job_id).result
+    if recipe == "baseline":  # nothing compressed, nothing to keep
+        assert result["saved_model"] is None
+        return
+    folder = Path(result["saved_model"])
+    assert folder == tmp_path / "models" / f"run-{job_id}"
+    assert result["saved_model_bytes"] == folder_bytes(folder)
+    with zipfile.ZipFile(io.BytesIO(archive(folder))) as z:
+        z.extractall(tmp_path / "download")
+    loaded = load_compressed(tmp_path / "download")
+    windows = eval_windows(loaded.tokenizer, get_text_set(spec.eval_set).text, spec.eval)
+    got = evaluate(loaded.model, loaded.tokenizer, windows).perplexity
+    assert got == pytest.approx(result["perplexity"], rel=1e-6)
+    assert weight_memory(loaded.model).weight_bytes == result["weight_bytes"]
 
 
 def test_cancel_a_running_job(sf, tmp_path: Path) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
 from core.metrics import DEFINITIONS
+from core.save import QUANT_CONFIG, archive, folder_bytes
 from db.models import Job
 from ui.frames import eval_label, fmt_bytes, fmt_duration
 
@@ -55,6 +57,8 @@ EXTRA_DEFINITIONS: dict[str, str] = {
     "baseline_prefill_ms": "prefill_ms of the uncompressed model, measured in this job before "
     "compressing",
     "baseline_decode_tok_s": "decode_tok_s of the uncompressed model, measured in this job",
+    "saved_model": "folder where the worker kept the compressed model (null: not kept)",
+    "saved_model_bytes": "size of that folder: weights as stored, configs, tokenizer",
     "model_note": "what to keep in mind about the model (e.g. random weights)",
 }
 
@@ -124,6 +128,35 @@ def slower_message(result: dict[str, Any], device: str) -> str:
     )
 
 
+def saved_model_download(job: Job) -> None:
+    """The run's compressed model as a .zip, where this machine has the worker's folder."""
+    folder = (job.result or {}).get("saved_model")
+    if not folder:
+        if (job.fingerprint or {}).get("recipe"):
+            st.caption(
+                "The compressed model was not kept: tick 'Keep the compressed model for "
+                "download' on New run (or pass --save to python -m workers run)."
+            )
+        return
+    path = Path(folder)
+    if not (path / QUANT_CONFIG).is_file():
+        st.caption(f"The compressed model was saved on its worker's machine at `{folder}`.")
+        return
+    st.download_button(
+        f"Download the compressed model (.zip, {fmt_bytes(folder_bytes(path))})",
+        data=lambda: archive(path),
+        file_name=f"compresslab-run-{job.id}.zip",
+        mime="application/zip",
+        on_click="ignore",
+        icon=":material/download:",
+        key=f"download_model_{job.id}",
+    )
+    st.caption(
+        "Unzip, then load it back in its compressed storage with "
+        "`core.save.load_compressed(folder)` (Hugging Face config and tokenizer included)."
+    )
+
+
 def run_details(job: Job) -> None:
     """Recipe, settings, every metric with its definition, and the fingerprint of one run."""
     spec, fp, result = job.spec, job.fingerprint, job.result
@@ -137,6 +170,7 @@ def run_details(job: Job) -> None:
     )
     with t_metrics:
         st.table(metrics_frame(result).drop(columns=["key"]).set_index("metric"))
+        saved_model_download(job)
     with t_recipe:
         steps = fp.get("recipe", spec.get("recipe", []))
         if not steps:

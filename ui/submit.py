@@ -74,6 +74,7 @@ def build_spec(
     eval_set: str,
     eval_settings: EvalSettings | dict[str, Any] | None,
     calib_settings: CalibSettings | dict[str, Any] | None,
+    save_model: bool = False,
 ) -> tuple[JobSpec, str]:
     """A validated JobSpec and its recipe label; ValueError (ConfigError, DataError) if bad."""
     model = (model or "").strip()
@@ -93,6 +94,7 @@ def build_spec(
         eval_set=eval_set,
         eval=ev,
         calib_settings=cs,
+        save_model=save_model,
     )
     return spec, recipe_label(recipe)
 
@@ -106,11 +108,12 @@ def submit_run(
     eval_set: str,
     eval_settings: EvalSettings | dict[str, Any] | None,
     calib_settings: CalibSettings | dict[str, Any] | None,
+    save_model: bool = False,
 ) -> int:
     """Validate and queue one run; returns the job id. Raises ValueError and queues nothing
     when anything is wrong (the message says what is allowed)."""
     spec, label = build_spec(
-        sf, model, steps, recipe_name, calib, eval_set, eval_settings, calib_settings
+        sf, model, steps, recipe_name, calib, eval_set, eval_settings, calib_settings, save_model
     )
     return queue.submit(sf, model=spec.model, recipe_label=label, spec_json=spec.to_json())
 

@@ -49,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--db", help="database URL (default: DATABASE_URL or the app's SQLite file)")
     r.add_argument("--json", action="store_true", help="last line of stdout is one JSON object")
     r.add_argument(
+        "--save",
+        action="store_true",
+        help="keep the compressed model (safetensors + config) in the data folder; the "
+        "result's saved_model gives its path",
+    )
+    r.add_argument(
         "--sweep",
         help="sweep one numeric parameter of one step: 'param=start:stop:step' or "
         "'param=a,b,c'; queued as one sweep and run in order",
@@ -89,6 +95,7 @@ def build_spec(args: argparse.Namespace) -> tuple[Any, str]:
         eval_set=args.eval_set,
         eval=ev,
         calib_settings=cs,
+        save_model=bool(getattr(args, "save", False)),
     )
     return spec, recipe.label
 

@@ -35,6 +35,7 @@ from core.metrics import (
     weight_memory,
 )
 from core.models import LoadedModel, load_model
+from core.save import folder_bytes, save_compressed
 from core.stats import layer_weight, weight_stats
 from core.walk import apply_recipe, find_linears
 
@@ -137,8 +138,11 @@ def run_job(
     resolve_text: Callable[[str], TextSet],
     on_progress: Progress = lambda f, m: None,
     should_cancel: Callable[[], bool] = lambda: False,
+    save_dir: Path | None = None,
 ) -> JobResult:
-    """Run one job; raises ModelLoadError / ConfigError / DataError / Cancelled on failure."""
+    """Run one job; raises ModelLoadError / ConfigError / DataError / Cancelled on failure.
+
+    With ``spec.save_model`` and a recipe, the compressed model is saved to ``save_dir``."""
     recipe = spec.parsed_recipe()  # refuse a bad recipe before loading anything
     device = pick_device()
     torch.manual_seed(spec.calib_settings.seed)
@@ -207,6 +211,10 @@ def run_job(
         base_prefill_ms,
         base_decode_tok_s,
     )
+    saved = None
+    if spec.save_model and recipe.steps and save_dir is not None:
+        on_progress(0.95, "saving the compressed model")
+        saved = save_compressed(loaded.model.cpu(), save_dir, recipe, loaded.tokenizer)
     layer_rows = _layer_rows(loaded.model, before, errors, acts)
     errs = [e for e in errors.values() if e is not None]
     metrics = {
@@ -234,6 +242,8 @@ def run_job(
         "eval_bytes_used": res.n_bytes,
         "model_note": loaded.note,
         "kernel_paths": kernel_paths,
+        "saved_model": str(saved) if saved else None,
+        "saved_model_bytes": folder_bytes(saved) if saved else None,
     }
     fingerprint = {
         "model": loaded.model_id,

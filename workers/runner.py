@@ -78,10 +78,13 @@ class Runner:
         worker_id: str | None = None,
         cache_dir: Path | None = None,
         heartbeat_s: float = queue.HEARTBEAT_S,
+        models_dir: Path | None = None,
     ) -> None:
         self.sf = sf
         self.worker_id = worker_id or queue.new_worker_id()
         self.cache_dir = cache_dir or data_dir() / "baselines"
+        # Saved compressed models, one folder per run (beside the baseline caches).
+        self.models_dir = models_dir or self.cache_dir.parent / "models"
         self.heartbeat_s = heartbeat_s
 
     def resolve_text(self, name: str) -> TextSet:
@@ -104,6 +107,7 @@ class Runner:
                     resolve_text=self.resolve_text,
                     on_progress=beat.update,
                     should_cancel=lambda: not beat.keep_going,
+                    save_dir=self.models_dir / f"run-{job.id}",
                 )
             except Cancelled:
                 queue.mark_cancelled(self.sf, job.id, self.worker_id)
