@@ -24,7 +24,7 @@ from core import hub
 from core.calib import CalibSettings
 from core.errors import ModelLoadError
 from core.models import TINY_RANDOM, linearize_conv1d, model_source, tiny_llama
-from core.recipe import Recipe
+from core.recipe import Recipe, Step
 from core.registry import LayerMethod, get_method
 from core.walk import ERROR_SAMPLE_ROWS, find_blocks, find_linears, wants_sequential
 
@@ -40,7 +40,7 @@ class MemoryEstimate:
 
     @property
     def calibration_bytes(self) -> int:
-        """Held by calibration besides the model (0 for a recipe without calibration)."""
+        """Held by calibration besides the model (0 for a recipe without steps)."""
         return self.block_io_bytes + self.layer_stats_bytes + self.error_rows_bytes
 
 
@@ -86,22 +86,27 @@ def estimate_memory(model: nn.Module, recipe: Recipe, calib: CalibSettings) -> M
     if not recipe.steps:
         return MemoryEstimate(weight_bytes, 0, 0, 0)
     path, blocks = find_blocks(model)
-    layers = find_linears(blocks[0], prefix=f"{path}.0")  # every block is alike
-    hidden = min(m.in_features for m in layers.values())  # q/k/v and gate/up read it
     rows = calib.n_samples * calib.seq_len
-    block_io = 2 * rows * hidden * FLOAT32
-    stats = errors = 0
-    for step in recipe.steps:  # a worker runs every step block by block on calibration data
-        method = get_method(step.method)()
-        targets = {n: m for n, m in layers.items() if step.selects(n)}
-        if isinstance(method, LayerMethod):
-            sizes = [tensor_bytes(method.init_stats(m, step.config)) for m in targets.values()]
-            held = max(sizes) if wants_sequential(method, step.config) else sum(sizes)
-        else:  # model-level methods (AWQ, SmoothQuant): per-channel statistics per layer
-            held = sum(m.in_features * FLOAT32 for m in targets.values())
-        stats = max(stats, held)
-        errors = max(
-            errors,
-            sum(min(ERROR_SAMPLE_ROWS, rows) * m.in_features * FLOAT32 for m in targets.values()),
-        )
-    return MemoryEstimate(weight_bytes, block_io, stats, errors)
+    stats = errors = hidden = 0
+    for b, block in enumerate(blocks):  # the walker holds one block's worth at a time
+        layers = find_linears(block, prefix=f"{path}.{b}")
+        if not layers:
+            continue
+        hidden = max(hidden, min(m.in_features for m in layers.values()))  # q/k/v, gate/up
+        for step in recipe.steps:  # a worker runs every step block by block
+            targets = [m for n, m in layers.items() if step.selects(n)]
+            stats = max(stats, _stats_held(step, targets))
+            errors = max(
+                errors, sum(min(ERROR_SAMPLE_ROWS, rows) * m.in_features * FLOAT32 for m in targets)
+            )
+    return MemoryEstimate(weight_bytes, 2 * rows * hidden * FLOAT32, stats, errors)
+
+
+def _stats_held(step: Step, targets: list[nn.Module]) -> int:
+    """Bytes of calibration statistics one step holds at once for these layers of a block."""
+    method = get_method(step.method)()
+    if isinstance(method, LayerMethod):
+        sizes = [tensor_bytes(method.init_stats(m, step.config)) for m in targets]
+        return max(sizes, default=0) if wants_sequential(method, step.config) else sum(sizes)
+    # model-level methods (AWQ, SmoothQuant): per-channel statistics per layer
+    return sum(m.in_features * FLOAT32 for m in targets)

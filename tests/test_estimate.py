@@ -40,7 +40,7 @@ def tiny_or_demo() -> torch.nn.Module:
 
 
 def test_terms_follow_the_walker() -> None:
-    model = tiny_llama(hidden=64, layers=2)  # 7 linears per block, down_proj reads 128
+    model = tiny_llama(hidden=64, layers=2)  # 7 linears per block
     ins = [m.in_features for m in model.model.layers[0].modules() if isinstance(m, torch.nn.Linear)]
     assert len(ins) == 7
     rows = CALIB.n_samples * CALIB.seq_len
@@ -89,3 +89,15 @@ def test_unknown_models_say_why(monkeypatch) -> None:
     with pytest.raises(ModelLoadError, match=r"hub unreachable \(offline\?\)"):
         skeleton("some-org/not-cached")
     assert time.monotonic() - t0 < 10
+
+
+def test_a_step_that_targets_a_later_block_is_counted_there() -> None:
+    model = tiny_llama(hidden=64, layers=2)
+    last = recipe_from_steps(
+        [{"method": "gptq", "bits": 4, "targets": ["re:layers\\.1\\.mlp\\.down_proj"]}]
+    )
+    est = estimate_memory(model, last, CALIB)
+    width = model.model.layers[1].mlp.down_proj.in_features  # its Hessian: width x width
+    assert est.layer_stats_bytes == width * width * 4
+    none = recipe_from_steps([{"method": "gptq", "bits": 4, "targets": ["no-such-layer"]}])
+    assert estimate_memory(model, none, CALIB).layer_stats_bytes == 0
