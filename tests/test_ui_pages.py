@@ -224,6 +224,13 @@ def test_run_details_offer_the_kept_model_for_download(sf, db_url, tmp_path: Pat
     (button,) = at.get("download_button")
     assert button.proto.label == "Download the compressed model (.zip, 3.00 kB)"
     assert any("load_compressed" in c.value for c in at.caption)
+    with sf() as s:  # the same record imported from a teammate: their path, not ours
+        s.get(Job, kept).origin = "alice@gpu-box"
+        s.commit()
+    at = _app(COMPARE)
+    at.selectbox(key="cmp_detail").set_value(kept).run()
+    assert not at.get("download_button")
+    assert any("stays with alice@gpu-box" in c.value for c in at.caption)
 
 
 def test_compare_page_latency_axis_switch(runs) -> None:

@@ -139,6 +139,9 @@ def saved_model_download(job: Job) -> None:
             )
         return
     path = Path(folder)
+    if (getattr(job, "origin", None) or "local") != "local":  # an imported bundle's path
+        st.caption(f"The compressed model stays with {job.origin}, who measured this run.")
+        return
     if not (path / QUANT_CONFIG).is_file():
         st.caption(f"The compressed model was saved on its worker's machine at `{folder}`.")
         return
