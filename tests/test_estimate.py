@@ -50,13 +50,16 @@ def test_terms_follow_the_walker() -> None:
     assert rtn.block_io_bytes == 2 * rows * 64 * 4  # inputs and outputs of one block
     assert rtn.layer_stats_bytes == 0  # RTN keeps no statistics
     assert rtn.error_rows_bytes == sum(min(256, rows) * i * 4 for i in ins)
-    # GPTQ calibrates one input group at a time: the largest Hessian; SparseGPT a whole block
+    # GPTQ and SparseGPT calibrate one input group at a time: the largest Hessian; with
+    # true_sequential off, SparseGPT holds the whole block's
     gptq = estimate_memory(model, recipe_from_steps([{"method": "gptq", "bits": 4}]), CALIB)
     assert gptq.layer_stats_bytes == max(ins) ** 2 * 4
-    sgpt = estimate_memory(
-        model, recipe_from_steps([{"method": "sparsegpt", "sparsity": 0.5}]), CALIB
+    sgpt = {"method": "sparsegpt", "sparsity": 0.5}
+    assert estimate_memory(model, recipe_from_steps([sgpt]), CALIB).layer_stats_bytes == (
+        max(ins) ** 2 * 4
     )
-    assert sgpt.layer_stats_bytes == sum(i * i * 4 for i in ins)
+    at_once = recipe_from_steps([{**sgpt, "true_sequential": False}])
+    assert estimate_memory(model, at_once, CALIB).layer_stats_bytes == sum(i * i * 4 for i in ins)
     wanda = estimate_memory(model, recipe_from_steps([{"method": "wanda", "sparsity": 0.5}]), CALIB)
     assert wanda.layer_stats_bytes == sum(i * 8 for i in ins)  # float64 sums of squares
     # more calibration data, more memory; targets narrow the statistics
@@ -64,9 +67,7 @@ def test_terms_follow_the_walker() -> None:
         model, parse_recipe("rtn-int8"), CalibSettings(n_samples=32, seq_len=128)
     )
     assert more.block_io_bytes == 2 * rtn.block_io_bytes
-    attn = recipe_from_steps(
-        [{"method": "sparsegpt", "sparsity": 0.5, "targets": ["re:self_attn"]}]
-    )
+    attn = recipe_from_steps([{**sgpt, "true_sequential": False, "targets": ["re:self_attn"]}])
     assert estimate_memory(model, attn, CALIB).layer_stats_bytes == 4 * 64 * 64 * 4
 
 

@@ -23,6 +23,11 @@ class SparseGPTConfig(SparsityConfig):
     damp: float = param(
         0.01, "dampening added to the Hessian diagonal, as a fraction of its mean", min=0.0, max=1.0
     )
+    true_sequential: bool = param(
+        True,
+        "calibrate each input group of a block (q/k/v, o, gate/up, down) on the outputs of "
+        "the groups already pruned, holding one Hessian at a time; false: the whole block at once",
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -56,6 +61,9 @@ class SparseGPTConfig(SparsityConfig):
 )
 class SparseGPT(PruningMethod):
     needs_calibration = True
+
+    def sequential(self, cfg: SparseGPTConfig) -> bool:
+        return cfg.true_sequential
 
     def init_stats(self, layer: nn.Linear, cfg: SparseGPTConfig) -> HessianStats:
         return init_hessian(layer.in_features, device=layer.weight.device)
