@@ -8,12 +8,12 @@ import time
 import streamlit as st
 
 from core.errors import ModelLoadError
+from core.models import model_skeleton
 from core.registry import ConfigError
 from core.sensitivity import (
     DEFAULT_HIGH_STEP,
     keep_sensitive_recipe,
     model_layers,
-    model_skeleton,
     most_sensitive,
     sensitivity_recipes,
     sweep_units,

@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from core import hub
 from core.calib import CalibSettings
-from core.errors import ModelLoadError
-from core.models import TINY_RANDOM, linearize_conv1d, model_source, tiny_llama
 from core.recipe import Recipe, Step
 from core.registry import LayerMethod, get_method
 from core.walk import ERROR_SAMPLE_ROWS, find_blocks, find_linears, wants_sequential
@@ -55,29 +51,6 @@ def tensor_bytes(obj: Any) -> int:
     if isinstance(obj, dict):
         return sum(tensor_bytes(v) for v in obj.values())
     return 0
-
-
-def skeleton(spec: str) -> nn.Module:
-    """The model ``spec`` names, built from its config on the meta device (no weights)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    source = model_source(spec)
-    if source == TINY_RANDOM:
-        return tiny_llama()
-    offline = not isinstance(source, Path) and hub.probe() is not None
-    try:
-        config = AutoConfig.from_pretrained(source, local_files_only=offline)
-    except Exception as e:  # an unreadable config, an unknown id
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if offline:
-            raise ModelLoadError(
-                f"hub unreachable (offline?): no config of {spec!r} in the local cache"
-            ) from None
-        raise ModelLoadError(f"cannot read the config of {spec!r}: {first}") from None
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    linearize_conv1d(model)
-    return model
 
 
 def estimate_memory(model: nn.Module, recipe: Recipe, calib: CalibSettings) -> MemoryEstimate:

@@ -221,6 +221,32 @@ def model_source(spec: str) -> str | Path:
     return spec
 
 
+def model_skeleton(spec: str) -> nn.Module:
+    """The module tree of model ``spec`` ('demo', 'tiny-random', a folder or a hub id) as
+    load_model builds it, on the meta device: names and shapes, no weights, no memory."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source = model_source(spec)
+    if source == TINY_RANDOM:
+        return tiny_llama()  # tiny and built in code: cheaper than a config round trip
+    offline = not isinstance(source, Path) and hub.probe() is not None
+    try:
+        config = AutoConfig.from_pretrained(
+            source, local_files_only=offline, trust_remote_code=False
+        )
+    except Exception as e:  # an unreadable config, an unknown id, hub errors
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if offline:
+            raise ModelLoadError(
+                f"hub unreachable (offline?): no config of {spec!r} in the local cache"
+            ) from None
+        raise ModelLoadError(f"cannot read the config of {spec!r}: {first}") from None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    linearize_conv1d(model)
+    return model
+
+
 def cached_hub_models() -> list[str]:
     """Model ids already in the local Hugging Face cache (no network)."""
     try:

@@ -16,10 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import torch
 from torch import nn
 
-from core.errors import ModelLoadError
 from core.recipe import DEFAULT_IGNORE, parse_step, recipe_from_steps
 from core.registry import ConfigError
 
@@ -163,25 +161,6 @@ def keep_sensitive_recipe(
 
 
 # --- the model's layer names, without its weights -----------------------------------
-
-
-def model_skeleton(spec: str) -> nn.Module:
-    """The module tree of model ``spec`` ('demo', 'tiny-random', a folder or a cached hub id)
-    on the meta device: names and shapes, no weights loaded, no memory used."""
-    from core.models import DEMO_DIR, TINY_RANDOM, tiny_llama
-
-    if spec == TINY_RANDOM:
-        return tiny_llama()  # tiny and built in code: cheaper than a config round trip
-    try:
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        source = str(DEMO_DIR) if spec == "demo" else spec
-        cfg = AutoConfig.from_pretrained(source, trust_remote_code=False)
-        with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(cfg)
-    except Exception as e:  # OSError, ValueError, hub errors: say which model and why
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ModelLoadError(f"cannot read the layers of {spec!r}: {first}") from None
 
 
 def model_layers(model: nn.Module) -> tuple[list[str], str]:

@@ -10,8 +10,8 @@ import torch
 
 from core.calib import CalibSettings
 from core.errors import ModelLoadError
-from core.estimate import estimate_memory, skeleton, tensor_bytes
-from core.models import DEMO_DIR, tiny_llama
+from core.estimate import estimate_memory, tensor_bytes
+from core.models import DEMO_DIR, model_skeleton, tiny_llama
 from core.quant.hessian import init_hessian
 from core.recipe import parse_recipe, recipe_from_steps
 
@@ -27,7 +27,7 @@ def test_tensor_bytes_walks_dataclasses_and_containers() -> None:
 
 @needs_demo
 def test_demo_skeleton_has_the_real_shapes_and_no_storage() -> None:
-    meta = skeleton("demo")
+    meta = model_skeleton("demo")
     assert all(p.is_meta for p in meta.parameters())
     real = sum(p.numel() * p.element_size() for p in tiny_or_demo().parameters())
     assert estimate_memory(meta, parse_recipe("baseline"), CALIB).weight_bytes == real
@@ -77,18 +77,18 @@ def test_a_gpt2_folder_is_estimated_with_its_conv1d_layers(tmp_path: Path) -> No
     GPT2LMHeadModel(
         GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, bos_token_id=0, eos_token_id=0)
     ).save_pretrained(tmp_path)
-    est = estimate_memory(skeleton(str(tmp_path)), parse_recipe("rtn-int8"), CALIB)
+    est = estimate_memory(model_skeleton(str(tmp_path)), parse_recipe("rtn-int8"), CALIB)
     # c_attn, attn.c_proj read 32 inputs, mlp.c_fc 32 and mlp.c_proj 128
     assert est.error_rows_bytes == 256 * (32 + 32 + 32 + 128) * 4
 
 
 def test_unknown_models_say_why(monkeypatch) -> None:
     with pytest.raises(ModelLoadError, match="model not found: folder './no/such/folder'"):
-        skeleton("./no/such/folder")
+        model_skeleton("./no/such/folder")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     t0 = time.monotonic()
     with pytest.raises(ModelLoadError, match=r"hub unreachable \(offline\?\)"):
-        skeleton("some-org/not-cached")
+        model_skeleton("some-org/not-cached")
     assert time.monotonic() - t0 < 10
 
 

@@ -9,14 +9,13 @@ import pytest
 import torch
 
 from core.errors import ModelLoadError
-from core.models import load_model, tiny_llama
+from core.models import load_model, model_skeleton, tiny_llama
 from core.recipe import parse_step, recipe_from_steps
 from core.registry import ConfigError
 from core.sensitivity import (
     is_sensitivity_sweep,
     keep_sensitive_recipe,
     model_layers,
-    model_skeleton,
     most_sensitive,
     sensitivity_points,
     sensitivity_recipes,
@@ -112,5 +111,5 @@ def test_skeleton_has_the_real_models_layers_without_weights() -> None:
     assert next(sk.parameters()).device.type == "meta"
     real = load_model("demo").model
     assert model_layers(sk) == model_layers(real)
-    with pytest.raises(ModelLoadError, match="cannot read the layers"):
+    with pytest.raises(ModelLoadError, match="model not found: folder '/no/such/folder'"):
         model_skeleton("/no/such/folder")

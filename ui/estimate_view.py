@@ -9,7 +9,8 @@ from torch import nn
 
 from core.calib import CalibSettings
 from core.errors import ModelLoadError
-from core.estimate import MemoryEstimate, estimate_memory, skeleton
+from core.estimate import MemoryEstimate, estimate_memory
+from core.models import model_skeleton
 from core.recipe import recipe_from_steps
 from ui.frames import fmt_bytes
 
@@ -18,7 +19,7 @@ from ui.frames import fmt_bytes
 def _skeleton(model: str) -> nn.Module | str:
     """The model on the meta device, or why not (cached too: an offline probe takes seconds)."""
     try:
-        return skeleton(model)
+        return model_skeleton(model)
     except ModelLoadError as e:
         return str(e)
 
