@@ -33,26 +33,22 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.calib import CalibSettings, calibration_batches  # noqa: E402
-from core.recipe import recipe_from_steps  # noqa: E402
+from core.recipe import NAMED_RECIPES, recipe_from_steps  # noqa: E402
 from core.walk import apply_recipe, find_blocks  # noqa: E402
 
+# Row label -> the named recipe it times (core/recipe.py NAMED_RECIPES).
 METHODS: dict[str, list[dict]] = {
-    "rtn-4bit-g128": [{"method": "rtn", "bits": 4, "granularity": "group", "group_size": 128}],
-    "rtn-4bit-g128-mse": [
-        {
-            "method": "rtn",
-            "bits": 4,
-            "granularity": "group",
-            "group_size": 128,
-            "clip_search": "mse",
-        }
-    ],
-    "gptq-4bit-g128": [{"method": "gptq", "bits": 4, "group_size": 128}],
-    "gptq-3bit-g128": [{"method": "gptq", "bits": 3, "group_size": 128}],
-    "awq-4bit-g128": [{"method": "awq", "bits": 4, "group_size": 128}],
-    "bnb-int8": [{"method": "bnb-int8"}],
-    "bnb-nf4": [{"method": "bnb-4bit", "quant_type": "nf4"}],
-    "fp8-e4m3": [{"method": "fp8", "format": "e4m3"}],
+    label: NAMED_RECIPES[name]
+    for label, name in (
+        ("rtn-4bit-g128", "rtn-4bit-g128"),
+        ("rtn-4bit-g128-mse", "rtn-4bit-g128-mse"),
+        ("gptq-4bit-g128", "gptq-4bit-g128"),
+        ("gptq-3bit-g128", "gptq-3bit-g128"),
+        ("awq-4bit-g128", "awq-4bit-g128"),
+        ("bnb-int8", "llm-int8-bnb"),
+        ("bnb-nf4", "nf4"),
+        ("fp8-e4m3", "fp8-e4m3"),
+    )
 }
 CALIB = CalibSettings(n_samples=16, seq_len=256, seed=0)  # --calib-samples overrides
 
