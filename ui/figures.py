@@ -17,6 +17,14 @@ Better = Literal["lower", "higher"]
 
 PALETTE = qualitative.Plotly
 SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "star", "cross", "pentagon")
+
+
+def empty_note(fig: go.Figure, text: str) -> go.Figure:
+    """Write ``text`` in the middle of a figure that has nothing to draw yet."""
+    fig.add_annotation(text=text, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    return fig
+
+
 BEFORE_COLOR, AFTER_COLOR = "#636EFA", "#EF553B"
 
 # (column, axis title with units, which direction is better)

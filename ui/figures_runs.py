@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from ui.figures import AFTER_COLOR, PALETTE, short_names
+from ui.figures import AFTER_COLOR, PALETTE, empty_note, short_names
 
 
 def overlaid_histograms(
@@ -138,12 +138,5 @@ def sensitivity_figure(points: Sequence[dict[str, Any]], keep: Sequence[str] = (
         margin={"t": 70, "l": 60, "r": 20, "b": 130},
     )
     if not done:
-        fig.add_annotation(
-            text="no finished sweep jobs yet",
-            showarrow=False,
-            x=0.5,
-            y=0.5,
-            xref="paper",
-            yref="paper",
-        )
+        empty_note(fig, "no finished sweep jobs yet")
     return fig

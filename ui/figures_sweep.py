@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import qualitative
 
-PALETTE = qualitative.Plotly
-SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "star", "cross", "pentagon")
+from ui.figures import PALETTE, SYMBOLS, empty_note
 
 
 def sweep_figure(
@@ -51,12 +49,5 @@ def sweep_figure(
         margin={"l": 10, "r": 10, "t": 30, "b": 10},
     )
     if d.empty:
-        fig.add_annotation(
-            text="no finished sweep runs yet",
-            showarrow=False,
-            x=0.5,
-            y=0.5,
-            xref="paper",
-            yref="paper",
-        )
+        empty_note(fig, "no finished sweep runs yet")
     return fig
