@@ -17,7 +17,7 @@ from ui.figures_layers import (
     layer_from_selection,
     smoothing_figure,
 )
-from ui.frames import layers_frame, most_interesting
+from ui.frames import layers_frame, most_interesting, run_option
 
 sf = shell.session()
 st.title("Outlier explorer")
@@ -51,7 +51,7 @@ c1, c2, c3 = st.columns([2, 3, 2])
 run_id = c1.selectbox(
     "Run",
     list(by_id),
-    format_func=lambda i: f"#{i}: {by_id[i].model} · {by_id[i].recipe_label}",
+    format_func=lambda i: run_option(by_id[i]),
     key="ox_run",
 )
 rows = {r.name: r.data for r in queue.layer_stats(sf, run_id)}

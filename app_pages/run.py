@@ -8,7 +8,7 @@ import streamlit as st
 from db import queue
 from ui import compare_view, figures, shell
 from ui.figures_runs import layer_error_curves, overlaid_histograms
-from ui.frames import layers_frame
+from ui.frames import layers_frame, run_option
 
 sf = shell.session()
 st.title("Run")
@@ -37,7 +37,7 @@ if st.session_state.get("_run_qp") != qp or "run_ids" not in st.session_state:
 chosen = st.multiselect(
     "Runs (one for its full record, two or more side by side)",
     list(by_id),
-    format_func=lambda i: f"#{i}: {by_id[i].model} · {by_id[i].recipe_label}",
+    format_func=lambda i: run_option(by_id[i]),
     key="run_ids",
 )
 new_qp = ",".join(map(str, chosen))

@@ -7,7 +7,7 @@ import streamlit as st
 from core.stats import OUTLIER_KS
 from db import queue
 from ui import figures, shell
-from ui.frames import layers_frame
+from ui.frames import layers_frame, run_option
 
 sf = shell.session()
 st.title("Weights")
@@ -26,7 +26,7 @@ c1, c2, c3 = st.columns([2, 3, 2])
 run_id = c1.selectbox(
     "Run",
     list(by_id),
-    format_func=lambda i: f"#{i}: {by_id[i].model} · {by_id[i].recipe_label}",
+    format_func=lambda i: run_option(by_id[i]),
     key="w_run",
 )
 rows = {r.name: r.data for r in queue.layer_stats(sf, run_id)}

@@ -53,6 +53,11 @@ def recipe_steps(job: Any) -> list[dict[str, Any]]:
     return list(spec.get("recipe") or [])
 
 
+def run_option(job: Any) -> str:
+    """How a run is named in the pages' pickers: "#12: demo · rtn-int8"."""
+    return f"#{job.id}: {job.model} · {job.recipe_label}"
+
+
 def method_label(steps: Sequence[dict[str, Any]]) -> str:
     """The method(s) of a recipe, chained with ' + '; 'baseline' for no steps."""
     return " + ".join(str(s.get("method", "?")) for s in steps) or "baseline"
