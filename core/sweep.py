@@ -9,10 +9,12 @@ the (value, metrics) points the Compare page plots.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
 
+from core.jobspec import JobSpec
 from core.recipe import recipe_from_steps
 from core.registry import ConfigError, describe_params, get_method
 
@@ -89,6 +91,21 @@ def expand_sweep(
         except ConfigError as e:
             raise ConfigError(f"sweep value {param}={v!r}: {e}") from None
     return out
+
+
+def sweep_specs(
+    spec: JobSpec, label: str, step_index: int, param: str, values: Sequence[float]
+) -> list[tuple[str, JobSpec]]:
+    """(label, job spec) per swept value of ``spec``'s recipe, each validated (ConfigError
+    for a refused value, before anything is queued)."""
+    recipes = expand_sweep(spec.recipe, step_index, param, values)
+    return [
+        (
+            f"{label} {param}={r[step_index][param]}",
+            dataclasses.replace(spec, recipe=r, recipe_name=""),
+        )
+        for r in recipes
+    ]
 
 
 def parse_sweep_arg(text: str) -> tuple[str, list[float]]:

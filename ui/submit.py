@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
 
@@ -12,7 +11,7 @@ from core.jobspec import JobSpec
 from core.metrics import EvalSettings
 from core.recipe import Recipe, recipe_from_steps
 from core.registry import ConfigError
-from core.sweep import expand_sweep
+from core.sweep import sweep_specs
 from db import queue
 
 
@@ -138,12 +137,7 @@ def submit_sweep_run(
     spec, label = build_spec(
         sf, model, steps, recipe_name, calib, eval_set, eval_settings, calib_settings
     )
-    recipes = expand_sweep(spec.recipe, step_index, param, values)
     jobs = [
-        (
-            f"{label} {param}={r[step_index][param]}",
-            dataclasses.replace(spec, recipe=r, recipe_name="").to_json(),
-        )
-        for r in recipes
+        (name, one.to_json()) for name, one in sweep_specs(spec, label, step_index, param, values)
     ]
     return queue.submit_sweep(sf, model=spec.model, jobs=jobs), len(jobs)

@@ -144,10 +144,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_run_sweep(args: argparse.Namespace) -> int:
     """Queue one job per swept value under one sweep id, run them here in order, and print
     one line per run (the last stdout line with --json: every run in one object)."""
-    import dataclasses
-
     from core.registry import ConfigError
-    from core.sweep import expand_sweep, parse_sweep_arg
+    from core.sweep import parse_sweep_arg, sweep_specs
     from db import queue
     from db.session import session_factory
     from workers.runner import Runner, WorkerShutdown, install_signal_handlers
@@ -155,13 +153,10 @@ def cmd_run_sweep(args: argparse.Namespace) -> int:
     spec, label = build_spec(args)
     try:
         param, values = parse_sweep_arg(args.sweep)
-        recipes = expand_sweep(spec.recipe, args.sweep_step, param, values)
+        specs = sweep_specs(spec, label, args.sweep_step, param, values)
     except ConfigError as e:
         raise UsageError(str(e)) from None
-    jobs = []
-    for r in recipes:
-        one = dataclasses.replace(spec, recipe=r, recipe_name="")
-        jobs.append((f"{label} {param}={r[args.sweep_step][param]}", one.to_json()))
+    jobs = [(name, one.to_json()) for name, one in specs]
     sf = session_factory(args.db)
     sweep_id = queue.submit_sweep(sf, model=spec.model, jobs=jobs)
     runner = Runner(sf)
