@@ -1,7 +1,8 @@
 """SQLAlchemy 2.0 typed models: jobs, their per-layer statistics, workers, uploaded texts.
 
-Times are UTC epoch seconds (floats): portable between SQLite and PostgreSQL and
-trivial to compare for heartbeats.
+Times are UTC epoch seconds (floats) of the database server's clock (``db.clock.db_now``):
+portable between SQLite and PostgreSQL and trivial to compare for heartbeats. The schema
+is versioned with Alembic (db/migrations); a change here needs a revision there.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class Job(Base):
     spec_json: Mapped[str] = mapped_column(Text)  # core.jobspec.JobSpec as JSON
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     message: Mapped[str] = mapped_column(Text, default="")
-    worker_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    worker_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -80,9 +81,10 @@ class LayerStat(Base):
 class Worker(Base):
     __tablename__ = "workers"
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
     host: Mapped[str] = mapped_column(String(200))
     pid: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str | None] = mapped_column(String(100), nullable=True)  # "cuda:0 (H100)"
     started_at: Mapped[float] = mapped_column(Float)
     heartbeat_at: Mapped[float] = mapped_column(Float)
     current_job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -1,22 +1,35 @@
 """Queue operations: submit, claim (atomic), heartbeat, finish, cancel, recover, read.
 
 Every state change is one conditional UPDATE, so two workers never run the same job
-and a result is never overwritten by recovery.
+and a result is never overwritten by recovery. Every time written or compared here is
+the database server's clock (``db.clock.db_now``), evaluated inside the statement: hosts
+whose clocks disagree still agree on which job is stale or timed out.
+
+``attempts`` counts the claims that were not given back: a graceful ``requeue`` (a
+worker shutting down) returns its attempt, a lost worker (stale heartbeat) keeps it.
+A cancel that was requested survives every way back to the queue: the job ends
+``cancelled`` instead. ``complete``, ``fail``, ``mark_cancelled``, ``requeue`` and the
+heartbeats retry transient database errors (``is_transient``) with bounded backoff.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import random
 import socket
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.clock import db_now
 from db.models import (
     CANCELLED,
     FAILED,
@@ -34,12 +47,69 @@ HEARTBEAT_S = 5.0  # how often a worker heartbeats
 STALE_S = 60.0  # a running job without a heartbeat for this long is recovered
 WORKER_ALIVE_S = 20.0  # a worker is alive if it heartbeated this recently
 MAX_ATTEMPTS = 2  # a job is requeued once after its worker was lost, then failed
+RETRY_DELAYS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # transient errors, then give up
 
 Factory = sessionmaker[Session]
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def now() -> float:
+    """This host's clock. Decides nothing in the queue (see ``db_time``); kept for callers
+    that display ages and for tests that fabricate old heartbeats."""
     return time.time()
+
+
+def db_time(sf: Factory) -> float:
+    """The database server's clock, epoch seconds: what every queue decision uses."""
+    with sf() as s:
+        return float(s.execute(select(db_now())).scalar_one())
+
+
+# --- transient errors ----------------------------------------------------------------
+
+# SQLSTATEs worth another try: connection exceptions (class 08), serialization failure,
+# deadlock, and the server shutting down or restarting (57P01-57P03).
+_TRANSIENT_SQLSTATES = ("08", "40001", "40P01", "57P01", "57P02", "57P03")
+_TRANSIENT_SQLITE = ("database is locked", "database table is locked", "database is busy")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a database error that a retry (on a new connection) may cure:
+    SQLite busy/locked, a dropped or refused PostgreSQL connection, a serialization
+    failure or deadlock. Integrity errors, bad SQL and the like are not."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None)
+    if state:
+        return str(state).startswith(_TRANSIENT_SQLSTATES)
+    if any(m in str(orig).lower() for m in _TRANSIENT_SQLITE):
+        return True
+    # psycopg raises OperationalError without a SQLSTATE when the connection is gone.
+    return type(orig).__name__ == "OperationalError" and type(orig).__module__.startswith("psycopg")
+
+
+def retry_transient(
+    what: str,
+    fn: Callable[[int], T],
+    delays: tuple[float, ...] = RETRY_DELAYS_S,
+) -> T:
+    """``fn(try_number)``, tried again after each transient error with the given delays
+    (plus jitter); the last error is raised. ``try_number`` > 0 tells ``fn`` that an
+    earlier try may have committed before its connection dropped."""
+    for n in range(len(delays) + 1):
+        try:
+            return fn(n)
+        except DBAPIError as e:
+            if n == len(delays) or not is_transient(e):
+                raise
+            delay = delays[n] * (1 + 0.25 * random.random())
+            log.warning("%s: %s; retry %d in %.2f s", what, str(e.orig).strip(), n + 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def submit(
@@ -52,7 +122,7 @@ def submit(
 ) -> int:
     with sf.begin() as s:
         job = Job(
-            created_at=now(),
+            created_at=db_now(),
             status=QUEUED,
             model=model,
             recipe_label=recipe_label,
@@ -76,7 +146,7 @@ def submit_sweep(sf: Factory, *, model: str, jobs: list[tuple[str, str]]) -> str
         for label, spec_json in jobs:
             s.add(
                 Job(
-                    created_at=now(),
+                    created_at=db_now(),
                     status=QUEUED,
                     model=model,
                     recipe_label=label,
@@ -96,8 +166,11 @@ def sweep_jobs(sf: Factory, sweep_id: str) -> list[Job]:
 
 
 def claim(sf: Factory, worker_id: str, job_id: int | None = None) -> Job | None:
-    """Atomically take the oldest queued job (or ``job_id``) for ``worker_id``."""
-    t = now()
+    """Atomically take the oldest queued job (or ``job_id``) for ``worker_id``.
+
+    PostgreSQL picks the row with ``SELECT ... FOR UPDATE SKIP LOCKED``; SQLite has one
+    writer at a time, so the guarded UPDATE with a subquery is atomic there. A pending
+    ``cancel_requested`` is kept: the worker's first heartbeat then stops the job."""
     with sf.begin() as s:
         if s.bind.dialect.name == "postgresql":
             q = select(Job.id).where(Job.status == QUEUED)
@@ -122,10 +195,10 @@ def claim(sf: Factory, worker_id: str, job_id: int | None = None) -> Job | None:
             .values(
                 status=RUNNING,
                 worker_id=worker_id,
-                started_at=t,
-                heartbeat_at=t,
+                started_at=db_now(),
+                heartbeat_at=db_now(),
+                finished_at=None,
                 attempts=Job.attempts + 1,
-                cancel_requested=False,
                 message="claimed",
             )
             .returning(Job.id)
@@ -139,25 +212,43 @@ def claim(sf: Factory, worker_id: str, job_id: int | None = None) -> Job | None:
 def heartbeat(sf: Factory, job_id: int, worker_id: str, progress: float, message: str) -> bool:
     """Record progress; returns False if the job is no longer this worker's to run or a
     cancel was requested (the worker then stops between layers)."""
-    with sf.begin() as s:
-        res = s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == RUNNING)
-            .values(heartbeat_at=now(), progress=progress, message=message[:500])
-        )
-        if res.rowcount == 0:
-            return False
-        return not s.execute(select(Job.cancel_requested).where(Job.id == job_id)).scalar_one()
+
+    def once(_n: int) -> bool:
+        with sf.begin() as s:
+            res = s.execute(
+                _mine(job_id, worker_id).values(
+                    heartbeat_at=db_now(), progress=progress, message=message[:500]
+                )
+            )
+            if res.rowcount == 0:
+                return False
+            cancel = select(Job.cancel_requested).where(Job.id == job_id)
+            return not s.execute(cancel).scalar_one()
+
+    return retry_transient(f"heartbeat of job {job_id}", once)
 
 
-def _finish(sf: Factory, job_id: int, worker_id: str, **values: Any) -> bool:
-    with sf.begin() as s:
-        res = s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == RUNNING)
-            .values(finished_at=now(), **values)
-        )
-        return res.rowcount == 1
+def _mine(job_id: int, worker_id: str) -> Any:
+    """UPDATE of ``job_id`` only while ``worker_id`` runs it."""
+    return update(Job).where(Job.id == job_id, Job.worker_id == worker_id, Job.status == RUNNING)
+
+
+def _ended_as(s: Session, job_id: int, worker_id: str, status: str) -> bool:
+    """Whether an earlier try already ended the job as ``status`` for this worker (its
+    commit went through, the acknowledgement was lost with the connection)."""
+    row = s.execute(select(Job.status, Job.worker_id).where(Job.id == job_id)).one_or_none()
+    return row is not None and tuple(row) == (status, worker_id)
+
+
+def _finish(sf: Factory, job_id: int, worker_id: str, status: str, **values: Any) -> bool:
+    def once(n: int) -> bool:
+        with sf.begin() as s:
+            res = s.execute(
+                _mine(job_id, worker_id).values(status=status, finished_at=db_now(), **values)
+            )
+            return res.rowcount == 1 or (n > 0 and _ended_as(s, job_id, worker_id, status))
+
+    return retry_transient(f"{status} job {job_id}", once)
 
 
 def fingerprint_hash(fingerprint: dict[str, Any]) -> str:
@@ -184,45 +275,100 @@ def complete(
     layers: list[dict[str, Any]],
     fingerprint: dict[str, Any],
 ) -> bool:
-    with sf.begin() as s:
-        res = s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == RUNNING)
-            .values(
-                status=SUCCEEDED,
-                finished_at=now(),
-                progress=1.0,
-                message="done",
-                result_json=json.dumps(metrics),
-                fingerprint_json=json.dumps(fingerprint),
-                fingerprint_hash=fingerprint_hash(fingerprint),
-            )
-        )
-        if res.rowcount != 1:
-            return False
-        s.add_all(
-            LayerStat(job_id=job_id, name=row["name"], data_json=json.dumps(row)) for row in layers
-        )
-        return True
+    """Record a result and its layer rows in one transaction; False if the job is no
+    longer this worker's. Transient errors are retried, so a result is not lost to a
+    locked SQLite file or a dropped connection."""
+    values = {
+        "status": SUCCEEDED,
+        "progress": 1.0,
+        "message": "done",
+        "result_json": json.dumps(metrics),
+        "fingerprint_json": json.dumps(fingerprint),
+        "fingerprint_hash": fingerprint_hash(fingerprint),
+    }
+    rows = [(row["name"], json.dumps(row)) for row in layers]
+
+    def once(n: int) -> bool:
+        with sf.begin() as s:
+            res = s.execute(_mine(job_id, worker_id).values(finished_at=db_now(), **values))
+            if res.rowcount != 1:
+                return n > 0 and _ended_as(s, job_id, worker_id, SUCCEEDED)
+            s.add_all(LayerStat(job_id=job_id, name=name, data_json=data) for name, data in rows)
+            return True
+
+    return retry_transient(f"complete job {job_id}", once)
 
 
 def fail(sf: Factory, job_id: int, worker_id: str, error: str) -> bool:
-    return _finish(sf, job_id, worker_id, status=FAILED, error=error, message="failed")
+    return _finish(sf, job_id, worker_id, FAILED, error=error, message="failed")
 
 
 def mark_cancelled(sf: Factory, job_id: int, worker_id: str) -> bool:
-    return _finish(sf, job_id, worker_id, status=CANCELLED, message="cancelled while running")
+    return _finish(sf, job_id, worker_id, CANCELLED, message="cancelled while running")
+
+
+def fail_if_timed_out(sf: Factory, job_id: int, worker_id: str, timeout_s: float) -> bool:
+    """End ``job_id`` as failed if it has run longer than ``timeout_s`` by the database's
+    clock; True if it did (the worker then abandons the job)."""
+    error = f"timed out: ran longer than the limit of {timeout_s:.0f} s"
+
+    def once(_n: int) -> bool:
+        with sf.begin() as s:
+            res = s.execute(
+                _mine(job_id, worker_id)
+                .where(Job.started_at < db_now() - timeout_s)
+                .values(status=FAILED, finished_at=db_now(), message="failed", error=error)
+            )
+            return res.rowcount == 1
+
+    return retry_transient(f"timeout of job {job_id}", once)
+
+
+def running_for(sf: Factory, job_id: int) -> float | None:
+    """Seconds since ``job_id`` was claimed, by the database's clock (None: not running)."""
+    with sf() as s:
+        q = select(db_now() - Job.started_at).where(Job.id == job_id, Job.status == RUNNING)
+        age = s.execute(q).scalar_one_or_none()
+    return None if age is None else float(age)
+
+
+def _back_to_queue(reason: str, *, graceful: bool) -> dict[str, Any]:
+    """UPDATE values that put a running job back in the queue, or end it ``cancelled`` if
+    a cancel is pending. A graceful return gives its attempt back."""
+    cancelled = Job.cancel_requested.is_(True)
+    values: dict[str, Any] = {
+        "status": case((cancelled, CANCELLED), else_=QUEUED),
+        "worker_id": case((cancelled, Job.worker_id), else_=None),
+        "finished_at": case((cancelled, db_now()), else_=None),
+        "message": case(
+            (cancelled, "cancelled (requested before the worker stopped)"), else_=reason
+        ),
+    }
+    if graceful:
+        values["attempts"] = case((Job.attempts > 0, Job.attempts - 1), else_=0)
+    return values
 
 
 def requeue(sf: Factory, job_id: int, worker_id: str, reason: str) -> bool:
-    """Give a running job back to the queue (its worker is shutting down)."""
-    with sf.begin() as s:
-        res = s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == RUNNING)
-            .values(status=QUEUED, worker_id=None, progress=0.0, message=reason)
-        )
-        return res.rowcount == 1
+    """Give a running job back to the queue (its worker is shutting down): not counted as
+    an attempt; a job with a pending cancel ends ``cancelled`` instead."""
+
+    def once(n: int) -> bool:
+        with sf.begin() as s:
+            stmt = _mine(job_id, worker_id).values(
+                progress=0.0, **_back_to_queue(reason[:500], graceful=True)
+            )
+            if s.execute(stmt).rowcount == 1:
+                return True
+            return (
+                n > 0
+                and s.execute(
+                    select(Job.id).where(Job.id == job_id, Job.status.in_((QUEUED, CANCELLED)))
+                ).scalar_one_or_none()
+                is not None
+            )
+
+    return retry_transient(f"requeue job {job_id}", once)
 
 
 def requeue_worker_jobs(sf: Factory, worker_id: str, reason: str) -> list[int]:
@@ -240,7 +386,7 @@ def request_cancel(sf: Factory, job_id: int) -> str:
         res = s.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == QUEUED)
-            .values(status=CANCELLED, finished_at=now(), message="cancelled before it started")
+            .values(status=CANCELLED, finished_at=db_now(), message="cancelled before it started")
         )
         if res.rowcount:
             return "cancelled"
@@ -252,33 +398,44 @@ def request_cancel(sf: Factory, job_id: int) -> str:
         return "cancel requested" if res.rowcount else "already finished"
 
 
+def _recovery_values(attempts: int, wid: str | None, cancel: bool, stale_s: float) -> dict:
+    """What a job whose worker was lost becomes: cancelled if a cancel was pending,
+    requeued while it has attempts left, else failed with the reason."""
+    if cancel:
+        return {
+            "status": CANCELLED,
+            "finished_at": db_now(),
+            "message": f"cancelled (requested; worker {wid} stopped heartbeating)",
+        }
+    if attempts < MAX_ATTEMPTS:
+        return {
+            "status": QUEUED,
+            "worker_id": None,
+            "progress": 0.0,
+            "message": f"requeued: worker {wid} stopped heartbeating",
+        }
+    return {
+        "status": FAILED,
+        "finished_at": db_now(),
+        "message": "failed",
+        "error": f"worker lost {attempts} times (no heartbeat for {stale_s:.0f} s); "
+        "the job may exhaust memory or crash the worker",
+    }
+
+
 def recover_stale(sf: Factory, stale_s: float = STALE_S) -> list[int]:
-    """Requeue (once) or fail running jobs whose worker stopped heartbeating."""
-    cutoff = now() - stale_s
+    """Requeue (once) or fail running jobs whose worker stopped heartbeating for
+    ``stale_s`` seconds of the database's clock; any worker, the app or the CLI may call
+    it, at the same time too: each job is taken by exactly one conditional UPDATE."""
+    stale = (Job.status == RUNNING, Job.heartbeat_at < db_now() - stale_s)
     recovered = []
     with sf.begin() as s:
-        stale = s.execute(
-            select(Job.id, Job.attempts, Job.worker_id).where(
-                Job.status == RUNNING, Job.heartbeat_at < cutoff
-            )
+        rows = s.execute(
+            select(Job.id, Job.attempts, Job.worker_id, Job.cancel_requested).where(*stale)
         ).all()
-        for job_id, attempts, wid in stale:
-            cond = (Job.id == job_id, Job.status == RUNNING, Job.heartbeat_at < cutoff)
-            if attempts < MAX_ATTEMPTS:
-                values = {
-                    "status": QUEUED,
-                    "worker_id": None,
-                    "progress": 0.0,
-                    "message": f"requeued: worker {wid} stopped heartbeating",
-                }
-            else:
-                values = {
-                    "status": FAILED,
-                    "finished_at": now(),
-                    "message": "failed",
-                    "error": f"worker lost {attempts} times (no heartbeat for {stale_s:.0f} s); "
-                    "the job may exhaust memory or crash the worker",
-                }
+        for job_id, attempts, wid, cancel in rows:
+            values = _recovery_values(attempts, wid, bool(cancel), stale_s)
+            cond = (Job.id == job_id, Job.attempts == attempts, *stale)
             if s.execute(update(Job).where(*cond).values(**values)).rowcount:
                 recovered.append(job_id)
     return recovered
@@ -291,39 +448,51 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def register_worker(sf: Factory, worker_id: str) -> None:
-    t = now()
+def register_worker(sf: Factory, worker_id: str, device: str | None = None) -> None:
+    """Record a starting worker (host, pid, and the device it computes on if given)."""
     with sf.begin() as s:
         s.add(
             Worker(
                 id=worker_id,
-                host=socket.gethostname(),
+                host=socket.gethostname()[:200],
                 pid=os.getpid(),
-                started_at=t,
-                heartbeat_at=t,
+                device=device,
+                started_at=db_now(),
+                heartbeat_at=db_now(),
             )
         )
 
 
 def worker_heartbeat(sf: Factory, worker_id: str, current_job_id: int | None) -> None:
-    with sf.begin() as s:
-        s.execute(
-            update(Worker)
-            .where(Worker.id == worker_id)
-            .values(heartbeat_at=now(), current_job_id=current_job_id, stopped=False)
-        )
+    def once(_n: int) -> None:
+        with sf.begin() as s:
+            s.execute(
+                update(Worker)
+                .where(Worker.id == worker_id)
+                .values(heartbeat_at=db_now(), current_job_id=current_job_id, stopped=False)
+            )
+
+    retry_transient(f"heartbeat of worker {worker_id}", once)
 
 
 def worker_stopped(sf: Factory, worker_id: str) -> None:
-    with sf.begin() as s:
-        s.execute(
-            update(Worker).where(Worker.id == worker_id).values(stopped=True, current_job_id=None)
-        )
+    def once(_n: int) -> None:
+        with sf.begin() as s:
+            s.execute(
+                update(Worker)
+                .where(Worker.id == worker_id)
+                .values(stopped=True, current_job_id=None)
+            )
+
+    retry_transient(f"stop of worker {worker_id}", once)
 
 
 def alive_workers(sf: Factory, max_age: float = WORKER_ALIVE_S) -> list[Worker]:
+    """Workers that heartbeated within ``max_age`` seconds of the database's clock."""
     with sf() as s:
-        q = select(Worker).where(Worker.stopped.is_(False), Worker.heartbeat_at > now() - max_age)
+        q = select(Worker).where(
+            Worker.stopped.is_(False), Worker.heartbeat_at > db_now() - max_age
+        )
         return list(s.scalars(q))
 
 
@@ -382,7 +551,7 @@ def store_text(sf: Factory, filename: str, text: str) -> str:
                     sha256=sha,
                     n_bytes=len(raw),
                     text=text,
-                    created_at=now(),
+                    created_at=db_now(),
                 )
             )
     return name

@@ -1,9 +1,20 @@
-"""Shared fixtures. Tests run offline, on the CPU, against temporary SQLite files."""
+"""Shared fixtures. Tests run offline, on the CPU, against temporary SQLite files and,
+where ``COMPRESSLAB_TEST_PG_URL`` names a PostgreSQL database (``.ci/run`` starts one),
+against a fresh schema in it too.
+
+``db_url`` / ``sf`` are parametrized by backend: every test in the modules of
+``PG_EVERY_TEST`` (and ``test_db_*``), the tests named in ``PG_SUBSET`` and those marked
+``@pytest.mark.both_backends`` run on both; the rest on SQLite only (the page and
+end-to-end tests are slow, and SQL they issue is what the queue tests already cover).
+With ``CI=true`` a missing PostgreSQL is a failure; elsewhere those tests skip.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,13 +30,109 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["COMPRESSLAB_NO_AUTOWORKER"] = "1"
 
 
+PG_ENV = "COMPRESSLAB_TEST_PG_URL"
+PG_EVERY_TEST = {"test_queue", "test_workers", "test_bundle"}
+PG_SUBSET = {
+    "test_every_page_renders_on_an_empty_database",
+    "test_home_shows_latest_results",
+    "test_runs_page_progress_error_and_cancel",
+    "test_compare_page_charts_table_and_details",
+    "test_new_run_queues_a_named_recipe",
+    "test_new_run_queues_a_parameter_sweep_as_one_submission",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "both_backends: run this database test on PostgreSQL as well as SQLite"
+    )
+
+
+def _on_postgresql(metafunc: pytest.Metafunc) -> bool:
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    return (
+        module in PG_EVERY_TEST
+        or module.startswith("test_db_")
+        or metafunc.function.__name__ in PG_SUBSET
+        or metafunc.definition.get_closest_marker("both_backends") is not None
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "db_backend" in metafunc.fixturenames:
+        backends = ["sqlite", "postgresql"] if _on_postgresql(metafunc) else ["sqlite"]
+        metafunc.parametrize("db_backend", backends, indirect=True)
+
+
+def pg_base_url() -> str | None:
+    """The PostgreSQL database tests may use, or None; fails the test in CI without it."""
+    url = os.environ.get(PG_ENV)
+    if url:
+        return url
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but {PG_ENV} is not set: .ci/run must start PostgreSQL")
+    return None
+
+
 @pytest.fixture
-def db_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh SQLite database, also the default for code that reads DATABASE_URL."""
-    url = f"sqlite:///{tmp_path / 'test.db'}"
+def db_backend(request: pytest.FixtureRequest) -> str:
+    """ "sqlite" or "postgresql" (parametrized by pytest_generate_tests)."""
+    backend = getattr(request, "param", "sqlite")
+    if backend == "postgresql" and pg_base_url() is None:
+        pytest.skip(f"PostgreSQL: set {PG_ENV} (bash .ci/run starts a server and sets it)")
+    return backend
+
+
+def _pg_admin(base: str):  # type: ignore[no-untyped-def]
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    return create_engine(base, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture
+def pg_schema_url() -> Iterator[str]:
+    """A URL on a fresh, empty schema of the test PostgreSQL database (dropped after)."""
+    from sqlalchemy import make_url, text
+
+    base = pg_base_url()
+    if base is None:
+        pytest.skip(f"PostgreSQL: set {PG_ENV} (bash .ci/run starts a server and sets it)")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = _pg_admin(base)
+    with admin.connect() as c:
+        c.execute(text(f"CREATE SCHEMA {schema}"))
+    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    url_s = url.render_as_string(hide_password=False)
+    try:
+        yield url_s
+    finally:
+        from db.session import dispose_engine
+
+        dispose_engine(url_s)
+        with admin.connect() as c:
+            c.execute(text("SET lock_timeout = '20s'"))
+            c.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture
+def db_url(
+    db_backend: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """A fresh database of ``db_backend``, also the default for code that reads
+    DATABASE_URL (pages under AppTest, worker subprocesses)."""
+    if db_backend == "postgresql":
+        url = request.getfixturevalue("pg_schema_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'test.db'}"
     monkeypatch.setenv("DATABASE_URL", url)
     monkeypatch.setenv("COMPRESSLAB_DATA", str(tmp_path / "data"))
-    return url
+    yield url
+    if db_backend == "sqlite":
+        from db.session import dispose_engine
+
+        dispose_engine(url)
 
 
 @pytest.fixture
