@@ -22,7 +22,7 @@ from torch import nn
 from core.calib import CalibSettings
 from core.recipe import Recipe, Step
 from core.registry import LayerMethod, get_method
-from core.walk import ERROR_SAMPLE_ROWS, find_blocks, find_linears, wants_sequential
+from core.walk import ERROR_SAMPLE_ROWS, find_blocks, find_linears
 
 FLOAT32 = 4  # bytes: calibration activations and statistics are float32
 
@@ -80,6 +80,6 @@ def _stats_held(step: Step, targets: list[nn.Module]) -> int:
     method = get_method(step.method)()
     if isinstance(method, LayerMethod):
         sizes = [tensor_bytes(method.init_stats(m, step.config)) for m in targets]
-        return max(sizes, default=0) if wants_sequential(method, step.config) else sum(sizes)
+        return max(sizes, default=0) if method.sequential(step.config) else sum(sizes)
     # model-level methods (AWQ, SmoothQuant): per-channel statistics per layer
     return sum(m.in_features * FLOAT32 for m in targets)

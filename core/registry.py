@@ -150,10 +150,17 @@ class MethodContext:
     calib_batches: list[torch.Tensor] | None = None  # (1, T) token ids each
     device: torch.device = torch.device("cpu")
     reports: list[LayerReport] = field(default_factory=list)
+    # Set by the walker for a model method: the targeted linears inside the decoder
+    # blocks, whose layer error ``walk.iter_blocks`` measures block by block.
+    error_targets: dict[str, nn.Module] = field(default_factory=dict)
 
 
 class Method:
-    """Base of every registered method. Subclasses set the ClassVars via @register."""
+    """Base of every registered method. Subclasses set the ClassVars via @register.
+
+    Every hook the walker calls is declared here or on the two subclasses below, with
+    its default; a method overrides only what it needs.
+    """
 
     name: ClassVar[str] = ""
     kind: ClassVar[Kind] = "quant"
@@ -161,26 +168,55 @@ class Method:
     card: ClassVar[MethodCard]
     needs_calibration: ClassVar[bool] = False
 
+    def finalize_model(self, model: nn.Module) -> None:
+        """Called once after the whole recipe ran (once per method, even if several steps
+        use it), to move this method's outputs into their final storage: pruning packs
+        the pruned linears no later step replaced. Default: nothing to do."""
+
 
 class LayerMethod(Method):
     """A method that replaces each targeted ``nn.Linear`` on its own.
 
-    Calibrated layer methods override ``init_stats`` / ``update_stats``; the walker
-    owns the hooks and the block-by-block propagation.
+    The walker calls, per step: ``prepare`` once with every target; then, per decoder
+    block (with calibration batches), ``init_stats`` per target, ``update_stats`` with
+    every input the target receives, and ``apply``. It owns the hooks, the
+    block-by-block propagation and the layer error (``||WX - W'X|| / ||WX||`` on sampled
+    calibration rows), so ``apply`` only returns the new module.
     """
 
+    def prepare(self, targets: dict[str, nn.Linear], cfg: MethodConfig) -> None:
+        """Sees every target before any is changed (a global threshold across layers).
+        Default: nothing to prepare."""
+
+    def sequential(self, cfg: MethodConfig) -> bool:
+        """True to calibrate inside a block group by group in forward order, each group on
+        the outputs of the groups already compressed (GPTQ's "true sequential"), holding
+        one group's statistics at a time. Default: False (the whole block at once)."""
+        return False
+
     def init_stats(self, layer: nn.Linear, cfg: MethodConfig) -> Any:
+        """Empty calibration statistics for ``layer``. Default: none (no calibration)."""
         return None
 
     def update_stats(self, stats: Any, x: torch.Tensor) -> Any:
+        """Fold one input batch ``x`` (..., in_features) into ``stats``; returns them.
+        Layers reading the same input may share one statistics object."""
         return stats
 
     def apply(self, layer: nn.Linear, stats: Any, cfg: MethodConfig) -> nn.Module:
+        """The compressed replacement of ``layer`` (``stats`` is None without calibration).
+        Must not modify ``layer`` or ``stats`` in place: the walker measures the error
+        against ``layer`` and shares ``stats`` within an input group."""
         raise NotImplementedError
 
 
 class ModelMethod(Method):
-    """A method that needs the whole model (for example scale migration across layers)."""
+    """A method that needs the whole model (for example scale migration across layers).
+
+    ``apply_model`` gets the targeted linears inside the decoder blocks and walks them
+    with ``walk.iter_blocks``, which measures every target's layer error: a method never
+    computes its own. Targets outside the blocks go to ``apply_outside`` instead.
+    """
 
     def apply_model(
         self,
@@ -189,7 +225,16 @@ class ModelMethod(Method):
         targets: dict[str, nn.Linear],
         ctx: MethodContext,
     ) -> None:
+        """Compress ``targets`` in place. A linear that is replaced must first be rewritten
+        in place into the float layer its replacement approximates (a folded scale), so
+        that the walker can compare the two; one that is rewritten without being
+        replaced must keep the block's function (a folded scale)."""
         raise NotImplementedError
+
+    def apply_outside(self, layer: nn.Linear, cfg: MethodConfig) -> nn.Module:
+        """The replacement of a targeted linear outside the decoder blocks (an lm_head
+        someone targeted), where no cross-layer machinery reaches. Default: unchanged."""
+        return layer
 
 
 _REGISTRY: dict[str, type[Method]] = {}

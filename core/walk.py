@@ -1,5 +1,17 @@
 """The one model walker: find linears, capture block inputs, run calibration hooks,
-propagate block by block, and apply recipe steps.
+propagate block by block, apply recipe steps, and measure every targeted linear's layer
+error.
+
+Layer error, one definition for every method: ``||WX - W'X|| / ||WX||`` on the first
+``ERROR_SAMPLE_ROWS`` calibration rows a linear receives (the inputs it sees once the
+blocks before it are compressed), ``W`` the float linear, ``W'`` its replacement, both
+applied to the same rows. For a layer method the walker has both at hand when it
+applies the method. For a model method, :func:`iter_blocks` measures the block's
+targets when the method is done with the block, in the pass that feeds the next block:
+a replaced linear is compared with the float module it replaced (as the method left
+it: AWQ folds its scale into it first); a linear rewritten in place (a folded scale)
+is compared with what it computed, on the rows it read, before the method touched the
+block. Model methods compute no error of their own.
 
 Architecture differences live in :mod:`core.mappings`; nothing here is per family.
 """
@@ -15,10 +27,17 @@ import torch
 from torch import nn
 
 from core.errors import Cancelled
-from core.layers import CompressedLinear
 from core.mappings import BLOCK_PATHS
 from core.recipe import Recipe, Step
-from core.registry import LayerMethod, LayerReport, MethodContext, ModelMethod, get_method
+from core.registry import (
+    LayerMethod,
+    LayerReport,
+    Method,
+    MethodContext,
+    ModelMethod,
+    get_method,
+)
+from core.storage import CompressedLinear
 
 log = logging.getLogger(__name__)
 
@@ -172,19 +191,35 @@ def _attach_hooks(
     return calib, handles
 
 
+def _outputs(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` in float32, ``x`` moved to the layer's device (and float dtype)."""
+    dev = next(iter(list(layer.parameters()) + list(layer.buffers()))).device
+    x = x.to(dev)
+    return (layer(x.to(layer.weight.dtype)) if hasattr(layer, "weight") else layer(x)).float()
+
+
+def _relative(ref: torch.Tensor, got: torch.Tensor) -> float:
+    denom = ref.norm().item()
+    return (ref - got.to(ref.device)).norm().item() / denom if denom > 0 else 0.0
+
+
 @torch.no_grad()
 def relative_output_error(old: nn.Module, new: nn.Module, x: torch.Tensor) -> float:
     """||WX - W'X|| / ||WX|| on the rows ``x`` (bias excluded from neither)."""
-    dev = next(iter(list(old.parameters()) + list(old.buffers()))).device
-    x = x.to(dev)
-    ref = old(x.to(old.weight.dtype)).float() if hasattr(old, "weight") else old(x).float()
-    got = new(x).float()
-    denom = ref.norm().item()
-    return (ref - got).norm().item() / denom if denom > 0 else 0.0
+    ref = _outputs(old, x)
+    dev = ref.device
+    return _relative(ref, new(x.to(dev)).float())
+
+
+def _replacement(method: Method, layer: nn.Linear, stats: Any, step: Step) -> nn.Module:
+    if isinstance(method, LayerMethod):
+        return method.apply(layer, stats, step.config)
+    assert isinstance(method, ModelMethod)
+    return method.apply_outside(layer, step.config)
 
 
 def _apply_layer(
-    method: LayerMethod,
+    method: Method,
     step: Step,
     model: nn.Module,
     name: str,
@@ -192,7 +227,7 @@ def _apply_layer(
     calib: _LayerCalib | None,
     ctx: MethodContext,
 ) -> None:
-    new = method.apply(layer, calib.stats if calib else None, step.config)
+    new = _replacement(method, layer, calib.stats if calib else None, step)
     err = None
     if calib is not None and calib.sample:
         err = relative_output_error(layer, new, torch.cat(calib.sample))
@@ -205,23 +240,42 @@ def apply_step(model: nn.Module, step: Step, ctx: MethodContext) -> None:
     """Apply one recipe step to the model in place."""
     method = get_method(step.method)()
     targets = select_targets(model, step)
+    if method.needs_calibration and not ctx.calib_batches:
+        raise ValueError(f"{step.method} needs a calibration set")
     if isinstance(method, ModelMethod):
-        method.apply_model(model, step.config, targets, ctx)
+        _apply_model_method(model, method, step, targets, ctx)
         return
     assert isinstance(method, LayerMethod)
-    prepare = getattr(method, "prepare", None)
-    if prepare is not None:  # sees every target before any changes (a global threshold)
-        prepare(targets, step.config)
+    method.prepare(targets, step.config)  # sees every target before any changes
     if ctx.calib_batches:
         _apply_blockwise(model, method, step, targets, ctx)
         return
-    if method.needs_calibration:
-        raise ValueError(f"{step.method} needs a calibration set")
     for i, (name, layer) in enumerate(targets.items()):
         if ctx.should_cancel():
             raise Cancelled
         _apply_layer(method, step, model, name, layer, None, ctx)
         ctx.on_progress((i + 1) / max(1, len(targets)), f"{step.method}: {name}")
+
+
+def _apply_model_method(
+    model: nn.Module,
+    method: ModelMethod,
+    step: Step,
+    targets: dict[str, nn.Linear],
+    ctx: MethodContext,
+) -> None:
+    """The method walks the targets inside the blocks (``iter_blocks`` measures their
+    error); the walker hands it the ones outside, one by one."""
+    path, _ = find_blocks(model)
+    inside = {n: m for n, m in targets.items() if n.startswith(path + ".")}
+    ctx.error_targets = dict(inside)
+    try:
+        method.apply_model(model, step.config, inside, ctx)
+    finally:
+        ctx.error_targets = {}
+    rest = {n: m for n, m in targets.items() if n not in inside}
+    if rest:
+        _apply_outside_blocks(model, method, step, rest, ctx)
 
 
 def iter_blocks(
@@ -231,9 +285,10 @@ def iter_blocks(
 
     Yields ``(prefix, block, inputs)`` with the inputs block ``prefix`` receives from the
     previous, already compressed, block. When the caller resumes, the block as it now is
-    runs on them to make the next block's inputs. Checks ``should_cancel`` before each
-    block (raising Cancelled) and reports progress after each. Holds one block's inputs
-    at a time besides the model.
+    runs on them to make the next block's inputs, and the layer error of the block's
+    ``ctx.error_targets`` (a model method's) is measured in that same pass. Checks
+    ``should_cancel`` before each block (raising Cancelled) and reports progress after
+    each. Holds one block's inputs at a time besides the model.
     """
     path, blocks = find_blocks(model)
     assert ctx.calib_batches is not None
@@ -241,10 +296,83 @@ def iter_blocks(
     for b, block in enumerate(blocks):
         if ctx.should_cancel():
             raise Cancelled
-        yield f"{path}.{b}", block, inputs
-        for i, h in enumerate(run_block(block, inputs)):
+        prefix = f"{path}.{b}"
+        names = [n for n in ctx.error_targets if n.startswith(prefix + ".")]
+        probe = _probe_before(model, block, inputs, names)
+        yield prefix, block, inputs
+        for i, h in enumerate(_run_and_measure(model, block, inputs, probe, ctx.reports)):
             inputs.with_hidden(i, h)
         ctx.on_progress((b + 1) / len(blocks), f"{label}: block {b + 1}/{len(blocks)}")
+
+
+def local_names(targets: dict[str, nn.Module], prefix: str) -> set[str]:
+    """The names, relative to block ``prefix``, of the targets inside that block."""
+    return {n[len(prefix) + 1 :] for n in targets if n.startswith(prefix + ".")}
+
+
+@dataclass
+class _Probe:
+    """A model method's targets in one block, as they were before it ran."""
+
+    modules: dict[str, nn.Module]  # name -> the module before the method ran
+    outputs: dict[str, torch.Tensor]  # name -> its outputs on its sampled rows
+
+
+def _sample_inputs(
+    block: nn.Module, inputs: BlockInputs, layers: dict[str, nn.Module]
+) -> tuple[dict[str, _LayerCalib], list[torch.Tensor]]:
+    """Run the block, keeping each layer's first ERROR_SAMPLE_ROWS input rows."""
+    calib, handles = _attach_hooks(layers, None, None)
+    try:
+        return calib, run_block(block, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def _probe_before(
+    model: nn.Module, block: nn.Module, inputs: BlockInputs, names: list[str]
+) -> _Probe:
+    modules = {n: get_submodule(model, n) for n in names}
+    if not modules:
+        return _Probe({}, {})
+    calib, _ = _sample_inputs(block, inputs, modules)
+    outputs = {n: _outputs(modules[n], torch.cat(c.sample)) for n, c in calib.items() if c.sample}
+    return _Probe(modules, outputs)
+
+
+@torch.no_grad()
+def _run_and_measure(
+    model: nn.Module,
+    block: nn.Module,
+    inputs: BlockInputs,
+    probe: _Probe,
+    reports: list[LayerReport],
+) -> list[torch.Tensor]:
+    """The block's outputs; measures the probed layers' error on the same pass."""
+    now = {n: get_submodule(model, n) for n in probe.modules}
+    calib, outs = _sample_inputs(block, inputs, now)
+    for name, new in now.items():
+        err = None
+        if calib[name].sample:
+            x = torch.cat(calib[name].sample)
+            old = probe.modules[name]
+            if new is not old:  # replaced: compare with the float module it replaced
+                err = relative_output_error(old, new, x)
+            elif name in probe.outputs:  # rewritten in place: compare with what it computed
+                err = _relative(probe.outputs[name], _outputs(new, x))
+        _record_error(reports, name, err)
+    return outs
+
+
+def _record_error(reports: list[LayerReport], name: str, err: float | None) -> None:
+    """Set the error on the step's report of ``name`` (a method's note), or add one."""
+    for r in reports:
+        if r.name == name and r.rel_error is None:
+            r.rel_error = err
+            return
+    reports.append(LayerReport(name=name, rel_error=err))
 
 
 @torch.no_grad()
@@ -265,13 +393,6 @@ def collect_inputs(
     finally:
         for h in handles:
             h.remove()
-
-
-def wants_sequential(method: LayerMethod, cfg: Any) -> bool:
-    """A layer method opts into sequential calibration inside a block with a
-    ``sequential(cfg) -> bool`` method (GPTQ's "true sequential")."""
-    flag = getattr(method, "sequential", None)
-    return bool(flag(cfg)) if callable(flag) else False
 
 
 @torch.no_grad()
@@ -376,7 +497,7 @@ def _apply_blockwise(
     """Calibrate and compress block by block, feeding each block the compressed outputs
     of the previous one. Holds one block's inputs at a time besides the model."""
     done: set[str] = set()
-    sequential = wants_sequential(method, step.config)
+    sequential = method.sequential(step.config)
     for prefix, block, inputs in iter_blocks(model, ctx, step.method):
         layers = {n: m for n, m in targets.items() if n.startswith(prefix + ".")}
         done.update(layers)
@@ -399,13 +520,15 @@ def _apply_blockwise(
 @torch.no_grad()
 def _apply_outside_blocks(
     model: nn.Module,
-    method: LayerMethod,
+    method: Method,
     step: Step,
     layers: dict[str, nn.Linear],
     ctx: MethodContext,
 ) -> None:
-    """Linears outside the blocks (an lm_head someone targeted): calibrate on a full forward."""
-    calib, handles = _attach_hooks(layers, method, step.config)
+    """Linears outside the blocks (an lm_head someone targeted), for every method:
+    calibrate on a full forward, then replace each one on its own."""
+    stats_method = method if isinstance(method, LayerMethod) else None
+    calib, handles = _attach_hooks(layers, stats_method, step.config)
     try:
         for ids in ctx.calib_batches or []:
             model(ids.to(_device_of(model)), use_cache=False)
@@ -445,12 +568,8 @@ def apply_recipe(
 
 
 def finalize_recipe(model: nn.Module, recipe: Recipe) -> None:
-    """Once every step ran, let each method used move its outputs into final storage
-    (pruned linears that no later step replaced become sparse modules)."""
-    done: set[str] = set()
-    for step in recipe.steps:
-        method = get_method(step.method)()
-        finalize = getattr(method, "finalize_model", None)
-        if finalize is not None and step.method not in done:
-            finalize(model)
-            done.add(step.method)
+    """Once every step ran, let each method used (once, however many steps use it) move
+    its outputs into final storage: pruned linears that no later step replaced become
+    sparse modules."""
+    for name in dict.fromkeys(step.method for step in recipe.steps):
+        get_method(name)().finalize_model(model)

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from core.mappings import NORM_GROUPS, NormGroup
+from core.fold import fold_scales
+from core.mappings import NormGroup, norm_groups
 from core.quant.smoothquant import smoothing_scales, update_absmax
 from core.registry import (
-    ConfigError,
     LayerReport,
     MethodCard,
     MethodConfig,
@@ -20,7 +20,7 @@ from core.registry import (
     param,
     register,
 )
-from core.walk import BlockInputs, collect_inputs, get_submodule, iter_blocks
+from core.walk import BlockInputs, collect_inputs, get_submodule, iter_blocks, local_names
 
 log = logging.getLogger(__name__)
 
@@ -36,37 +36,15 @@ class SmoothQuantConfig(MethodConfig):
     )
 
 
-def _model_type(model: nn.Module) -> str:
-    mt = getattr(getattr(model, "config", None), "model_type", None)
-    if mt not in NORM_GROUPS:
-        raise ConfigError(
-            f"smoothquant has no norm -> linears mapping for model type {mt!r}; known: "
-            f"{', '.join(sorted(NORM_GROUPS))} (add one to core/mappings.py)"
-        )
-    return str(mt)
-
-
-def _groups(block: nn.Module, model_type: str, local: set[str]) -> list[NormGroup]:
+def _groups(block: nn.Module, groups: tuple[NormGroup, ...], local: set[str]) -> list[NormGroup]:
     """The block's norm groups with a targeted linear, all of whose linears are still float
     (a group is smoothed whole: the norm feeds every linear in it)."""
     out = []
-    for g in NORM_GROUPS[model_type]:
+    for g in groups:
         mods = [get_submodule(block, n) for n in g.linears]
-        if local & set(g.linears) and all(type(m) is nn.Linear for m in mods):
+        if local & set(g.linears) and all(isinstance(m, nn.Linear) for m in mods):
             out.append(g)
     return out
-
-
-@torch.no_grad()
-def _fold(block: nn.Module, group: NormGroup, s: torch.Tensor) -> None:
-    """Norm output channel j /= s_j, every reading linear's input column j *= s_j."""
-    norm = get_submodule(block, group.norm)
-    norm.weight.div_(s.to(norm.weight.dtype))
-    if getattr(norm, "bias", None) is not None:
-        norm.bias.div_(s.to(norm.bias.dtype))
-    for n in group.linears:
-        lin = get_submodule(block, n)
-        lin.weight.mul_(s.to(lin.weight.dtype))
 
 
 @register(
@@ -99,12 +77,10 @@ class SmoothQuant(ModelMethod):
         targets: dict[str, nn.Linear],
         ctx: MethodContext,
     ) -> None:
-        if not ctx.calib_batches:
-            raise ValueError("smoothquant needs a calibration set")
-        model_type = _model_type(model)
+        _, norm_map = norm_groups(model, "smoothquant")
         for prefix, block, inputs in iter_blocks(model, ctx, "smoothquant"):
-            local = {n[len(prefix) + 1 :] for n in targets if n.startswith(prefix + ".")}
-            groups = _groups(block, model_type, local)
+            local = local_names(targets, prefix)
+            groups = _groups(block, norm_map, local)
             if not groups:
                 continue
             absmax = _channel_absmax(block, inputs, groups)
@@ -112,9 +88,10 @@ class SmoothQuant(ModelMethod):
                 a = absmax[g.linears[0]]
                 if a is None:  # the forward never reached this group
                     continue
-                W = torch.cat([get_submodule(block, n).weight for n in g.linears], dim=0)
+                readers = [get_submodule(block, n) for n in g.linears]
+                W = torch.cat([m.weight for m in readers], dim=0)
                 s = smoothing_scales(a.to(W.device), W, cfg.alpha)
-                _fold(block, g, s)
+                fold_scales(get_submodule(block, g.norm), readers, s)
                 note = f"smoothed from {g.norm}: s in [{s.min():.3g}, {s.max():.3g}]"
                 for n in g.linears:
                     ctx.reports.append(LayerReport(name=f"{prefix}.{n}", note=note))
