@@ -6,7 +6,7 @@ import streamlit as st
 
 from db import queue
 from ui import compare_view, figures, shell, sweep_view, tables
-from ui.frames import runs_frame
+from ui.frames import PERPLEXITY, SMALLER_BUT_SLOWER, runs_frame
 
 sf = shell.session()
 st.title("Compare")
@@ -21,7 +21,7 @@ st.caption(
     f"{len(df)} run(s). Dashed: the Pareto front (no other run is better on both axes). "
     "Dotted: the uncompressed model."
 )
-slower = df[df["smaller_but_slower"]]
+slower = df[df[SMALLER_BUT_SLOWER]]
 if not slower.empty:
     runs_list = ", ".join(f"#{i}" for i in slower["id"])
     st.warning(
@@ -39,7 +39,7 @@ with right:
 shown = set(df["id"])
 sweep_view.sweep_chart([j for j in runs if j.id in shown and j.sweep_id])
 
-table = df.sort_values("perplexity").reset_index(drop=True)
+table = df.sort_values(PERPLEXITY).reset_index(drop=True)
 
 
 def _pick_from_table() -> None:

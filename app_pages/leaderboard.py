@@ -7,7 +7,7 @@ import streamlit as st
 
 from db import queue
 from ui import bundle, sensitivity_view, shell, tables
-from ui.frames import leaderboard_frame, pareto_mask
+from ui.frames import LEADERBOARD_SHOWN, PARETO, PERPLEXITY, leaderboard_frame, pareto_mask
 
 sf = shell.session()
 st.title("Leaderboard")
@@ -15,8 +15,6 @@ st.caption(
     "Every finished run, yours and your teammates'. Perplexities compare only between runs "
     "evaluated the same way, so the Pareto front is per model and evaluation."
 )
-
-PARETO = {"weight_mb": "lower", "prefill_ms": "lower", "perplexity": "lower"}
 
 
 def _import() -> None:
@@ -104,17 +102,13 @@ for col, values in picked.items():
         view = view[view[col].isin(values)]
 if only_front:
     view = view[view["pareto"]]
-view = view.sort_values(["model", "perplexity"]).reset_index(drop=True)
+view = view.sort_values(["model", PERPLEXITY]).reset_index(drop=True)
 
 st.subheader(f"{len(view)} of {len(df)} runs")
 if view.empty:
     st.info("No run matches these filters: widen them above.")
     st.stop()
-shown = [
-    "id", "pareto", "model", "recipe", "method", "bits", "sparsity", "perplexity",
-    "bits_per_byte", "kl_to_baseline", "weight_mb", "prefill_ms", "decode_tok_s", "calib",
-    "eval", "origin", "fingerprint", "finished",
-]  # fmt: skip
+shown = LEADERBOARD_SHOWN
 st.caption("Click a header to sort. Select rows to export them or open them side by side.")
 event = tables.leaderboard_table(view[shown], key="lb_table")
 rows = list(event.selection.rows) if event is not None else []

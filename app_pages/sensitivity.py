@@ -7,20 +7,16 @@ import time
 
 import streamlit as st
 
-from core.errors import ModelLoadError
-from core.models import model_skeleton
-from core.registry import ConfigError
-from core.sensitivity import (
-    DEFAULT_HIGH_STEP,
-    keep_sensitive_recipe,
-    model_layers,
-    most_sensitive,
-    sensitivity_recipes,
-    sweep_units,
-)
 from db import queue
 from ui import forms, sensitivity_view, shell
-from ui.submit import build_spec
+from ui.sensitivity_view import (
+    DEFAULT_HIGH_STEP,
+    PlanError,
+    keep_recipe,
+    most_sensitive,
+    plan_units,
+)
+from ui.submit import submit_sensitivity_sweep
 
 sf = shell.session()
 st.title("Sensitivity")
@@ -28,11 +24,6 @@ st.caption(
     "Which layers can take low precision? A sweep queues one job per layer (or per block), "
     "each quantizing only that one; the perplexity each job loses ranks the layers."
 )
-
-
-@st.cache_resource(show_spinner="Reading the model's layers (no weights are loaded)...")
-def _layers(model: str) -> tuple[list[str], str]:
-    return model_layers(model_skeleton(model))
 
 
 def _new_sweep(expanded: bool) -> str | None:
@@ -63,9 +54,8 @@ def _new_sweep(expanded: bool) -> str | None:
             st.info("Choose a model above.")
             return None
         try:
-            names, block_path = _layers(model)
-            units = sweep_units(names, step, unit, block_path)
-        except (ModelLoadError, ConfigError, ValueError) as e:
+            units = plan_units(model, step, unit)
+        except PlanError as e:
             st.error(f"Cannot plan the sweep: {e}")
             return None
         st.caption(
@@ -75,16 +65,14 @@ def _new_sweep(expanded: bool) -> str | None:
         )
         if st.button("Queue sensitivity sweep", type="primary", icon=":material/play_arrow:"):
             try:
-                jobs = []
-                for u, steps in zip(units, sensitivity_recipes(step, units), strict=True):
-                    spec, label = build_spec(sf, model, steps, "", calib, eval_set, ev, cs)
-                    jobs.append((f"{label} only {u.label}", spec.to_json()))
-                sweep_id = queue.submit_sweep(sf, model=model, jobs=jobs)
+                sweep_id, n_jobs = submit_sensitivity_sweep(
+                    sf, model, step, units, calib, eval_set, ev, cs
+                )
             except ValueError as e:
                 st.error(f"Not queued: {e}")
             else:
                 st.session_state["sens_sweep"] = sweep_id
-                st.session_state["sens_flash"] = f"Queued {len(jobs)} jobs as sweep {sweep_id[:8]}."
+                st.session_state["sens_flash"] = f"Queued {n_jobs} jobs as sweep {sweep_id[:8]}."
                 return sweep_id
     return None
 
@@ -112,11 +100,9 @@ def _keep_recipe(sweep_id: str) -> None:
         key="sens_keep",
     )
     keep = most_sensitive(points, int(n_keep))
-    base = {k: v for k, v in jobs[0].spec["recipe"][0].items() if k != "targets"}
-    base["targets"] = ["*"]
     try:
-        steps = keep_sensitive_recipe(base, keep, DEFAULT_HIGH_STEP)
-    except ConfigError as e:
+        base, steps = keep_recipe(jobs, keep)
+    except ValueError as e:
         st.error(str(e))
         return
     c2.caption(

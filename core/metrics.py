@@ -1,4 +1,4 @@
-"""Measurements, with their definitions (also shown in the UI; see DEFINITIONS).
+"""Measurements (their definitions, as the UI shows them, are in runs.catalogue).
 
 Perplexity is token level, exp(mean NLL) over non-overlapping windows of ``ctx``
 tokens (stride = ctx); the first token of each window is context only. Bits per byte
@@ -24,37 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.errors import Cancelled
-from core.layers import CompressedLinear, module_storage_bytes
-
-DEFINITIONS: dict[str, str] = {
-    "perplexity": "exp(mean token NLL) over non-overlapping windows of ctx tokens (stride = ctx); "
-    "the first token of each window is not predicted",
-    "bits_per_byte": "total NLL in bits / UTF-8 bytes of the predicted tokens' text",
-    "kl_to_baseline": "mean over evaluation tokens of KL(P_baseline || P_compressed) of the "
-    "next-token distribution, in nats; both log-prob sets rounded to float16 (the baseline's "
-    "cached precision), so the baseline against itself scores exactly 0",
-    "top1_agreement": "fraction of evaluation tokens where both models' most likely next token "
-    "agree (same float16 rounding; the baseline against itself scores exactly 1)",
-    "weight_bytes": "bytes of every parameter and buffer of the model as stored (packed integers, "
-    "scales, zero points, unquantized layers), tied tensors counted once",
-    "bits_per_weight": "8 x storage bytes of all linear layers (compressed or not, biases "
-    "excluded) / their number of weights",
-    "compressed_bits_per_weight": "the same over the linear layers the recipe compressed",
-    "peak_mem_bytes": "peak RSS of the worker process sampled every 50 ms during the job (CPU), or "
-    "torch.cuda.max_memory_allocated (GPU)",
-    "prefill_ms": "median milliseconds of a forward pass over a prompt of prompt_len tokens, "
-    "batch 1, after one warm-up, over `repeats` runs",
-    "decode_tok_s": "1 / median seconds of one decode step with a KV cache after the prompt",
-    "compress_s": "wall seconds spent applying the recipe (calibration included)",
-    "layer_error": "||WX - W'X|| / ||WX|| per linear on calibration inputs",
-    "prefill_speedup": "baseline prefill ms / this run's prefill ms, both measured in the same "
-    "job on the same device (above 1: faster than the uncompressed model)",
-    "decode_speedup": "this run's decode tokens/s / the baseline's, measured in the same job",
-    "smaller_but_slower": "weights smaller than the uncompressed model's, yet prefill or decode "
-    f"more than {round(100 * (1 - 1 / 1.05))}% slower: a space saving is not a speed-up",
-    "kernel_paths": "the path each compresslab:: integer op took while evaluating and timing "
-    "(op, device, path, batch-size bucket, calls); empty when no integer op ran",
-}
+from core.storage import CompressedLinear, module_storage_bytes
 
 
 @dataclass(frozen=True)

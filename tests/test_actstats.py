@@ -19,12 +19,12 @@ from core.actstats import (
 from core.calib import CalibSettings
 from core.data import get_text_set
 from core.errors import Cancelled
-from core.jobspec import JobSpec
 from core.metrics import EvalSettings
 from core.models import tiny_llama
 from core.quant.smoothquant import smoothing_scales
 from core.recipe import parse_recipe
-from workers.pipeline import run_job
+from runs.pipeline import run_job
+from runs.spec import JobSpec
 
 
 def _batches(n: int = 3, seq: int = 16) -> list[torch.Tensor]:

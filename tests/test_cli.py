@@ -67,7 +67,7 @@ def test_unknown_text_set_is_refused(db_url, tmp_path) -> None:
         db_url=db_url,
         data=tmp_path,
     )
-    assert p.returncode == 2 and "unknown text set 'nope'; available:" in p.stderr
+    assert p.returncode == 2 and "unknown calibration set 'nope'; available:" in p.stderr
 
 
 def test_run_json_prints_a_result_and_records_it(db_url, tmp_path) -> None:

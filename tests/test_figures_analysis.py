@@ -14,6 +14,7 @@ import torch
 
 from core.actstats import ActStats, smoothed_ranges, summarize, update_act_stats
 from core.stats import before_after
+from runs.records import bits_label
 from ui import compare_view, forms, frames, shell
 from ui.figures_layers import (
     activation_figure,
@@ -33,7 +34,12 @@ def _job(i: int, steps: list[dict], ppl: float, mb: float, ms: float, **kw) -> S
         id=i,
         model=kw.get("model", "m"),
         recipe_label=kw.get("label", f"r{i}"),
-        result={"perplexity": ppl, "weight_bytes": mb * 1e6, "prefill_ms": ms},
+        result={
+            "perplexity": ppl,
+            "weight_bytes": mb * 1e6,
+            "prefill_ms": ms,
+            "nominal_bits": [4.0] if steps else [32.0],
+        },
         fingerprint=fp,
         spec={"eval_set": "e", "eval": {"ctx": 8, "eval_tokens": 64}, "calib": "stdlib-code"},
         fingerprint_hash=f"{i:032d}",
@@ -42,14 +48,14 @@ def _job(i: int, steps: list[dict], ppl: float, mb: float, ms: float, **kw) -> S
     )
 
 
-def test_bits_and_sparsity_come_from_the_recipe() -> None:
-    assert frames.nominal_bits([]) == "32"
-    assert frames.nominal_bits([{"method": "cast", "dtype": "bfloat16"}]) == "16"
-    assert frames.nominal_bits([{"method": "bnb-4bit"}]) == "4"
-    assert frames.nominal_bits([{"method": "w8a8"}, {"method": "smoothquant"}]) == "8"
-    mixed = [{"method": "rtn", "bits": 4}, {"method": "rtn", "bits": 8}]
-    assert frames.nominal_bits(mixed) == "4/8"
-    assert frames.nominal_bits([{"method": "wanda", "sparsity": 0.5}]) == "32"
+def test_bits_come_from_the_stored_formats_and_sparsity_from_the_recipe() -> None:
+    assert bits_label({"nominal_bits": [4.0]}) == "4"
+    assert bits_label({"nominal_bits": [8.0, 4.0]}) == "4/8"
+    assert bits_label({"nominal_bits": [32.0]}) == "32"
+    # Rows written before the formats were recorded: read back from effective bits.
+    assert bits_label({"compressed_bits_per_weight": 4.125, "bits_per_weight": 4.2}) == "4"
+    assert bits_label({"compressed_bits_per_weight": None, "bits_per_weight": 32.0}) == "32"
+    assert bits_label({}) == "?"
     assert frames.recipe_sparsity([{"method": "wanda", "pattern": "2:4"}]) == 0.5
     assert (
         frames.recipe_sparsity([{"method": "magnitude", "sparsity": 0.3, "pattern": None}]) == 0.3

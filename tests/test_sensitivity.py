@@ -12,17 +12,17 @@ from core.errors import ModelLoadError
 from core.models import load_model, model_skeleton, tiny_llama
 from core.recipe import parse_step, recipe_from_steps
 from core.registry import ConfigError
-from core.sensitivity import (
+from core.sensitivity import model_layers
+from core.walk import apply_recipe, find_linears
+from runs.sensitivity import (
     is_sensitivity_sweep,
     keep_sensitive_recipe,
-    model_layers,
     most_sensitive,
     sensitivity_points,
     sensitivity_recipes,
     sweep_units,
 )
-from core.sweep import expand_sweep
-from core.walk import apply_recipe, find_linears
+from runs.sweep import expand_sweep
 
 RTN4 = {"method": "rtn", "bits": 4, "granularity": "group", "group_size": 32}
 

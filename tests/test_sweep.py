@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from core.registry import ConfigError
-from core.sweep import (
+from runs.sweep import (
     expand_sweep,
     numeric_params,
     parse_sweep_arg,

@@ -14,9 +14,9 @@ from streamlit.testing.v1 import AppTest
 
 from core.actstats import ActStats, summarize, update_act_stats
 from core.recipe import NAMED_RECIPES
-from core.sensitivity import sensitivity_recipes, sweep_units
 from core.stats import before_after
 from db import queue
+from runs.sensitivity import sensitivity_recipes, sweep_units
 from ui import bundle
 from ui.shell import CONCEPTS, LEADERBOARD, NEW_RUN, OUTLIERS, RUN, SENSITIVITY
 from ui.submit import build_spec, submit_run

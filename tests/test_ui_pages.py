@@ -15,13 +15,14 @@ from streamlit.testing.v1 import AppTest
 
 from core.calib import CalibSettings
 from core.estimate import estimate_memory
-from core.metrics import DEFINITIONS, speed_vs_baseline
+from core.metrics import speed_vs_baseline
 from core.models import tiny_llama
 from core.recipe import NAMED_RECIPES, parse_recipe
 from core.save import QUANT_CONFIG
 from core.stats import before_after
 from db import queue
 from db.models import Job
+from runs.catalogue import PERPLEXITY
 from tests.plotly_data import values
 from ui.frames import fmt_bytes
 from ui.shell import COMPARE, HOME, NEW_RUN, RUNS, WEIGHTS
@@ -201,7 +202,7 @@ def test_compare_page_charts_table_and_details(runs) -> None:
     assert not at.exception
     assert any(f"Run #{runs['rtn-int8']}" in s.value for s in at.subheader)
     metrics = at.table[0].value
-    assert DEFINITIONS["perplexity"] in metrics["definition"].tolist()
+    assert PERPLEXITY.definition in metrics["definition"].tolist()
     assert "2.10 MB" in " ".join(metrics["value"])
     assert any("prefill 0.56x" in w.value for w in at.warning)  # 5 ms / 9 ms, in the details
     assert any('"revision"' in j.proto.body for j in at.json)  # the fingerprint

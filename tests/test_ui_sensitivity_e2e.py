@@ -12,6 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from db import queue
+from ui.frames import recipe_steps
 from ui.shell import NEW_RUN, OUTLIERS, SENSITIVITY
 from workers.runner import Runner
 
@@ -59,7 +60,7 @@ def test_sensitivity_sweep_runs_and_feeds_new_run(sf, tmp_path: Path) -> None:
     assert Runner(sf, cache_dir=tmp_path / "baselines").serve(poll_s=0.05, max_jobs=1) == 1
     mixed = queue.list_jobs(sf)[0]
     assert mixed.status == "succeeded" and not mixed.sweep_id, mixed.error
-    steps = mixed.fingerprint["recipe"]
+    steps = recipe_steps(mixed)
     assert [s["bits"] for s in steps] == [2, 8] and steps[1]["targets"][0].endswith(".*")
     # The kept block ran in 8 bits, the other in 2: the stored schemes say so.
     schemes = {r.name: r.data["scheme"] for r in queue.layer_stats(sf, mixed.id)}

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from core.data import DataError
-from core.jobspec import JobSpec
 from core.recipe import NAMED_RECIPES, recipe_from_steps
 from core.registry import ConfigError
 from db import queue
+from runs.spec import JobSpec
 from ui.submit import recipe_label, steps_from_json, submit_run
 
 EV = {"ctx": 128, "eval_tokens": 512}

@@ -17,12 +17,12 @@ import pytest
 
 from core.calib import CalibSettings
 from core.data import get_text_set
-from core.jobspec import JobSpec
 from core.metrics import EvalSettings, eval_windows, evaluate, weight_memory
 from core.recipe import parse_recipe
 from core.save import archive, folder_bytes, load_compressed
 from db import queue
 from db.models import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED
+from runs.spec import JobSpec
 from workers.runner import Runner
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,88 +9,40 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core.metrics import DEFINITIONS
 from core.save import QUANT_CONFIG, archive, folder_bytes
 from db.models import Job
-from ui.frames import eval_label, fmt_bytes, fmt_duration
+from runs import catalogue as cat
+from ui.frames import eval_label, fmt_bytes, fmt_duration, recipe_steps
 
-# Keys of job.result shown in this order, with units; anything else follows as stored.
-METRIC_ROWS: tuple[tuple[str, str, str], ...] = (
-    ("perplexity", "Perplexity", ""),
-    ("baseline_perplexity", "Baseline perplexity", ""),
-    ("bits_per_byte", "Bits per byte", "bits/byte"),
-    ("baseline_bits_per_byte", "Baseline bits per byte", "bits/byte"),
-    ("kl_to_baseline", "KL to baseline", "nats/token"),
-    ("top1_agreement", "Top-1 agreement", "fraction"),
-    ("weight_bytes", "Weight memory", "bytes"),
-    ("bits_per_weight", "Bits per weight (all linears)", "bits"),
-    ("compressed_bits_per_weight", "Bits per weight (compressed linears)", "bits"),
-    ("peak_mem_bytes", "Peak memory", "bytes"),
-    ("prefill_ms", "Prefill latency", "ms"),
-    ("decode_tok_s", "Decode throughput", "tokens/s"),
-    ("prefill_speedup", "Prefill speed-up over the baseline", "x"),
-    ("decode_speedup", "Decode speed-up over the baseline", "x"),
-    ("smaller_but_slower", "Smaller but slower", ""),
-    ("baseline_weight_bytes", "Baseline weight memory", "bytes"),
-    ("baseline_prefill_ms", "Baseline prefill latency", "ms"),
-    ("baseline_decode_tok_s", "Baseline decode throughput", "tokens/s"),
-    ("compress_s", "Compression time", "s"),
-    ("mean_layer_error", "Mean layer error", "relative"),
-    ("n_params", "Parameters", "count"),
-    ("linear_weights", "Linear-layer weights", "count"),
-    ("eval_tokens_used", "Evaluation tokens used", "tokens"),
-    ("eval_bytes_used", "Evaluation bytes used", "bytes"),
-    ("model_note", "Model note", ""),
-)
-
-# Definitions of result keys that core.metrics.DEFINITIONS does not cover.
-EXTRA_DEFINITIONS: dict[str, str] = {
-    "baseline_perplexity": "perplexity of the uncompressed model on the same windows "
-    "(computed once per model, evaluation set and settings, then reused)",
-    "baseline_bits_per_byte": "bits per byte of the uncompressed model on the same windows",
-    "mean_layer_error": "mean over compressed linears of " + DEFINITIONS.get("layer_error", ""),
-    "n_params": "parameters of the model as loaded (before compression)",
-    "linear_weights": "weights of all linear layers (biases excluded)",
-    "eval_tokens_used": "tokens actually predicted (the first token of each window is context)",
-    "eval_bytes_used": "UTF-8 bytes of the predicted tokens' text (denominator of bits per byte)",
-    "baseline_weight_bytes": "weight_bytes of the uncompressed model as loaded in this job",
-    "baseline_prefill_ms": "prefill_ms of the uncompressed model, measured in this job before "
-    "compressing",
-    "baseline_decode_tok_s": "decode_tok_s of the uncompressed model, measured in this job",
-    "saved_model": "folder where the worker kept the compressed model (null: not kept)",
-    "saved_model_bytes": "size of that folder: weights as stored, configs, tokenizer",
-    "model_note": "what to keep in mind about the model (e.g. random weights)",
-}
+definition = cat.definition
 
 
-def definition(key: str) -> str:
-    return DEFINITIONS.get(key) or EXTRA_DEFINITIONS.get(key, "")
-
-
-def _fmt(key: str, value: Any) -> str:
+def fmt_value(m: cat.Metric | None, value: Any) -> str:
+    """A stored value as the Run page shows it: sizes in B/kB/MB/GB with the exact count,
+    long durations in minutes, other numbers to 6 significant digits."""
     if value is None:
         return "-"
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
-    if key.endswith("_bytes") and key != "eval_bytes_used":
+    kind = m.kind if m else "number"
+    if kind == "size":
         return f"{fmt_bytes(value)} ({value:,.0f} B)"
     if isinstance(value, int):
         return f"{value:,}"
-    if key == "compress_s":
+    if kind == "duration":
         return fmt_duration(value) if value >= 60 else f"{value:.2f} s"
     return f"{value:.6g}"  # perplexities of close recipes differ in the 4th digit
 
 
 def metrics_frame(result: dict[str, Any]) -> pd.DataFrame:
-    """Every metric of a run: name, value with unit, and its definition."""
-    rows, seen = [], set()
-    for key, label, unit in METRIC_ROWS:
-        if key in result:
-            rows.append((label, _fmt(key, result[key]), unit, definition(key), key))
-            seen.add(key)
-    for key, value in result.items():
-        if key not in seen:
-            rows.append((key, _fmt(key, value), "", definition(key), key))
+    """Every metric of a run: name, value with unit, and its definition (catalogue order,
+    then any key the catalogue does not know, as stored)."""
+    rows = [
+        (m.label, fmt_value(m, result[m.key]), m.unit, m.definition, m.key)
+        for m in cat.RESULT
+        if m.key in result
+    ]
+    rows += [(k, fmt_value(None, v), "", "", k) for k, v in result.items() if k not in cat.BY_KEY]
     return pd.DataFrame(rows, columns=["metric", "value", "unit", "definition", "key"])
 
 
@@ -110,8 +62,8 @@ def filter_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     )
     latency = c3.radio(
         "Latency axis",
-        ["prefill_ms", "decode_tok_s"],
-        format_func={"prefill_ms": "prefill (ms)", "decode_tok_s": "decode (tokens/s)"}.get,
+        [m.col for m in cat.LATENCY],
+        format_func=lambda col: cat.BY_COLUMN[col].header.replace("tok/s", "tokens/s"),
         key="cmp_latency",
     )
     return df[df["model"].isin(chosen) & (df["eval"] == ev)], latency
@@ -119,20 +71,21 @@ def filter_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 
 def slower_message(result: dict[str, Any], device: str) -> str:
     """Why a run that saved memory is still no win for speed on this device."""
+    before, after = (result[m.key] for m in (cat.BASELINE_WEIGHT_BYTES, cat.WEIGHT_BYTES))
+    prefill, decode = (result[m.key] for m in (cat.PREFILL_SPEEDUP, cat.DECODE_SPEEDUP))
     return (
-        "Space saving is not a speed-up: the weights shrank "
-        f"({fmt_bytes(result['baseline_weight_bytes'])} -> {fmt_bytes(result['weight_bytes'])}) "
-        f"but this run is slower than the uncompressed model on {device}: "
-        f"prefill {result['prefill_speedup']:.2f}x, decode {result['decode_speedup']:.2f}x "
+        f"Space saving is not a speed-up: the weights shrank ({fmt_bytes(before)} -> "
+        f"{fmt_bytes(after)}) but this run is slower than the uncompressed model on {device}: "
+        f"prefill {prefill:.2f}x, decode {decode:.2f}x "
         "(both measured in the same job). The method card says which hardware accelerates it."
     )
 
 
 def saved_model_download(job: Job) -> None:
     """The run's compressed model as a .zip, where this machine has the worker's folder."""
-    folder = (job.result or {}).get("saved_model")
+    folder = (job.result or {}).get(cat.SAVED_MODEL.key)
     if not folder:
-        if (job.fingerprint or {}).get("recipe"):
+        if job.fingerprint and recipe_steps(job):
             st.caption(
                 "The compressed model was not kept: tick 'Keep the compressed model for "
                 "download' on New run (or pass --save to python -m workers run)."
@@ -164,9 +117,9 @@ def run_details(job: Job) -> None:
     """Recipe, settings, every metric with its definition, and the fingerprint of one run."""
     spec, fp, result = job.spec, job.fingerprint, job.result
     st.subheader(f"Run #{job.id}: {job.model} · {job.recipe_label}")
-    if result.get("model_note"):
-        st.caption(f"Model note: {result['model_note']}")
-    if result.get("smaller_but_slower"):
+    if result.get(cat.MODEL_NOTE.key):
+        st.caption(f"Model note: {result[cat.MODEL_NOTE.key]}")
+    if result.get(cat.SMALLER_BUT_SLOWER.key):
         st.warning(slower_message(result, fp.get("device", "this device")), icon=":material/speed:")
     t_metrics, t_recipe, t_settings, t_fp = st.tabs(
         ["Metrics", "Recipe", "Settings", "Fingerprint"]
@@ -175,7 +128,7 @@ def run_details(job: Job) -> None:
         st.table(metrics_frame(result).drop(columns=["key"]).set_index("metric"))
         saved_model_download(job)
     with t_recipe:
-        steps = fp.get("recipe", spec.get("recipe", []))
+        steps = recipe_steps(job)
         if not steps:
             st.write("No steps: the uncompressed baseline.")
         st.code(json.dumps(steps, indent=2), language="json")
@@ -203,18 +156,23 @@ def run_label(job: Any) -> str:
 
 
 def side_by_side(jobs: list[Any]) -> pd.DataFrame:
-    """Metrics (rows, with units) of several runs (one column each), in the order of
-    :data:`METRIC_ROWS`; a metric no run recorded is left out."""
+    """Metrics (rows, with units) of several runs (one column each), in catalogue order;
+    a metric no run recorded is left out, and so are lists and folders (kernel paths,
+    the saved model) that do not compare side by side."""
     results = [j.result or {} for j in jobs]
     rows = []
-    for key, label, unit in METRIC_ROWS:
-        if not any(key in r for r in results):
+    for m in cat.RESULT:
+        apart = m.kind == "list" or m in (cat.SAVED_MODEL, cat.SAVED_MODEL_BYTES)
+        if apart or not any(m.key in r for r in results):
             continue
         rows.append(
             {
-                "metric": label,
-                "unit": unit,
-                **{run_label(j): _fmt(key, r.get(key)) for j, r in zip(jobs, results, strict=True)},
+                "metric": m.label,
+                "unit": m.unit,
+                **{
+                    run_label(j): fmt_value(m, r.get(m.key))
+                    for j, r in zip(jobs, results, strict=True)
+                },
             }
         )
     facts = (

@@ -6,14 +6,16 @@ small hand-made frames (tests/test_figures.py).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-Better = Literal["lower", "higher"]
+from runs import catalogue as cat
+
+Better = cat.Better
 
 PALETTE = qualitative.Plotly
 SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "star", "cross", "pentagon")
@@ -27,16 +29,9 @@ def empty_note(fig: go.Figure, text: str) -> go.Figure:
 
 BEFORE_COLOR, AFTER_COLOR = "#636EFA", "#EF553B"
 
-# (column, axis title with units, which direction is better)
-AXES: dict[str, tuple[str, Better]] = {
-    "weight_mb": ("Weight memory (MB, as stored)", "lower"),
-    "perplexity": ("Perplexity (exp of mean token NLL)", "lower"),
-    "bits_per_byte": ("Bits per byte", "lower"),
-    "prefill_ms": ("Prefill latency (ms, median)", "lower"),
-    "decode_tok_s": ("Decode throughput (tokens/s, median)", "higher"),
-    "bits_per_weight": ("Bits per weight (linear layers)", "lower"),
-    "kl_to_baseline": ("KL to baseline (nats/token)", "lower"),
-}
+# Runs-frame column -> (axis title with units, which direction is better).
+AXES: dict[str, tuple[str, Better]] = cat.axes()
+PPL = cat.PERPLEXITY.col
 
 
 def pareto_front(
@@ -74,7 +69,7 @@ def _hover(df: pd.DataFrame, x_title: str, y_title: str) -> tuple[np.ndarray, st
 def tradeoff_figure(
     df: pd.DataFrame,
     x: str,
-    y: str = "perplexity",
+    y: str = PPL,
     *,
     color: str = "method",
     title: str = "",
@@ -118,8 +113,9 @@ def tradeoff_figure(
                 hoverinfo="skip",
             )
         )
-    base = d["baseline_perplexity"].dropna().unique() if "baseline_perplexity" in d else []
-    if y == "perplexity" and len(base) == 1:
+    base_col = cat.BASELINE_PERPLEXITY.col
+    base = d[base_col].dropna().unique() if base_col in d else []
+    if y == PPL and len(base) == 1:
         fig.add_hline(
             y=float(base[0]),
             line={"dash": "dot", "color": "grey"},
@@ -147,13 +143,14 @@ def tradeoff_figure(
 
 
 def memory_figure(df: pd.DataFrame) -> go.Figure:
-    return tradeoff_figure(df, "weight_mb", "perplexity")
+    return tradeoff_figure(df, cat.WEIGHT_BYTES.col, PPL)
 
 
-def latency_figure(df: pd.DataFrame, metric: str = "prefill_ms") -> go.Figure:
-    if metric not in ("prefill_ms", "decode_tok_s"):
-        raise ValueError(f"latency metric must be prefill_ms or decode_tok_s, not {metric!r}")
-    return tradeoff_figure(df, metric, "perplexity")
+def latency_figure(df: pd.DataFrame, metric: str = cat.PREFILL_MS.col) -> go.Figure:
+    allowed = [m.col for m in cat.LATENCY]
+    if metric not in allowed:
+        raise ValueError(f"latency metric must be {' or '.join(allowed)}, not {metric!r}")
+    return tradeoff_figure(df, metric, PPL)
 
 
 def outlier_count(stats: dict[str, Any] | None, k: float) -> int | None:

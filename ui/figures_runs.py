@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from runs import catalogue as cat
 from ui.figures import AFTER_COLOR, PALETTE, empty_note, short_names
 
 
@@ -117,7 +118,7 @@ def sensitivity_figure(points: Sequence[dict[str, Any]], keep: Sequence[str] = (
             x=labels,
             y=[p["delta_ppl"] for p in done],
             marker={"color": colors},
-            customdata=[[p["unit"], p["perplexity"], 100 * p["rel_cost"]] for p in done],
+            customdata=[[p["unit"], p[cat.PERPLEXITY.key], 100 * p["rel_cost"]] for p in done],
             hovertemplate="%{customdata[0]}<br>perplexity %{customdata[1]:.4f} "
             "(+%{y:.4g}, %{customdata[2]:+.2f}%)<extra></extra>",
         )

@@ -1,6 +1,6 @@
 """Sweep chart: a metric against the swept parameter value, one line per method.
 
-Pure: a DataFrame in (rows from ``core.sweep.sweep_points``: series, param, value and
+Pure: a DataFrame in (rows from ``runs.sweep.sweep_points``: series, param, value and
 the metric column), a Plotly Figure out.
 """
 
@@ -9,11 +9,17 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
+from runs import catalogue as cat
 from ui.figures import PALETTE, SYMBOLS, empty_note
 
 
+def _title(metric: str) -> str:
+    m = cat.lookup(metric)
+    return (m.axis or m.label) if m else metric.replace("_", " ")
+
+
 def sweep_figure(
-    df: pd.DataFrame, metric: str = "perplexity", baseline: float | None = None
+    df: pd.DataFrame, metric: str = cat.PERPLEXITY.key, baseline: float | None = None
 ) -> go.Figure:
     """Lines of ``metric`` against the swept value per ``series``; x title from ``param``.
 
@@ -43,8 +49,8 @@ def sweep_figure(
     x_title = " / ".join(params) if params else "swept value"
     fig.update_layout(
         xaxis_title=f"{x_title} (swept)",
-        yaxis_title=metric.replace("_", " "),
-        yaxis_type="log" if metric == "perplexity" else "linear",
+        yaxis_title=_title(metric),
+        yaxis_type="log" if metric == cat.PERPLEXITY.key else "linear",
         legend_title="method",
         margin={"l": 10, "r": 10, "t": 30, "b": 10},
     )

@@ -6,7 +6,6 @@ tests can pass plain namespaces.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -15,42 +14,34 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-MB = 1e6  # charts and tables use decimal megabytes (10^6 bytes)
+from runs import catalogue as cat
+from runs.records import as_float, bits_label
+from runs.records import recipe_steps as recipe_steps_of
 
-# Columns of the runs frame, in display order.
+MB = cat.MB  # charts and tables use decimal megabytes (10^6 bytes)
+
+# Columns of the runs frame, in display order: the catalogue's run table between who
+# and when.
 RUN_COLUMNS: tuple[str, ...] = (
     "id",
     "model",
     "recipe",
     "method",
-    "perplexity",
-    "baseline_perplexity",
-    "bits_per_byte",
-    "kl_to_baseline",
-    "top1_agreement",
-    "weight_mb",
-    "bits_per_weight",
-    "compressed_bits_per_weight",
-    "prefill_ms",
-    "decode_tok_s",
-    "prefill_speedup",
-    "decode_speedup",
-    "smaller_but_slower",
-    "peak_mem_mb",
-    "compress_s",
-    "mean_layer_error",
+    *(m.col for m in cat.RUN_TABLE),
     "eval",
     "finished",
 )
 
 
+# Runs-frame columns the pages sort and flag by.
+PERPLEXITY = cat.PERPLEXITY.col
+SMALLER_BUT_SLOWER = cat.SMALLER_BUT_SLOWER.col
+
+
 def recipe_steps(job: Any) -> list[dict[str, Any]]:
-    """The recipe steps a job ran (from its fingerprint when finished, else its spec)."""
-    fp = getattr(job, "fingerprint", None) or {}
-    if isinstance(fp.get("recipe"), list):
-        return fp["recipe"]
-    spec = getattr(job, "spec", None) or {}
-    return list(spec.get("recipe") or [])
+    """The recipe steps a job ran (stored once, in its spec; old rows' fingerprints held
+    a copy, read first)."""
+    return recipe_steps_of(getattr(job, "fingerprint", None), getattr(job, "spec", None))
 
 
 def run_option(job: Any) -> str:
@@ -102,12 +93,12 @@ def _when(t: float | None) -> datetime | None:
     return datetime.fromtimestamp(t) if t is not None else None
 
 
-def _num(value: Any) -> float:
-    return (
-        float(value)
-        if isinstance(value, int | float) and not isinstance(value, bool)
-        else float("nan")
-    )
+def metric_cell(m: cat.Metric, result: dict[str, Any]) -> Any:
+    """A metric of a stored result as its runs-frame cell (scaled; NaN if absent)."""
+    value = result.get(m.key)
+    if m.kind == "flag":
+        return bool(value or False)
+    return as_float(value) * m.scale
 
 
 def runs_frame(jobs: Iterable[Any]) -> pd.DataFrame:
@@ -121,22 +112,7 @@ def runs_frame(jobs: Iterable[Any]) -> pd.DataFrame:
                 "model": job.model,
                 "recipe": job.recipe_label,
                 "method": method_label(recipe_steps(job)),
-                "perplexity": _num(r.get("perplexity")),
-                "baseline_perplexity": _num(r.get("baseline_perplexity")),
-                "bits_per_byte": _num(r.get("bits_per_byte")),
-                "kl_to_baseline": _num(r.get("kl_to_baseline")),
-                "top1_agreement": _num(r.get("top1_agreement")),
-                "weight_mb": _num(r.get("weight_bytes")) / MB,
-                "bits_per_weight": _num(r.get("bits_per_weight")),
-                "compressed_bits_per_weight": _num(r.get("compressed_bits_per_weight")),
-                "prefill_ms": _num(r.get("prefill_ms")),
-                "decode_tok_s": _num(r.get("decode_tok_s")),
-                "prefill_speedup": _num(r.get("prefill_speedup")),
-                "decode_speedup": _num(r.get("decode_speedup")),
-                "smaller_but_slower": bool(r.get("smaller_but_slower", False)),
-                "peak_mem_mb": _num(r.get("peak_mem_bytes")) / MB,
-                "compress_s": _num(r.get("compress_s")),
-                "mean_layer_error": _num(r.get("mean_layer_error")),
+                **{m.col: metric_cell(m, r) for m in cat.RUN_TABLE},
                 "eval": eval_label(job),
                 "finished": _when(job.finished_at),
             }
@@ -159,7 +135,7 @@ def jobs_frame(jobs: Iterable[Any], now: float | None = None) -> pd.DataFrame:
                 "message": job.message or "",
                 "submitted": _when(job.created_at),
                 "elapsed": fmt_duration(elapsed_s(job, now)),
-                "perplexity": _num(r.get("perplexity")),
+                cat.PERPLEXITY.col: metric_cell(cat.PERPLEXITY, r),
                 "error": job.error or "",
             }
         )
@@ -172,7 +148,7 @@ def jobs_frame(jobs: Iterable[Any], now: float | None = None) -> pd.DataFrame:
         "message",
         "submitted",
         "elapsed",
-        "perplexity",
+        cat.PERPLEXITY.col,
         "error",
     ]
     return pd.DataFrame(rows, columns=cols)
@@ -191,44 +167,24 @@ def layers_frame(rows: Iterable[dict[str, Any]], k: float = 3.0) -> pd.DataFrame
                 "layer": d.get("name", "?"),
                 "scheme": d.get("scheme", ""),
                 "shape": " x ".join(str(s) for s in shape),
-                "rel_error": _num(d.get("rel_error")),
-                "kurtosis_before": _num(b.get("kurtosis")),
-                "kurtosis_after": _num(a.get("kurtosis")),
-                "absmax_before": _num(b.get("absmax")),
-                "absmax_after": _num(a.get("absmax")),
-                "zeros_after": _num(a.get("zeros")),
-                f"outliers_before_{key}": _num((b.get("outliers") or {}).get(key)),
-                f"outliers_after_{key}": _num((a.get("outliers") or {}).get(key)),
+                "rel_error": as_float(d.get("rel_error")),
+                "kurtosis_before": as_float(b.get("kurtosis")),
+                "kurtosis_after": as_float(a.get("kurtosis")),
+                "absmax_before": as_float(b.get("absmax")),
+                "absmax_after": as_float(a.get("absmax")),
+                "zeros_after": as_float(a.get("zeros")),
+                f"outliers_before_{key}": as_float((b.get("outliers") or {}).get(key)),
+                f"outliers_after_{key}": as_float((a.get("outliers") or {}).get(key)),
                 # Input activations on the calibration set (runs with a calibrated recipe).
-                "act_absmax": _num(act.get("absmax")),
-                "act_above": _num(act.get("n_above")),
-                "act_max_over_median": _num(act.get("max_over_median")),
+                "act_absmax": as_float(act.get("absmax")),
+                "act_above": as_float(act.get("n_above")),
+                "act_max_over_median": as_float(act.get("max_over_median")),
             }
         )
     return pd.DataFrame(out)
 
 
 # --- leaderboard -------------------------------------------------------------------
-
-_BITS_IN_NAME = re.compile(r"(?:int|fp|w|-|^)(\d{1,2})(?:bit|a\d|-|$)")
-_DTYPE_BITS = {"float16": 16, "bfloat16": 16, "float32": 32}
-
-
-def step_bits(step: dict[str, Any]) -> int | None:
-    """The nominal bit width a recipe step stores weights in (None for pruning/transforms):
-    its ``bits`` parameter, a cast's dtype, or the width in its name (fp8, w8a8, bnb-4bit)."""
-    if isinstance(step.get("bits"), int):
-        return int(step["bits"])
-    if step.get("dtype") in _DTYPE_BITS:
-        return _DTYPE_BITS[str(step["dtype"])]
-    m = _BITS_IN_NAME.search(str(step.get("method", "")))
-    return int(m.group(1)) if m else None
-
-
-def nominal_bits(steps: Sequence[dict[str, Any]]) -> str:
-    """ "32" for an uncompressed model, "4" for 4-bit, "4/8" for a mixed-precision recipe."""
-    widths = sorted({b for s in steps if (b := step_bits(s)) is not None})
-    return "/".join(map(str, widths)) if widths else "32"
 
 
 def recipe_sparsity(steps: Sequence[dict[str, Any]]) -> float:
@@ -254,12 +210,41 @@ def calib_label(job: Any) -> str:
     return str(spec.get("calib", "none")) if recipe_steps(job) else "none"
 
 
+# The Leaderboard's Pareto objectives (column -> better direction) and shown columns.
+PARETO: dict[str, str] = {m.col: m.better or "lower" for m in cat.PARETO}
+LEADERBOARD_SHOWN: list[str] = [
+    "id",
+    "pareto",
+    "model",
+    "recipe",
+    "method",
+    "bits",
+    "sparsity",
+    *(
+        m.col
+        for m in (
+            cat.PERPLEXITY,
+            cat.BITS_PER_BYTE,
+            cat.KL_TO_BASELINE,
+            cat.WEIGHT_BYTES,
+            cat.PREFILL_MS,
+            cat.DECODE_TOK_S,
+        )
+    ),
+    "calib",
+    "eval",
+    "origin",
+    "fingerprint",
+    "finished",
+]
+
+
 def leaderboard_frame(jobs: Iterable[Any]) -> pd.DataFrame:
     """The runs frame plus what the leaderboard filters and shares by: bits, sparsity,
     calibration set, origin and fingerprint hash."""
     jobs = list(jobs)
     df = runs_frame(jobs)
-    df["bits"] = [nominal_bits(recipe_steps(j)) for j in jobs]
+    df["bits"] = [bits_label(j.result or {}) for j in jobs]
     df["sparsity"] = [recipe_sparsity(recipe_steps(j)) for j in jobs]
     df["calib"] = [calib_label(j) for j in jobs]
     df["origin"] = [getattr(j, "origin", None) or "local" for j in jobs]
@@ -297,8 +282,8 @@ def most_interesting(rows: dict[str, dict[str, Any]]) -> str:
 
     def key(item: tuple[str, dict[str, Any]]) -> tuple[float, float]:
         d = item[1]
-        above = _num((d.get("act") or {}).get("n_above"))
-        err = _num(d.get("rel_error"))
+        above = as_float((d.get("act") or {}).get("n_above"))
+        err = as_float(d.get("rel_error"))
         return (above if above == above else -1.0, err if err == err else -1.0)
 
     return max(rows.items(), key=key)[0] if rows else ""

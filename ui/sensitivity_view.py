@@ -10,14 +10,55 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from core.errors import ModelLoadError
+from core.models import model_skeleton
 from core.recipe import recipe_from_steps
 from core.registry import ConfigError
-from core.sensitivity import is_sensitivity_sweep, most_sensitive, sensitivity_points
+from core.sensitivity import model_layers
 from db import queue
 from db.models import FAILED, QUEUED, RUNNING, SUCCEEDED
+from runs import catalogue as cat
+from runs.sensitivity import (
+    DEFAULT_HIGH_STEP,
+    Unit,
+    UnitKind,
+    is_sensitivity_sweep,
+    keep_sensitive_recipe,
+    most_sensitive,
+    sensitivity_points,
+    sweep_units,
+)
+from runs.spec import recipe_label
 from ui import shell
 from ui.figures_runs import sensitivity_figure
-from ui.submit import recipe_label
+
+__all__ = ["DEFAULT_HIGH_STEP", "PlanError", "keep_recipe", "most_sensitive", "plan_units"]
+
+
+class PlanError(ValueError):
+    """A sweep that cannot be planned: the model does not load, or the step selects nothing."""
+
+
+@st.cache_resource(show_spinner="Reading the model's layers (no weights are loaded)...")
+def _layers(model: str) -> tuple[list[str], str]:
+    return model_layers(model_skeleton(model))
+
+
+def plan_units(model: str, step: dict[str, Any], unit: UnitKind) -> list[Unit]:
+    """The units a sweep of ``step`` over ``model`` visits (PlanError says why not)."""
+    try:
+        names, block_path = _layers(model)
+        return sweep_units(names, step, unit, block_path)
+    except (ModelLoadError, ValueError) as e:
+        raise PlanError(str(e)) from None
+
+
+def keep_recipe(jobs: list[Any], keep: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(the swept step applied everywhere, the mixed recipe keeping ``keep`` in 8 bits);
+    ConfigError if the recipe is refused."""
+    base = {k: v for k, v in jobs[0].spec["recipe"][0].items() if k != "targets"}
+    base["targets"] = ["*"]
+    return base, keep_sensitive_recipe(base, keep, DEFAULT_HIGH_STEP)
 
 
 def sensitivity_sweeps(jobs: Iterable[Any]) -> dict[str, list[Any]]:
@@ -97,8 +138,9 @@ def live_results(sweep_id: str) -> None:
     st.plotly_chart(
         sensitivity_figure(points, most_sensitive(points, int(keep or 0))), key="sens_chart"
     )
+    ppl, err = cat.PERPLEXITY, cat.LAYER_ERROR
     table = pd.DataFrame(points)[
-        ["unit", "status", "perplexity", "delta_ppl", "rel_cost", "layer_error", "id"]
+        ["unit", "status", ppl.key, "delta_ppl", "rel_cost", err.key, "id"]
     ]
     table["rel_cost"] = 100 * table["rel_cost"]
     st.dataframe(
@@ -108,10 +150,12 @@ def live_results(sweep_id: str) -> None:
         key="sens_table",
         column_config={
             "unit": st.column_config.TextColumn("quantized unit"),
-            "perplexity": st.column_config.NumberColumn("perplexity", format="%.4f"),
+            ppl.key: st.column_config.NumberColumn(ppl.header, format="%.4f", help=ppl.definition),
             "delta_ppl": st.column_config.NumberColumn("Δ perplexity", format="%+.4f"),
             "rel_cost": st.column_config.NumberColumn("relative cost (%)", format="%+.3f"),
-            "layer_error": st.column_config.NumberColumn("layer error", format="%.2e"),
+            err.key: st.column_config.NumberColumn(
+                "layer error", format=err.fmt, help=cat.MEAN_LAYER_ERROR.definition
+            ),
             "id": st.column_config.NumberColumn("job", format="%d"),
         },
     )

@@ -1,67 +1,36 @@
-"""Validate a run the user composed and queue it (the New run page and the tests call this)."""
+"""Validate a run the user composed and queue it (the New run page and the tests call this).
+
+The spec is made by the one builder (runs.spec.build_spec) the CLI, sweeps and the
+Sensitivity page use too; this module only adds the database: whether an uploaded
+text is stored, and the queue.
+"""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from typing import Any
 
 from core.calib import CalibSettings
-from core.data import DataError, list_text_sets
-from core.jobspec import JobSpec
 from core.metrics import EvalSettings
-from core.recipe import Recipe, recipe_from_steps
-from core.registry import ConfigError
-from core.sweep import sweep_specs
 from db import queue
+from runs import spec as run_spec
+from runs.sensitivity import Unit, sensitivity_recipes
+from runs.spec import JobSpec, recipe_label, steps_from_json
+from runs.sweep import sweep_specs
+
+__all__ = [
+    "build_spec",
+    "recipe_label",
+    "steps_from_json",
+    "submit_run",
+    "submit_sensitivity_sweep",
+    "submit_sweep_run",
+]
 
 
-def _settings(cls: type, value: Any, what: str) -> Any:
-    if isinstance(value, cls):
-        return value
-    try:
-        return cls(**(value or {}))
-    except TypeError as e:
-        raise ConfigError(f"bad {what}: {e}") from None
-
-
-def steps_from_json(text: str) -> list[dict[str, Any]]:
-    """Recipe steps typed as JSON (a list of steps, or one step); ConfigError if not JSON."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"recipe is not valid JSON: {e}") from None
-    if isinstance(data, dict):
-        data = data.get("steps", [data]) if "method" not in data else [data]
-    if not isinstance(data, list):
-        raise ConfigError('a recipe must be a list of steps such as [{"method": "rtn", "bits": 8}]')
-    return data
-
-
-def recipe_label(recipe: Recipe) -> str:
-    """A short label for tables and legends: the recipe's name, else each step's method
-    with the parameters that differ from their defaults ("rtn(bits=4, granularity=group)")."""
-    if recipe.name or not recipe.steps:
-        return recipe.label
-    parts = []
-    for step in recipe.steps:
-        try:
-            defaults = type(step.config)().to_dict()
-        except ValueError:  # a config without valid defaults: show every parameter
-            defaults = {}
-        changed = [f"{k}={v}" for k, v in step.config.to_dict().items() if defaults.get(k) != v]
-        parts.append(f"{step.method}({', '.join(changed)})" if changed else step.method)
-    return " + ".join(parts)
-
-
-def check_text_set(sf: queue.Factory, name: str, role: str) -> None:
-    """Refuse a text set no worker could resolve (a typo, or an upload that was not stored)."""
-    if name.startswith("upload:"):
-        if queue.get_text(sf, name) is None:
-            raise DataError(f"{role} set {name!r} is not in the database: upload it again")
-        return
-    known = sorted(t["name"] for t in list_text_sets())
-    if name not in known:
-        raise DataError(f"unknown {role} set {name!r}; available: {', '.join(known)}")
+def text_exists(sf: queue.Factory) -> Callable[[str], bool]:
+    """Whether an uploaded text set is stored in this database."""
+    return lambda name: queue.get_text(sf, name) is not None
 
 
 def build_spec(
@@ -76,26 +45,17 @@ def build_spec(
     save_model: bool = False,
 ) -> tuple[JobSpec, str]:
     """A validated JobSpec and its recipe label; ValueError (ConfigError, DataError) if bad."""
-    model = (model or "").strip()
-    if not model:
-        raise ConfigError("choose a model: the demo model, a Hugging Face id, or a local folder")
-    recipe = recipe_from_steps(steps, name=recipe_name)  # ConfigError says what is allowed
-    ev = _settings(EvalSettings, eval_settings, "evaluation settings")
-    cs = _settings(CalibSettings, calib_settings, "calibration settings")
-    check_text_set(sf, eval_set, "evaluation")
-    if recipe.steps:
-        check_text_set(sf, calib, "calibration")
-    spec = JobSpec(
-        model=model,
-        recipe=recipe.to_list(),
-        recipe_name=recipe.name,
+    return run_spec.build_spec(
+        model,
+        steps,
+        text_exists=text_exists(sf),
+        recipe_name=recipe_name,
         calib=calib,
         eval_set=eval_set,
-        eval=ev,
-        calib_settings=cs,
+        eval_settings=eval_settings,
+        calib_settings=calib_settings,
         save_model=save_model,
     )
-    return spec, recipe_label(recipe)
 
 
 def submit_run(
@@ -141,3 +101,24 @@ def submit_sweep_run(
         (name, one.to_json()) for name, one in sweep_specs(spec, label, step_index, param, values)
     ]
     return queue.submit_sweep(sf, model=spec.model, jobs=jobs), len(jobs)
+
+
+def submit_sensitivity_sweep(
+    sf: queue.Factory,
+    model: str,
+    step: dict[str, Any],
+    units: list[Unit],
+    calib: str,
+    eval_set: str,
+    eval_settings: EvalSettings | dict[str, Any] | None,
+    calib_settings: CalibSettings | dict[str, Any] | None,
+) -> tuple[str, int]:
+    """Queue one job per unit, each applying ``step`` to that unit only, under one sweep
+    id; returns (sweep id, number of jobs). Nothing is queued if one spec is refused."""
+    jobs = []
+    for u, steps in zip(units, sensitivity_recipes(step, units), strict=True):
+        spec, label = build_spec(
+            sf, model, steps, "", calib, eval_set, eval_settings, calib_settings
+        )
+        jobs.append((f"{label} only {u.label}", spec.to_json()))
+    return queue.submit_sweep(sf, model=model, jobs=jobs), len(jobs)

@@ -9,7 +9,9 @@ import pandas as pd
 import streamlit as st
 
 from core.registry import ConfigError, describe_params, get_method
-from core.sweep import numeric_params, sweep_points, sweep_values
+from runs import catalogue as cat
+from runs.records import as_float
+from runs.sweep import numeric_params, sweep_points, sweep_values
 from ui.figures_sweep import sweep_figure
 from ui.frames import recipe_steps
 
@@ -64,7 +66,7 @@ def sweep_form(steps: list[dict[str, Any]] | None) -> tuple[int, str, list[float
     return index, param, values
 
 
-def sweep_frame(jobs: list[Any], metric: str = "perplexity") -> pd.DataFrame:
+def sweep_frame(jobs: list[Any], metric: str = cat.PERPLEXITY.key) -> pd.DataFrame:
     """Plot rows of the finished jobs that belong to parameter sweeps (others are skipped)."""
     records = [
         {"sweep_id": j.sweep_id, "recipe": recipe_steps(j), "metrics": j.result or {}}
@@ -74,18 +76,23 @@ def sweep_frame(jobs: list[Any], metric: str = "perplexity") -> pd.DataFrame:
     return pd.DataFrame(sweep_points(records, metric))
 
 
-def sweep_chart(jobs: list[Any], metric: str = "perplexity") -> bool:
+def baseline_of(jobs: list[Any]) -> float | None:
+    """The median uncompressed perplexity the jobs recorded (None if none did)."""
+    bases = [as_float((j.result or {}).get(cat.BASELINE_PERPLEXITY.key)) for j in jobs]
+    bases = [b for b in bases if b == b]
+    return float(pd.Series(bases).median()) if bases else None
+
+
+def sweep_chart(jobs: list[Any], metric: str = cat.PERPLEXITY.key) -> bool:
     """A "Sweeps" section with the chart of the parameter sweeps among ``jobs``; nothing
     (False) when there is none (sensitivity sweeps, one layer at a time, are not drawn)."""
     df = sweep_frame(jobs, metric)
     if df.empty:
         return False
-    bases = [(j.result or {}).get("baseline_perplexity") for j in jobs]
-    bases = [b for b in bases if isinstance(b, int | float)]
-    baseline = float(pd.Series(bases).median()) if bases and metric == "perplexity" else None
+    baseline = baseline_of(jobs) if metric == cat.PERPLEXITY.key else None
     st.subheader("Sweeps")
     st.caption(
-        f"{metric.replace('_', ' ').capitalize()} against the swept parameter, one line per "
+        f"{cat.BY_KEY[metric].label} against the swept parameter, one line per "
         "method (queued with 'Sweep one parameter' on New run, or `python -m workers run "
         "--sweep`)."
     )

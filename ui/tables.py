@@ -8,13 +8,16 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core.metrics import DEFINITIONS
+from runs import catalogue as cat
 
 _cc = st.column_config
 
 
-def _num(label: str, fmt: str, key: str | None = None) -> Any:
-    return _cc.NumberColumn(label, format=fmt, help=DEFINITIONS.get(key or "", None))
+def metric_column(m: cat.Metric) -> Any:
+    """A table column of a catalogued metric: its header, format and definition."""
+    if m.kind == "flag":
+        return _cc.CheckboxColumn(m.header, help=m.definition)
+    return _cc.NumberColumn(m.header, format=m.fmt, help=m.definition)
 
 
 RUN_COLUMNS: dict[str, Any] = {
@@ -22,26 +25,7 @@ RUN_COLUMNS: dict[str, Any] = {
     "model": _cc.TextColumn("model"),
     "recipe": _cc.TextColumn("recipe"),
     "method": _cc.TextColumn("method"),
-    "perplexity": _num("perplexity", "%.3f", "perplexity"),
-    "baseline_perplexity": _num("baseline ppl", "%.3f"),
-    "bits_per_byte": _num("bits/byte", "%.4f", "bits_per_byte"),
-    "kl_to_baseline": _num("KL (nats)", "%.2e", "kl_to_baseline"),
-    "top1_agreement": _num("top-1 agree", "%.3f", "top1_agreement"),
-    "weight_mb": _num("weights (MB)", "%.3f", "weight_bytes"),
-    "bits_per_weight": _num("bits/weight", "%.2f", "bits_per_weight"),
-    "compressed_bits_per_weight": _num(
-        "bits/weight (compressed)", "%.2f", "compressed_bits_per_weight"
-    ),
-    "prefill_ms": _num("prefill (ms)", "%.1f", "prefill_ms"),
-    "decode_tok_s": _num("decode (tok/s)", "%.1f", "decode_tok_s"),
-    "prefill_speedup": _num("prefill speed-up", "%.2fx", "prefill_speedup"),
-    "decode_speedup": _num("decode speed-up", "%.2fx", "decode_speedup"),
-    "smaller_but_slower": _cc.CheckboxColumn(
-        "smaller but slower", help=DEFINITIONS["smaller_but_slower"]
-    ),
-    "peak_mem_mb": _num("peak mem (MB)", "%.0f", "peak_mem_bytes"),
-    "compress_s": _num("compress (s)", "%.1f", "compress_s"),
-    "mean_layer_error": _num("layer error", "%.2e", "layer_error"),
+    **{m.col: metric_column(m) for m in cat.RUN_TABLE},
     "eval": _cc.TextColumn("evaluated on"),
     "finished": _cc.DatetimeColumn("finished", format="YYYY-MM-DD HH:mm"),
 }
@@ -71,7 +55,7 @@ JOB_COLUMNS: dict[str, Any] = {
     "id": _cc.NumberColumn("job", format="%d"),
     "progress": _cc.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
     "submitted": _cc.DatetimeColumn("submitted", format="YYYY-MM-DD HH:mm:ss"),
-    "perplexity": _num("perplexity", "%.3f", "perplexity"),
+    cat.PERPLEXITY.col: metric_column(cat.PERPLEXITY),
     "error": _cc.TextColumn("error", width="large"),
 }
 
@@ -85,8 +69,8 @@ LEADERBOARD_COLUMNS: dict[str, Any] = {
     "pareto": _cc.CheckboxColumn(
         "Pareto", help="on the front of its model and evaluation: memory, latency, perplexity"
     ),
-    "bits": _cc.TextColumn("bits", help="nominal bit width of the weights; a/b: mixed"),
-    "sparsity": _num("sparsity", "%.2f"),
+    "bits": _cc.TextColumn("bits", help=cat.NOMINAL_BITS.definition + "; a/b: mixed"),
+    "sparsity": _cc.NumberColumn("sparsity", format="%.2f"),
     "calib": _cc.TextColumn("calibration set"),
     "origin": _cc.TextColumn("origin", help="who measured it: local, or an imported bundle's"),
     "fingerprint": _cc.TextColumn("fingerprint", help="first 12 characters of its hash"),

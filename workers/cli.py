@@ -6,20 +6,9 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
-
-RESULT_KEYS = (
-    "perplexity",
-    "bits_per_byte",
-    "kl_to_baseline",
-    "top1_agreement",
-    "weight_bytes",
-    "bits_per_weight",
-    "peak_mem_bytes",
-    "prefill_ms",
-    "decode_tok_s",
-    "compress_s",
-)
 
 
 class UsageError(Exception):
@@ -68,125 +57,145 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_spec(args: argparse.Namespace) -> tuple[Any, str]:
-    """A validated JobSpec and the recipe label from CLI arguments (UsageError if bad)."""
-    from core.calib import CalibSettings
-    from core.data import list_text_sets
-    from core.jobspec import JobSpec
-    from core.metrics import EvalSettings
+def text_exists(sf: Any) -> Callable[[str], bool]:
+    """Whether an uploaded text set is stored in the database ``sf`` opens."""
+    from db import queue
+
+    return lambda name: queue.get_text(sf, name) is not None
+
+
+def build_spec(args: argparse.Namespace, exists: Callable[[str], bool]) -> tuple[Any, str]:
+    """A validated JobSpec and the recipe label from CLI arguments (UsageError if bad),
+    made by the builder every page uses (runs.spec.build_spec)."""
     from core.recipe import parse_recipe
-    from core.registry import ConfigError
+    from runs.spec import build_spec as build
 
     try:
-        recipe = parse_recipe(args.recipe)
-        ev = EvalSettings(ctx=args.ctx, eval_tokens=args.eval_tokens)
-        cs = CalibSettings(n_samples=args.calib_samples, seq_len=args.calib_seq_len, seed=args.seed)
-    except (ConfigError, ValueError) as e:
+        return build(
+            args.model,
+            parse_recipe(args.recipe),
+            text_exists=exists,
+            calib=args.calib,
+            eval_set=args.eval_set,
+            eval_settings={"ctx": args.ctx, "eval_tokens": args.eval_tokens},
+            calib_settings={
+                "n_samples": args.calib_samples,
+                "seq_len": args.calib_seq_len,
+                "seed": args.seed,
+            },
+            save_model=bool(getattr(args, "save", False)),
+        )
+    except ValueError as e:  # ConfigError, DataError: the message says what is allowed
         raise UsageError(str(e)) from None
-    known = {t["name"] for t in list_text_sets()}
-    for name in (args.calib, args.eval_set):
-        if name not in known and not name.startswith("upload:"):
-            raise UsageError(f"unknown text set {name!r}; available: {', '.join(sorted(known))}")
-    spec = JobSpec(
-        model=args.model,
-        recipe=recipe.to_list(),
-        recipe_name=recipe.name,
-        calib=args.calib,
-        eval_set=args.eval_set,
-        eval=ev,
-        calib_settings=cs,
-        save_model=bool(getattr(args, "save", False)),
-    )
-    return spec, recipe.label
+
+
+@contextmanager
+def local_worker(sf: Any, interrupted: str) -> Iterator[Any]:
+    """A worker in this process for the jobs this command queued; on SIGINT / SIGTERM its
+    job goes back to the queue and the command ends with ``interrupted``."""
+    from db import queue
+    from workers.runner import Runner, WorkerShutdown, install_signal_handlers
+
+    runner = Runner(sf)
+    queue.register_worker(sf, runner.worker_id)
+    install_signal_handlers()
+    try:
+        yield runner
+    except WorkerShutdown as e:
+        queue.requeue_worker_jobs(sf, runner.worker_id, f"requeued: worker stopped ({e})")
+        raise UsageError(f"interrupted ({e}); {interrupted}") from None
+    finally:
+        queue.worker_stopped(sf, runner.worker_id)
+
+
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The headline metrics of a result (runs.catalogue.SUMMARY), in order."""
+    from runs import catalogue as cat
+
+    return {m.key: result.get(m.key) for m in cat.SUMMARY}
+
+
+def _print_run(out: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(out))
+        return
+    for k, v in out.items():
+        print(f"{k:>26}: {v}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from db import queue
     from db.session import session_factory
-    from workers.runner import Runner, WorkerShutdown, install_signal_handlers
 
     if args.sweep:
         return cmd_run_sweep(args)
-    spec, label = build_spec(args)
     sf = session_factory(args.db)
+    spec, label = build_spec(args, text_exists(sf))
     job_id = queue.submit(sf, model=spec.model, recipe_label=label, spec_json=spec.to_json())
-    runner = Runner(sf)
-    queue.register_worker(sf, runner.worker_id)
-    install_signal_handlers()
-    job = queue.claim(sf, runner.worker_id, job_id=job_id)
-    if job is None:  # a serving worker took it first; it runs there
-        raise UsageError(f"job {job_id} was claimed by another worker")
-    try:
+    with local_worker(sf, f"job {job_id} was put back in the queue") as runner:
+        job = queue.claim(sf, runner.worker_id, job_id=job_id)
+        if job is None:  # a serving worker took it first; it runs there
+            raise UsageError(f"job {job_id} was claimed by another worker")
         status = runner.run_claimed(job)
-    except WorkerShutdown as e:
-        queue.requeue_worker_jobs(sf, runner.worker_id, f"requeued: worker stopped ({e})")
-        raise UsageError(f"interrupted ({e}); job {job_id} was put back in the queue") from None
-    finally:
-        queue.worker_stopped(sf, runner.worker_id)
     job = queue.get_job(sf, job_id)
     assert job is not None
     out: dict[str, Any] = {"run_id": job_id, "status": status, "model": job.model, "recipe": label}
-    out.update({k: job.result.get(k) for k in RESULT_KEYS})
+    out.update(summary(job.result))
     out.update({k: v for k, v in job.result.items() if k not in out})
     if job.error:
         out["error"] = job.error
-    if args.json:
-        print(json.dumps(out))
-    else:
-        for k, v in out.items():
-            print(f"{k:>26}: {v}")
+    _print_run(out, args.json)
     if status != "succeeded":
         print(f"error: job {job_id} {status}: {job.error or job.message}", file=sys.stderr)
         return 1
     return 0
 
 
+def _sweep_row(runner: Any, sf: Any, job_id: int, step: int, param: str) -> dict[str, Any] | None:
+    """Run one queued job of a sweep here; its line (None if another worker took it)."""
+    from db import queue
+
+    job = queue.claim(sf, runner.worker_id, job_id=job_id)
+    if job is None:  # a serving worker took it; it runs there
+        return None
+    status = runner.run_claimed(job)
+    done = queue.get_job(sf, job_id)
+    assert done is not None
+    value = json.loads(done.spec_json)["recipe"][step][param]
+    row = {"run_id": done.id, "status": status, param: value, **summary(done.result)}
+    if done.error:
+        row["error"] = done.error
+    return row
+
+
 def cmd_run_sweep(args: argparse.Namespace) -> int:
     """Queue one job per swept value under one sweep id, run them here in order, and print
     one line per run (the last stdout line with --json: every run in one object)."""
     from core.registry import ConfigError
-    from core.sweep import parse_sweep_arg, sweep_specs
     from db import queue
     from db.session import session_factory
-    from workers.runner import Runner, WorkerShutdown, install_signal_handlers
+    from runs.sweep import parse_sweep_arg, sweep_specs
 
-    spec, label = build_spec(args)
+    sf = session_factory(args.db)
+    spec, label = build_spec(args, text_exists(sf))
     try:
         param, values = parse_sweep_arg(args.sweep)
         specs = sweep_specs(spec, label, args.sweep_step, param, values)
     except ConfigError as e:
         raise UsageError(str(e)) from None
     jobs = [(name, one.to_json()) for name, one in specs]
-    sf = session_factory(args.db)
     sweep_id = queue.submit_sweep(sf, model=spec.model, jobs=jobs)
-    runner = Runner(sf)
-    queue.register_worker(sf, runner.worker_id)
-    install_signal_handlers()
-    runs, failed = [], 0
-    try:
+    runs = []
+    with local_worker(sf, f"sweep {sweep_id} stays queued") as runner:
         for queued in queue.sweep_jobs(sf, sweep_id):
-            job = queue.claim(sf, runner.worker_id, job_id=queued.id)
-            if job is None:  # a serving worker took it; it runs there
-                continue
-            status = runner.run_claimed(job)
-            done = queue.get_job(sf, queued.id)
-            assert done is not None
-            value = json.loads(done.spec_json)["recipe"][args.sweep_step][param]
-            row = {"run_id": done.id, "status": status, param: value}
-            row.update({k: done.result.get(k) for k in RESULT_KEYS})
-            if done.error:
-                row["error"] = done.error
-            failed += status != "succeeded"
-            runs.append(row)
-            print(json.dumps(row) if args.json else f"{param}={value}: {status} {row}")
-    except WorkerShutdown as e:
-        queue.requeue_worker_jobs(sf, runner.worker_id, f"requeued: worker stopped ({e})")
-        raise UsageError(f"interrupted ({e}); sweep {sweep_id} stays queued") from None
-    finally:
-        queue.worker_stopped(sf, runner.worker_id)
+            row = _sweep_row(runner, sf, queued.id, args.sweep_step, param)
+            if row is not None:
+                runs.append(row)
+                value, status = row[param], row["status"]
+                print(json.dumps(row) if args.json else f"{param}={value}: {status} {row}")
     if args.json:
         print(json.dumps({"sweep_id": sweep_id, "param": param, "runs": runs}))
-    return 1 if failed else 0
+    return 1 if any(r["status"] != "succeeded" for r in runs) else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -12,12 +12,12 @@ from types import FrameType
 
 from core.data import DataError, TextSet, get_text_set, text_set_from_text
 from core.errors import Cancelled, ModelLoadError
-from core.jobspec import JobSpec
 from core.registry import ConfigError
 from db import queue
 from db.models import CANCELLED, FAILED, SUCCEEDED, Job
 from db.session import data_dir
-from workers.pipeline import run_job
+from runs.pipeline import run_job
+from runs.spec import JobSpec
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from core.jobspec import JobSpec
 from core.recipe import recipe_from_steps
 from core.registry import ConfigError, describe_params, get_method
+from runs import catalogue as cat
+from runs.spec import JobSpec
 
 MAX_SWEEP_POINTS = 50  # one submission queues at most this many jobs
 
@@ -141,7 +142,9 @@ def swept_parameter(recipes: list[list[dict[str, Any]]]) -> tuple[int, str] | No
     return (i, k) if numeric else None
 
 
-def sweep_points(records: list[dict[str, Any]], metric: str = "perplexity") -> list[dict[str, Any]]:
+def sweep_points(
+    records: list[dict[str, Any]], metric: str = cat.PERPLEXITY.key
+) -> list[dict[str, Any]]:
     """Plot rows from finished jobs: each record has ``sweep_id``, ``recipe`` (step
     dicts) and ``metrics``. One row per job: series (method of the swept step, plus the
     sweep id when a method was swept twice), param, value, and the metric."""

@@ -1,0 +1,145 @@
+"""A finished job's records: the result, one row per linear (bit width, bytes and
+format read from the stored modules), and the fingerprint."""
+
+from __future__ import annotations
+
+import platform
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from core.metrics import speed_vs_baseline
+from core.save import folder_bytes
+from core.stats import layer_weight, weight_stats
+from core.storage import storage_info
+from core.walk import find_linears
+from runs import catalogue as cat
+from runs.records import LayerRow, RunResult, nominal_bits, recipe_ref
+
+if TYPE_CHECKING:
+    from runs.pipeline import Job
+
+
+def package_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "bitsandbytes", "tokenizers"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def _layer_row(name: str, mod: nn.Module, job: Job) -> LayerRow:
+    b = job.before.get(name)
+    lo, hi = (b["edges"][0], b["edges"][-1]) if b else (None, None)
+    info = storage_info(mod)
+    return LayerRow(
+        name=name,
+        scheme=info.scheme,
+        format=info.format,
+        bits=info.bits,
+        weight_bytes=info.weight_bytes,
+        n_weights=info.n_weights,
+        rel_error=job.errors.get(name),
+        before=b,
+        after=weight_stats(layer_weight(mod), lo, hi).to_dict(),
+        act=job.acts.get(name),  # input activations of the uncompressed model
+    )
+
+
+def layer_rows(job: Job) -> list[LayerRow]:
+    assert job.loaded is not None
+    return [_layer_row(n, m, job) for n, m in find_linears(job.loaded.model).items()]
+
+
+def run_nominal_bits(rows: list[LayerRow], compressed: set[str]) -> list[float]:
+    """Bit widths of the layers the recipe compressed; of every layer if it compressed none."""
+    chosen = [r for r in rows if r.name in compressed] or rows
+    return nominal_bits([r.bits for r in chosen if r.bits is not None])
+
+
+def _speed(job: Job) -> tuple[float, float, dict[str, Any]]:
+    """(baseline prefill ms, baseline decode tokens/s, speed-ups over them); without a
+    recipe the baseline is this very measurement."""
+    assert job.mem and job.base_mem and job.latency
+    base_prefill_ms, base_decode_tok_s = job.base_latency or job.latency
+    speed = speed_vs_baseline(
+        job.mem.weight_bytes,
+        *job.latency,
+        job.base_mem.weight_bytes,
+        base_prefill_ms,
+        base_decode_tok_s,
+    )
+    return base_prefill_ms, base_decode_tok_s, speed
+
+
+def run_result(job: Job, rows: list[LayerRow]) -> RunResult:
+    assert job.res and job.mem and job.base_mem and job.latency and job.loaded
+    errs = [e for e in job.errors.values() if e is not None]
+    base_prefill_ms, base_decode_tok_s, speed = _speed(job)
+    return RunResult(
+        perplexity=job.res.perplexity,
+        bits_per_byte=job.res.bits_per_byte,
+        kl_to_baseline=job.res.kl_to_baseline,
+        top1_agreement=job.res.top1_agreement,
+        baseline_perplexity=job.base[cat.PERPLEXITY.key],
+        baseline_bits_per_byte=job.base[cat.BITS_PER_BYTE.key],
+        weight_bytes=job.mem.weight_bytes,
+        bits_per_weight=job.mem.bits_per_weight,
+        compressed_bits_per_weight=job.mem.compressed_bits_per_weight,
+        nominal_bits=run_nominal_bits(rows, set(job.errors)),
+        linear_weights=job.mem.linear_weights,
+        n_params=job.loaded.n_params,
+        peak_mem_bytes=job.peak.peak,
+        prefill_ms=job.latency[0],
+        decode_tok_s=job.latency[1],
+        baseline_weight_bytes=job.base_mem.weight_bytes,
+        baseline_prefill_ms=base_prefill_ms,
+        baseline_decode_tok_s=base_decode_tok_s,
+        **speed,
+        compress_s=job.compress_s,
+        mean_layer_error=sum(errs) / len(errs) if errs else None,
+        eval_tokens_used=job.res.n_tokens,
+        eval_bytes_used=job.res.n_bytes,
+        model_note=job.loaded.note,
+        kernel_paths=job.kernel_paths,
+        saved_model=str(job.saved) if job.saved else None,
+        saved_model_bytes=folder_bytes(job.saved) if job.saved else None,
+    )
+
+
+def _text_facts(text: Any) -> dict[str, Any] | None:
+    return (
+        None if text is None else {"name": text.name, "sha256": text.sha256, "bytes": text.n_bytes}
+    )
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def fingerprint(job: Job) -> dict[str, Any]:
+    """What it takes to reproduce the numbers. The recipe is a reference to the spec's
+    steps (stored there, once), which still tells two recipes apart in the hash."""
+    assert job.loaded is not None
+    return {
+        "model": job.loaded.model_id,
+        "revision": job.loaded.revision,
+        "recipe": recipe_ref(job.recipe.to_list()),
+        "recipe_name": job.recipe.name,
+        "eval_set": _text_facts(job.eval_text),
+        "calib_set": _text_facts(job.calib_text),
+        "eval_settings": job.spec.eval.to_dict(),
+        "calib_settings": job.spec.calib_settings.to_dict(),
+        "seed": job.spec.calib_settings.seed,
+        "packages": package_versions(),
+        "device": str(job.device),
+        "device_name": _device_name(job.device),
+        "threads": torch.get_num_threads(),
+    }

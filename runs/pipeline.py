@@ -1,0 +1,240 @@
+"""One job as named stages: load, baseline, calibrate, compress, evaluate, measure speed,
+store. :data:`STAGES` declares them in order with their share of the progress bar.
+
+Pure of the database: the runner passes callbacks for progress and cancellation and
+a resolver for text sets, and stores what comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.actstats import collect_activation_stats
+from core.calib import calibration_batches
+from core.data import TextSet
+from core.kernels.ops import path_log, reset_path_log
+from core.metrics import (
+    EvalResult,
+    LogprobStore,
+    PeakMemory,
+    WeightMemory,
+    eval_windows,
+    evaluate,
+    measure_latency,
+    weight_memory,
+)
+from core.models import LoadedModel, load_model
+from core.recipe import Recipe
+from core.save import save_compressed
+from core.walk import apply_recipe
+from runs import assemble, baseline_cache
+from runs.progress import STAGES, Progress, StageProgress
+from runs.records import LayerRow, RunResult
+from runs.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+__all__ = ["STAGES", "JobResult", "Progress", "run_job"]
+
+
+@dataclass
+class JobResult:
+    """What a job hands the database: typed records, written as the JSON rows hold."""
+
+    result: RunResult
+    layer_rows: list[LayerRow]
+    fingerprint: dict[str, Any]  # what it takes to reproduce the numbers
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.result.to_dict()
+
+    @property
+    def layers(self) -> list[dict[str, Any]]:
+        return [r.to_dict() for r in self.layer_rows]
+
+
+@dataclass
+class Job:
+    """One job's inputs and everything its stages measured so far."""
+
+    spec: JobSpec
+    recipe: Recipe
+    cache_dir: Path
+    resolve_text: Callable[[str], TextSet]
+    should_cancel: Callable[[], bool]
+    save_dir: Path | None
+    device: torch.device
+    peak: PeakMemory
+    loaded: LoadedModel | None = None
+    eval_text: TextSet | None = None
+    windows: list[torch.Tensor] = field(default_factory=list)
+    logprobs: LogprobStore | None = None
+    base: dict[str, Any] = field(default_factory=dict)  # baseline perplexity, bits/byte
+    before: dict[str, dict[str, Any]] = field(default_factory=dict)
+    base_mem: WeightMemory | None = None
+    base_latency: tuple[float, float] | None = None
+    calib_text: TextSet | None = None
+    batches: list[torch.Tensor] | None = None
+    acts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    errors: dict[str, float | None] = field(default_factory=dict)
+    compress_s: float = 0.0
+    res: EvalResult | None = None
+    latency: tuple[float, float] | None = None
+    kernel_paths: list[Any] = field(default_factory=list)
+    mem: WeightMemory | None = None
+    saved: Path | None = None
+    out: JobResult | None = None
+
+    @property
+    def compresses(self) -> bool:
+        return bool(self.recipe.steps)
+
+    @property
+    def prompt(self) -> torch.Tensor:
+        return torch.cat(self.windows)
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# --- the stages, in the order of STAGES ------------------------------------------
+
+
+def load(job: Job, report: Progress) -> None:
+    report(0.0, f"loading model {job.spec.model}")
+    job.loaded = load_model(job.spec.model, device=job.device)
+    job.eval_text = job.resolve_text(job.spec.eval_set)
+    job.windows = eval_windows(job.loaded.tokenizer, job.eval_text.text, job.spec.eval)
+    job.logprobs = baseline_cache.logprob_store(
+        job.cache_dir, job.loaded, job.eval_text, job.spec.eval, len(job.windows)
+    )
+
+
+def baseline(job: Job, report: Progress) -> None:
+    """The uncompressed model: its log-probs (cached), weight statistics, memory and, when
+    a recipe follows, its latency, measured in this job to compare against."""
+    assert job.loaded is not None and job.logprobs is not None
+    job.base = baseline_cache.ensure_baseline(
+        job.loaded, job.windows, job.logprobs, job.should_cancel, report
+    )
+    job.before = baseline_cache.stats_before(job.loaded.model)
+    job.base_mem = weight_memory(job.loaded.model)
+    if job.compresses:
+        report(1.0, "measuring the baseline's latency")
+        job.base_latency = measure_latency(job.loaded.model, job.prompt, job.spec.eval)
+
+
+def calibrate(job: Job, report: Progress) -> None:
+    """Calibration batches and the uncompressed model's input activations on them."""
+    if not job.compresses:
+        return
+    assert job.loaded is not None
+    job.calib_text = job.resolve_text(job.spec.calib)
+    job.batches = calibration_batches(
+        job.loaded.tokenizer, job.calib_text.text, job.spec.calib_settings
+    )
+    job.acts = collect_activation_stats(
+        job.loaded.model, job.batches, should_cancel=job.should_cancel, on_progress=report
+    )
+
+
+def compress(job: Job, report: Progress) -> None:
+    if not job.compresses:
+        return
+    assert job.loaded is not None
+    t0 = time.perf_counter()
+    reports = apply_recipe(
+        job.loaded.model,
+        job.recipe,
+        on_progress=report,
+        should_cancel=job.should_cancel,
+        calib_batches=job.batches,
+    )
+    job.compress_s = time.perf_counter() - t0
+    job.errors = {r.name: r.rel_error for r in reports}
+
+
+def evaluate_compressed(job: Job, report: Progress) -> None:
+    assert job.loaded is not None and job.logprobs is not None
+    report(0.0, "evaluating the compressed model")
+    reset_path_log()
+    job.res = evaluate(
+        job.loaded.model,
+        job.loaded.tokenizer,
+        job.windows,
+        baseline=job.logprobs.reader(),
+        should_cancel=job.should_cancel,
+        on_progress=report,
+    )
+
+
+def measure_speed(job: Job, report: Progress) -> None:
+    assert job.loaded is not None
+    report(0.0, "measuring latency")
+    job.latency = measure_latency(job.loaded.model, job.prompt, job.spec.eval)
+    job.kernel_paths = path_log()  # the integer kernel paths that really ran
+    job.mem = weight_memory(job.loaded.model)
+
+
+def store(job: Job, report: Progress) -> None:
+    """Keep the compressed model when the spec asks, and write the run's records (the
+    runner puts them in the database)."""
+    assert job.loaded is not None
+    if job.spec.save_model and job.compresses and job.save_dir is not None:
+        report(0.0, "saving the compressed model")
+        job.saved = save_compressed(
+            job.loaded.model.cpu(), job.save_dir, job.recipe, job.loaded.tokenizer
+        )
+    rows = assemble.layer_rows(job)
+    job.out = JobResult(assemble.run_result(job, rows), rows, assemble.fingerprint(job))
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[Job, Progress], None]] = {
+    "load": load,
+    "baseline": baseline,
+    "calibrate": calibrate,
+    "compress": compress,
+    "evaluate": evaluate_compressed,
+    "measure speed": measure_speed,
+    "store": store,
+}
+PEAK_TRACKED = ("load", "baseline", "calibrate", "compress", "evaluate", "measure speed")
+
+
+def run_job(
+    spec: JobSpec,
+    *,
+    cache_dir: Path,
+    resolve_text: Callable[[str], TextSet],
+    on_progress: Progress = lambda f, m: None,
+    should_cancel: Callable[[], bool] = lambda: False,
+    save_dir: Path | None = None,
+) -> JobResult:
+    """Run one job; raises ModelLoadError / ConfigError / DataError / Cancelled on failure.
+
+    With ``spec.save_model`` and a recipe, the compressed model is saved to ``save_dir``."""
+    recipe = spec.parsed_recipe()  # refuse a bad recipe before loading anything
+    device = pick_device()
+    job = Job(
+        spec, recipe, cache_dir, resolve_text, should_cancel, save_dir, device, PeakMemory(device)
+    )
+    torch.manual_seed(spec.calib_settings.seed)
+    progress = StageProgress(on_progress)
+    with job.peak.track():
+        for name in PEAK_TRACKED:
+            STAGE_FUNCTIONS[name](job, progress.stage(name))
+    for name, _ in STAGES:
+        if name not in PEAK_TRACKED:
+            STAGE_FUNCTIONS[name](job, progress.stage(name))
+    progress.done()
+    assert job.out is not None
+    return job.out

@@ -1,0 +1,149 @@
+"""What a run stores, typed: the result (one field per catalogued metric), one row per
+linear layer, and the fingerprint.
+
+Each record writes the JSON the database has always held (same keys) and reads rows
+written by earlier versions: a missing key reads as None, an unknown one is kept.
+The recipe is stored once, in the job's spec; the fingerprint holds a reference to it
+(its SHA-256), and old fingerprints that copied the steps still read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from runs import catalogue as cat
+
+
+def as_float(value: Any, *, finite: bool = False) -> float:
+    """A stored number as a float; NaN for None, text, booleans (and, with ``finite``,
+    for infinities), so a missing metric is an empty cell, never an error."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return float("nan")
+    return float(value) if not finite or math.isfinite(value) else float("nan")
+
+
+def _known(cls: type, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the keys ``cls`` has fields for, everything else) of a stored dict."""
+    names = {f.name for f in fields(cls)} - {"extra"}
+    return {k: v for k, v in data.items() if k in names}, {
+        k: v for k, v in data.items() if k not in names
+    }
+
+
+@dataclass
+class LayerRow:
+    """One linear layer of a finished run: how it is stored and what compression did."""
+
+    name: str
+    scheme: str = ""  # the stored format's detailed label, e.g. int4-sym-g128
+    format: str | None = None  # stored format, e.g. "affine-int", "dense" (None: old row)
+    bits: float | None = None  # nominal bits per stored weight value
+    weight_bytes: int | None = None  # bytes of the module's tensors as stored
+    n_weights: int | None = None
+    rel_error: float | None = None  # ||WX - W'X|| / ||WX|| on calibration inputs
+    before: dict[str, Any] | None = None  # weight statistics of the uncompressed layer
+    after: dict[str, Any] | None = None  # the same of the stored weights
+    act: dict[str, Any] | None = None  # input activations on the calibration set
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return {**d, **self.extra}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LayerRow:
+        known, extra = _known(cls, data)
+        return cls(**{"name": "?", **known}, extra=extra)
+
+
+@dataclass
+class RunResult:
+    """The numbers of one run; field names are the catalogue's keys (a test checks)."""
+
+    perplexity: float | None = None
+    baseline_perplexity: float | None = None
+    bits_per_byte: float | None = None
+    baseline_bits_per_byte: float | None = None
+    kl_to_baseline: float | None = None
+    top1_agreement: float | None = None
+    weight_bytes: int | None = None
+    bits_per_weight: float | None = None
+    compressed_bits_per_weight: float | None = None
+    nominal_bits: list[float] | None = None
+    peak_mem_bytes: int | None = None
+    prefill_ms: float | None = None
+    decode_tok_s: float | None = None
+    prefill_speedup: float | None = None
+    decode_speedup: float | None = None
+    smaller_but_slower: bool | None = None
+    baseline_weight_bytes: int | None = None
+    baseline_prefill_ms: float | None = None
+    baseline_decode_tok_s: float | None = None
+    compress_s: float | None = None
+    mean_layer_error: float | None = None
+    n_params: int | None = None
+    linear_weights: int | None = None
+    eval_tokens_used: int | None = None
+    eval_bytes_used: int | None = None
+    model_note: str | None = None
+    kernel_paths: list[Any] | None = None
+    saved_model: str | None = None
+    saved_model_bytes: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored JSON: every catalogued key in catalogue order, then the rest."""
+        return {**{m.key: getattr(self, m.key) for m in cat.RESULT}, **self.extra}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> RunResult:
+        known, extra = _known(cls, data or {})
+        return cls(**known, extra=extra)
+
+
+def nominal_bits(layer_bits: Sequence[float]) -> list[float]:
+    """The distinct nominal bit widths of some layers, ascending."""
+    return sorted({float(b) for b in layer_bits})
+
+
+def _fmt_bits(b: float) -> str:
+    return str(int(b)) if float(b).is_integer() else f"{b:g}"
+
+
+def bits_label(result: dict[str, Any]) -> str:
+    """The Leaderboard's bit width of a run: "4", "4/8" (mixed), "32" (uncompressed).
+
+    From the stored formats' ``nominal_bits``; a row written before they were recorded
+    reads it back from its effective bits per compressed weight (scales and zero points
+    add a fraction, so 4.125 reads as 4), else from the bits over all linears."""
+    widths = result.get(cat.NOMINAL_BITS.key)
+    if isinstance(widths, list) and widths:
+        return "/".join(_fmt_bits(b) for b in nominal_bits(widths))
+    for m in (cat.COMPRESSED_BITS_PER_WEIGHT, cat.BITS_PER_WEIGHT):
+        effective = as_float(result.get(m.key), finite=True)
+        if effective > 0:
+            return _fmt_bits(math.floor(effective + 1e-9))
+    return "?"
+
+
+# --- the fingerprint --------------------------------------------------------------
+
+
+def recipe_ref(steps: list[dict[str, Any]]) -> dict[str, str]:
+    """What the fingerprint stores for the recipe: a reference to the spec's steps (their
+    canonical JSON's SHA-256), so the steps are stored once and still identify the run."""
+    canonical = json.dumps(steps, sort_keys=True)
+    return {"in": "spec", "sha256": hashlib.sha256(canonical.encode()).hexdigest()}
+
+
+def recipe_steps(fingerprint: dict[str, Any] | None, spec: dict[str, Any] | None) -> list:
+    """The recipe steps a job ran: an old fingerprint's copy, else the spec's steps."""
+    fp_recipe = (fingerprint or {}).get("recipe")
+    if isinstance(fp_recipe, list):
+        return fp_recipe
+    return list((spec or {}).get("recipe") or [])

@@ -1,0 +1,145 @@
+"""The job spec, and the ONE builder that makes it for New run, Sensitivity, sweeps and
+the CLI: the same recipe gives the same spec JSON and the same label from every door,
+after the same validation (recipe, settings, text sets, uploads).
+
+Pure of the database: whether an uploaded text is stored is asked through a callable
+``text_exists(name) -> bool`` that the caller (a page, the CLI) provides.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from core.calib import CalibSettings
+from core.data import DataError, list_text_sets
+from core.metrics import EvalSettings
+from core.recipe import Recipe, recipe_from_steps
+from core.registry import ConfigError
+
+TextExists = Callable[[str], bool]  # is this uploaded text ("upload:...") stored?
+UPLOAD_PREFIX = "upload:"
+DEFAULT_CALIB = "stdlib-code"
+DEFAULT_EVAL = "stdlib-heldout"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a job needs; stored as JSON with the job."""
+
+    model: str  # "demo", a local folder, or a hub id
+    recipe: list[dict[str, Any]]  # recipe steps (validated when parsed)
+    recipe_name: str = ""  # the named recipe it came from, if any
+    calib: str = DEFAULT_CALIB  # calibration text set
+    eval_set: str = DEFAULT_EVAL  # evaluation text set
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    calib_settings: CalibSettings = field(default_factory=CalibSettings)
+    save_model: bool = False  # keep the compressed model (safetensors + config) for download
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> JobSpec:
+        d = json.loads(text)
+        d["eval"] = EvalSettings(**d.get("eval", {}))
+        d["calib_settings"] = CalibSettings(**d.get("calib_settings", {}))
+        return cls(**d)
+
+    def parsed_recipe(self) -> Recipe:
+        return recipe_from_steps(self.recipe, name=self.recipe_name)
+
+
+def steps_from_json(text: str) -> list[dict[str, Any]]:
+    """Recipe steps typed as JSON (a list of steps, or one step); ConfigError if not JSON."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"recipe is not valid JSON: {e}") from None
+    if isinstance(data, dict):
+        data = data.get("steps", [data]) if "method" not in data else [data]
+    if not isinstance(data, list):
+        raise ConfigError('a recipe must be a list of steps such as [{"method": "rtn", "bits": 8}]')
+    return data
+
+
+def recipe_label(recipe: Recipe) -> str:
+    """A short label for tables and legends: the recipe's name, else each step's method
+    with the parameters that differ from their defaults ("rtn(bits=4, granularity=group)")."""
+    if recipe.name or not recipe.steps:
+        return recipe.label
+    parts = []
+    for step in recipe.steps:
+        try:
+            defaults = type(step.config)().to_dict()
+        except ValueError:  # a config without valid defaults: show every parameter
+            defaults = {}
+        changed = [f"{k}={v}" for k, v in step.config.to_dict().items() if defaults.get(k) != v]
+        parts.append(f"{step.method}({', '.join(changed)})" if changed else step.method)
+    return " + ".join(parts)
+
+
+def check_text_set(name: str, role: str, text_exists: TextExists) -> None:
+    """Refuse a text set no worker could resolve (a typo, or an upload that was not stored)."""
+    if name.startswith(UPLOAD_PREFIX):
+        if not text_exists(name):
+            raise DataError(f"{role} set {name!r} is not in the database: upload it again")
+        return
+    known = sorted(t["name"] for t in list_text_sets())
+    if name not in known:
+        raise DataError(f"unknown {role} set {name!r}; available: {', '.join(known)}")
+
+
+def _settings(cls: type, value: Any, what: str) -> Any:
+    if isinstance(value, cls):
+        return value
+    try:
+        return cls(**(value or {}))
+    except TypeError as e:
+        raise ConfigError(f"bad {what}: {e}") from None
+
+
+def _recipe(recipe: Recipe | Sequence[dict[str, Any]], name: str) -> Recipe:
+    """Validated through the same parser whether steps or a parsed recipe came in."""
+    if isinstance(recipe, Recipe):
+        return recipe_from_steps(recipe.to_list(), name=name or recipe.name)
+    return recipe_from_steps(list(recipe), name=name)  # ConfigError says what is allowed
+
+
+def build_spec(
+    model: str,
+    recipe: Recipe | Sequence[dict[str, Any]],
+    *,
+    text_exists: TextExists,
+    recipe_name: str = "",
+    calib: str = DEFAULT_CALIB,
+    eval_set: str = DEFAULT_EVAL,
+    eval_settings: EvalSettings | dict[str, Any] | None = None,
+    calib_settings: CalibSettings | dict[str, Any] | None = None,
+    save_model: bool = False,
+) -> tuple[JobSpec, str]:
+    """A validated JobSpec and its recipe label; ValueError (ConfigError, DataError) if bad.
+
+    Both text sets are checked, the calibration set even for the uncompressed baseline
+    (a typo is a typo)."""
+    model = (model or "").strip()
+    if not model:
+        raise ConfigError("choose a model: the demo model, a Hugging Face id, or a local folder")
+    parsed = _recipe(recipe, recipe_name)
+    ev = _settings(EvalSettings, eval_settings, "evaluation settings")
+    cs = _settings(CalibSettings, calib_settings, "calibration settings")
+    check_text_set(eval_set, "evaluation", text_exists)
+    check_text_set(calib, "calibration", text_exists)
+    spec = JobSpec(
+        model=model,
+        recipe=parsed.to_list(),
+        recipe_name=parsed.name,
+        calib=calib,
+        eval_set=eval_set,
+        eval=ev,
+        calib_settings=cs,
+        save_model=bool(save_model),
+    )
+    return spec, recipe_label(parsed)
