@@ -19,7 +19,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.prune.masks import nm_mask, row_mask  # noqa: E402
-from core.sparse import BitmaskSparseLinear, CSRSparseLinear, NMSparseLinear  # noqa: E402
+from core.storage import BitmaskSparseLinear, CSRSparseLinear, NMSparseLinear  # noqa: E402
 
 
 def median_ms(fn, x: torch.Tensor, repeats: int = 20) -> float:
@@ -43,9 +43,9 @@ def main() -> None:
         un = w * row_mask(w.abs(), 0.5)
         mods = {
             "dense": lin,
-            "2:4": NMSparseLinear(nm, lin.bias, 2, 4),
-            "bitmask 50%": BitmaskSparseLinear(un, lin.bias),
-            "csr 50%": CSRSparseLinear(un, lin.bias),
+            "2:4": NMSparseLinear.build(nm, lin.bias, n=2, m=4),
+            "bitmask 50%": BitmaskSparseLinear.build(un, lin.bias),
+            "csr 50%": CSRSparseLinear.build(un, lin.bias),
         }
         x = torch.randn(1, 128, in_f)
         base = median_ms(lin, x)

@@ -50,8 +50,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.kernels import cpu, ops  # noqa: E402
-from core.layers_int8 import Int4WeightOnlyLinear, LLMInt8Linear, W8A8Linear  # noqa: E402
 from core.quant.actquant import quantize_per_token  # noqa: E402
+from core.quant.rtn import QuantSpec, quantize  # noqa: E402
+from core.storage import AffineLinear, LLMInt8Linear, W8A8Linear  # noqa: E402
 
 MS = (1, 16, 128, 512, 2048)
 OUTLIER_COLUMNS = 4  # input features with |x| far above LLM.int8's threshold of 6
@@ -80,11 +81,11 @@ def cpu_name() -> str:
 
 def _bnb_layers(lin: nn.Linear) -> dict[str, nn.Module]:
     try:
-        from core.layers import Bnb4bitLinear, BnbInt8Linear
+        from core.storage import Bnb4bitLinear, BnbInt8Linear
 
         return {
-            "bnb_int8": BnbInt8Linear.from_linear(lin, 6.0),
-            "bnb_nf4": Bnb4bitLinear.from_linear(lin, "nf4", True, torch.float32, 64),
+            "bnb_int8": BnbInt8Linear.build(lin.weight, lin.bias, threshold=6.0),
+            "bnb_nf4": Bnb4bitLinear.build(lin.weight, lin.bias, quant_type="nf4", blocksize=64),
         }
     except Exception as e:  # bitsandbytes missing or without a CPU backend
         print(f"# bitsandbytes unavailable: {e}", file=sys.stderr)
@@ -114,9 +115,10 @@ class Cell:
         self.lin = nn.Linear(k, n, bias=False)
         self.w = self.lin.weight.detach()
         self.wb = self.w.to(torch.bfloat16)
-        self.w8 = W8A8Linear(self.lin, "dynamic")
-        self.llm8 = LLMInt8Linear(self.lin, 6.0)
-        self.w4 = Int4WeightOnlyLinear(self.lin, 128)
+        self.w8 = W8A8Linear.build(self.lin.weight, self.lin.bias, act_mode="dynamic")
+        self.llm8 = LLMInt8Linear.build(self.lin.weight, self.lin.bias, threshold=6.0)
+        int4 = QuantSpec(bits=4, symmetric=False, granularity="group", group_size=128)
+        self.w4 = AffineLinear.build(quantize(self.lin.weight, int4), self.lin.bias)
         self.bnb = _bnb_layers(self.lin)
         self.fbgemm = _fbgemm(self.lin)
 
@@ -145,7 +147,7 @@ class Cell:
                 x, w8.w_int8, w8.w_scale, None
             ),
             "int4_weight_only_linear": lambda: ops.int4_weight_only_linear(
-                x, w4.w_packed, w4.scale, w4.zero, w4.group_size, None
+                x, w4.qweight, w4.scale, w4.zero, w4.group_size, None
             ),
         }
         for op, (prefix, _) in OP_COLUMNS.items():

@@ -6,7 +6,9 @@ A saved folder holds:
   weights, scales, zero points, FP8 and bitsandbytes buffers, the layers left in float);
   tensors shared by tied weights are written once.
 - ``compresslab_quant.json``: the format version, the recipe, and for every compressed
-  module its class and storage layout (``CompressedLinear.storage_config``).
+  module its class and storage layout (``CompressedLinear.storage_config``). Version 2
+  names the formats of ``core.storage``; folders of version 1 (the layout before it)
+  are converted on load by :mod:`core.storage.legacy`.
 - ``config.json`` (and the generation config) and the tokenizer files, in Hugging Face
   format, so that the float skeleton can be rebuilt without the original checkpoint.
 
@@ -28,16 +30,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.layers import CompressedLinear
 from core.models import LoadedModel, content_hash, linearize_conv1d
 from core.recipe import Recipe
+from core.storage import CompressedLinear
+from core.storage.legacy import LEGACY_VERSION, LegacyLayoutError, convert_legacy
 
 log = logging.getLogger(__name__)
 
 QUANT_CONFIG = "compresslab_quant.json"
 WEIGHTS = "model.safetensors"
 FORMAT = "compresslab-compressed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: core.storage formats; 1: core.layers / layers_int8 / sparse
+READABLE_VERSIONS = (LEGACY_VERSION, FORMAT_VERSION)
 
 
 class SaveError(ValueError):
@@ -141,18 +145,17 @@ def load_compressed(folder: str | Path, device: torch.device | str = "cpu") -> L
     if not path.is_file():
         raise SaveError(f"{folder} has no {QUANT_CONFIG}: not a saved compressed model")
     qcfg = json.loads(path.read_text())
-    if qcfg.get("format") != FORMAT or qcfg.get("version") != FORMAT_VERSION:
+    if qcfg.get("format") != FORMAT or qcfg.get("version") not in READABLE_VERSIONS:
         raise SaveError(
             f"{path} is format {qcfg.get('format')!r} version {qcfg.get('version')!r}; "
-            f"this code reads {FORMAT!r} version {FORMAT_VERSION}"
+            f"this code reads {FORMAT!r} versions {READABLE_VERSIONS}"
         )
     config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     linearize_conv1d(model)  # as load_model does: the saved layers are nn.Linear
-    for name, entry in qcfg["modules"].items():
-        cls = _resolve_class(entry["class"])
-        replace_module(model, name, cls.from_storage_config(entry))
     state = load_file(str(folder / WEIGHTS))
+    for name, entry in qcfg["modules"].items():
+        replace_module(model, name, _storage_module(name, entry, qcfg, state))
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = _tied_keys(model)
     missing = [k for k in missing if k not in tied]
@@ -171,6 +174,28 @@ def load_compressed(folder: str | Path, device: torch.device | str = "cpu") -> L
         n_params=sum(p.numel() for p in model.parameters()),
         note=f"compressed: {qcfg.get('recipe_name') or 'recipe'}",
     )
+
+
+def _storage_module(
+    name: str, entry: dict[str, Any], qcfg: dict[str, Any], state: dict[str, torch.Tensor]
+) -> CompressedLinear:
+    """The module ``name`` of a saved folder: empty (``load_state_dict`` fills it) in the
+    current version; converted from its saved tensors in version 1, whose tensors in
+    ``state`` are replaced by the converted module's."""
+    if qcfg["version"] == FORMAT_VERSION:
+        return _resolve_class(entry["class"]).from_storage_config(entry)
+    prefix = f"{name}."
+    own = {k[len(prefix) :]: state.pop(k) for k in list(state) if k.startswith(prefix)}
+    try:
+        mod = convert_legacy(entry, own)
+    except LegacyLayoutError as e:
+        recipe = json.dumps(qcfg.get("recipe"))
+        raise SaveError(
+            f"{name}: {e}. Re-run the recipe on the original model and save it again, e.g. "
+            f"python3 -m workers run --model <model> --recipe '{recipe}'"
+        ) from None
+    state.update({prefix + k: v for k, v in mod.state_dict().items()})
+    return mod
 
 
 def _tied_keys(model: nn.Module) -> set[str]:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from core.layers import CompressedLinear
+from core.storage import CompressedLinear
 
 HIST_BINS = 120  # bins of every stored histogram
 OUTLIER_KS: tuple[float, ...] = tuple(k / 2 for k in range(2, 41))  # k = 1.0 .. 20.0 in 0.5 steps

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from core.errors import Cancelled
-from core.layers import QuantLinear
 from core.quant.awq import (
     awq_search_clip,
     awq_search_scale,
@@ -15,6 +14,7 @@ from core.quant.awq import (
 )
 from core.quant.rtn import QuantSpec, dequantize, fake_quantize, quantize
 from core.recipe import recipe_from_steps
+from core.storage import AffineLinear as QuantLinear
 from core.walk import apply_recipe, find_linears
 
 SPEC = QuantSpec(bits=3, symmetric=False, granularity="group", group_size=32)

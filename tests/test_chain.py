@@ -9,14 +9,14 @@ import json
 import pytest
 import torch
 
-from core.layers import QuantLinear
 from core.metrics import weight_memory
 from core.models import tiny_llama
 from core.prune.masks import nm_group_counts
 from core.quant.rtn import QuantSpec, dequantize, quantize
 from core.recipe import parse_recipe
 from core.registry import ConfigError, MethodContext, get_method
-from core.sparse import SPARSITY_ATTR, NMSparseLinear
+from core.storage import AffineLinear as QuantLinear
+from core.storage import NMSparseLinear, PrunedLinear
 from core.walk import apply_recipe, apply_step, finalize_recipe, find_linears
 
 BATCHES = [
@@ -103,7 +103,7 @@ def test_pruned_model_runs_from_its_sparse_storage() -> None:
         on_progress=lambda f, m: None, should_cancel=lambda: False, calib_batches=BATCHES
     )
     apply_step(model, recipe.steps[0], ctx)
-    tagged = {n: m for n, m in find_linears(model).items() if hasattr(m, SPARSITY_ATTR)}
+    tagged = {n: m for n, m in find_linears(model).items() if isinstance(m, PrunedLinear)}
     assert len(tagged) == 14  # still plain nn.Linear: a later step could target them
     ids = BATCHES[0]
     with torch.no_grad():

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.layers import FP8Linear
 from core.metrics import weight_memory
 from core.models import tiny_llama
 from core.quant.fp8 import dequantize_fp8, fp8_max, quantize_fp8
 from core.recipe import recipe_from_steps
+from core.storage import FP8Linear
 from core.walk import apply_recipe, find_linears
 
 

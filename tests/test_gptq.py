@@ -149,9 +149,9 @@ def test_walker_groups_a_blocks_linears_by_shared_input_in_forward_order() -> No
 
 def test_gptq_through_the_walker_reports_blocks_and_cancels_between_them() -> None:
     from core.errors import Cancelled
-    from core.layers import QuantLinear
     from core.models import tiny_llama
     from core.recipe import recipe_from_steps
+    from core.storage import AffineLinear as QuantLinear
     from core.walk import apply_recipe, find_linears
 
     calib = [

@@ -18,8 +18,9 @@ import pytest
 import torch
 
 from core.kernels import cpu, ops, ref
-from core.layers_int8 import Int4WeightOnlyLinear, Int8WeightOnlyLinear, W8A8Linear
 from core.quant.actquant import quantize_per_token
+from core.quant.rtn import QuantSpec, quantize
+from core.storage import AffineLinear, W8A8Linear
 
 ROOT = Path(__file__).resolve().parent.parent
 NATIVE = cpu.native_available()
@@ -42,6 +43,18 @@ def _x(m: int, k: int, seed: int) -> torch.Tensor:
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed)) * 2
     x[:, : max(1, k // 50)] *= 20  # a few outlier channels, as real activations have
     return x
+
+
+def _int4(lin: torch.nn.Linear, group: int) -> AffineLinear:
+    """4-bit asymmetric group-wise storage, as the int4 weight-only method builds it."""
+    spec = QuantSpec(bits=4, symmetric=False, granularity="group", group_size=group)
+    return AffineLinear.build(quantize(lin.weight, spec), lin.bias)
+
+
+def _int8(lin: torch.nn.Linear) -> AffineLinear:
+    """8-bit symmetric per-row storage, float32 scales, as int8 weight-only builds it."""
+    spec = QuantSpec(bits=8, symmetric=True, granularity="channel")
+    return AffineLinear.build(quantize(lin.weight, spec), lin.bias, scale_dtype=torch.float32)
 
 
 def _close(got: torch.Tensor, want: torch.Tensor, rtol: float) -> None:
@@ -120,9 +133,9 @@ def test_int4_weight_only_paths_match_reference(path: str, group: int, shape: tu
         pytest.skip("no native kernels here")
     m, k, n = shape
     lin = torch.nn.Linear(k, n)
-    layer = Int4WeightOnlyLinear(lin, group)
+    layer = _int4(lin, group)
     x = _x(m, k, seed=7)
-    args = (layer.w_packed, layer.scale, layer.zero, group, layer.bias)
+    args = (layer.qweight, layer.scale, layer.zero, layer.group_size, layer.bias)
     want = ref.int4_weight_only_linear(x, *args)
     with ops.use_path(path):
         got = ops.int4_weight_only_linear(x, *args)
@@ -133,8 +146,8 @@ def test_int4_weight_only_paths_match_reference(path: str, group: int, shape: tu
 def test_native_dequantization_matches_reference() -> None:
     w, ws, _ = _w8(33, 203, seed=8)
     assert torch.equal(cpu.dequantize_int8_native(w, ws), w.float() * ws[:, None])
-    layer = Int4WeightOnlyLinear(torch.nn.Linear(203, 33), 32)
-    args = (layer.w_packed, layer.scale, layer.zero, 32, 203)
+    layer = _int4(torch.nn.Linear(203, 33), 32)
+    args = (layer.qweight, layer.scale, layer.zero, 32, 203)
     want = ref.dequantize_int4(*args)
     assert torch.allclose(cpu.dequantize_int4_native(*args), want, rtol=1e-6, atol=1e-7)
 
@@ -232,14 +245,14 @@ def test_weight_only_layers_store_integers_and_match_dequantized_weights() -> No
     torch.manual_seed(0)
     lin = torch.nn.Linear(256, 48)  # K a whole number of groups: no padding columns
     x = torch.randn(2, 3, 256)
-    for layer, bits in ((Int8WeightOnlyLinear(lin), 8), (Int4WeightOnlyLinear(lin, 128), 4)):
+    for layer, bits in ((_int8(lin), 8), (_int4(lin, 128), 4)):
         want = torch.nn.functional.linear(x, layer.dequantized_weight(), layer.bias)
         _close(layer(x), want, 1e-5)
         w_err = (layer.dequantized_weight() - lin.weight).norm() / lin.weight.norm()
         assert w_err < (0.01 if bits == 8 else 0.15)
         stored = sum(t.numel() * t.element_size() for t in layer.buffers())
         assert stored * 8 / (256 * 48) < bits + 0.5  # real bytes, not floats
-    w8a8 = W8A8Linear(lin, "dynamic")
+    w8a8 = W8A8Linear.build(lin.weight, lin.bias, act_mode="dynamic")
     assert w8a8.w_int8.dtype == torch.int8 and w8a8.w_scale.dtype == torch.float32
 
 

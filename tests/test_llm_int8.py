@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from core.kernels import ops, ref
-from core.layers_int8 import LLMInt8Linear, W8A8Linear
 from core.models import tiny_llama
 from core.recipe import parse_recipe
+from core.storage import LLMInt8Linear, W8A8Linear
 from core.walk import apply_recipe, find_linears
 
 
@@ -29,14 +29,14 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def test_without_outliers_it_is_plain_w8a8() -> None:
     lin, x = _layer_and_input(outliers=False)
-    layer = LLMInt8Linear(lin, threshold=6.0)
+    layer = LLMInt8Linear.build(lin.weight, lin.bias, threshold=6.0)
     assert layer.outlier_columns(x.reshape(-1, 256)).numel() == 0
-    assert torch.equal(layer(x), W8A8Linear(lin, "dynamic")(x))
+    assert torch.equal(layer(x), W8A8Linear.build(lin.weight, lin.bias)(x))
 
 
 def test_decomposition_matches_its_definition() -> None:
     lin, x = _layer_and_input(outliers=True)
-    layer = LLMInt8Linear(lin, threshold=6.0)
+    layer = LLMInt8Linear.build(lin.weight, lin.bias, threshold=6.0)
     x2 = x.reshape(-1, 256)
     cols = layer.outlier_columns(x2)
     assert set(cols.tolist()) == {5, 77, 200}
@@ -51,22 +51,22 @@ def test_decomposition_matches_its_definition() -> None:
 def test_more_accurate_than_w8a8_on_outliers_and_close_to_bitsandbytes() -> None:
     lin, x = _layer_and_input(outliers=True)
     exact = lin(x)
-    ours = _rel(LLMInt8Linear(lin, 6.0)(x), exact)
-    plain = _rel(W8A8Linear(lin, "dynamic")(x), exact)
+    ours = _rel(LLMInt8Linear.build(lin.weight, lin.bias, threshold=6.0)(x), exact)
+    plain = _rel(W8A8Linear.build(lin.weight, lin.bias)(x), exact)
     # 60x outliers set every token's scale, crushing the other 253 features: the split
     # must be several times more accurate (measured ~10x; asserted 3x).
     assert ours < plain / 3, (ours, plain)
     pytest.importorskip("bitsandbytes")
-    from core.layers import BnbInt8Linear
+    from core.storage import BnbInt8Linear
 
-    theirs = _rel(BnbInt8Linear.from_linear(lin, 6.0)(x), exact)
+    theirs = _rel(BnbInt8Linear.build(lin.weight, lin.bias, threshold=6.0)(x), exact)
     # Same idea, bitsandbytes computes in float16: expect the same order of error.
     assert ours < 2 * theirs + 1e-3, (ours, theirs)
 
 
 def test_threshold_zero_disables_the_split() -> None:
     lin, x = _layer_and_input(outliers=True)
-    assert torch.equal(LLMInt8Linear(lin, 0.0)(x), W8A8Linear(lin, "dynamic")(x))
+    assert torch.equal(LLMInt8Linear.build(lin.weight, lin.bias, threshold=0.0)(x), W8A8Linear.build(lin.weight, lin.bias)(x))
 
 
 def test_recipe_runs_the_int8_op() -> None:

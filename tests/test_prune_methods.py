@@ -11,7 +11,7 @@ from core.models import tiny_llama
 from core.prune.masks import nm_group_counts
 from core.recipe import parse_recipe, recipe_from_steps
 from core.registry import ConfigError
-from core.sparse import BitmaskSparseLinear, NMSparseLinear
+from core.storage import BitmaskSparseLinear, NMSparseLinear
 from core.walk import apply_recipe, find_linears
 
 BATCHES = [

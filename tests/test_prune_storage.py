@@ -6,19 +6,19 @@ import pytest
 import torch
 from torch import nn
 
-from core.layers import module_storage_bytes
 from core.metrics import weight_memory
 from core.prune.masks import nm_mask, row_mask
-from core.sparse import (
-    SPARSITY_ATTR,
+from core.storage import (
     BitmaskSparseLinear,
     CSRSparseLinear,
     NMSparseLinear,
-    choose_unstructured_layout,
-    pack_linear,
+    PrunedLinear,
+    module_storage_bytes,
     pack_pruned_linears,
     pruned_linear,
 )
+from core.storage.pruned import pack_linear
+from core.storage.unstructured import choose_unstructured_layout
 
 
 def _linear(out_f: int, in_f: int, dtype=torch.float32) -> nn.Linear:
@@ -32,7 +32,7 @@ def test_nm_storage_round_trip_and_bytes(pattern, bits, dtype) -> None:
     n, m = pattern
     lin = _linear(16, 64, dtype)
     w = lin.weight.detach() * nm_mask(lin.weight.detach().float().abs(), n, m)
-    mod = NMSparseLinear(w, lin.bias, n, m)
+    mod = NMSparseLinear.build(w, lin.bias, n=n, m=m)
     assert torch.equal(mod.dense_weight(), w) and mod.values.dtype == dtype
     kept = 16 * 64 * n // m
     esize = torch.finfo(dtype).bits // 8
@@ -46,17 +46,17 @@ def test_nm_storage_round_trip_and_bytes(pattern, bits, dtype) -> None:
 def test_nm_storage_pads_a_short_group_and_refuses_dense() -> None:
     lin = _linear(4, 10)
     w = lin.weight.detach() * nm_mask(lin.weight.detach().abs(), 2, 4)
-    mod = NMSparseLinear(w, None, 2, 4)
+    mod = NMSparseLinear.build(w, None, n=2, m=4)
     assert torch.equal(mod.dense_weight(), w)
     with pytest.raises(ValueError, match="more than 2 non-zeros"):
-        NMSparseLinear(lin.weight.detach(), None, 2, 4)
+        NMSparseLinear.build(lin.weight.detach(), None, n=2, m=4)
 
 
 def test_unstructured_layouts_round_trip_and_choice() -> None:
     lin = _linear(32, 64)
     w = lin.weight.detach() * row_mask(lin.weight.detach().abs(), 0.5)
     for cls in (BitmaskSparseLinear, CSRSparseLinear):
-        mod = cls(w, lin.bias)
+        mod = cls.build(w, lin.bias)
         assert torch.equal(mod.dense_weight(), w)
         x = torch.randn(2, 64)
         assert torch.allclose(mod(x), nn.functional.linear(x, w, lin.bias), atol=1e-5)
@@ -69,10 +69,11 @@ def test_unstructured_layouts_round_trip_and_choice() -> None:
     keep = torch.ones(32, 64, dtype=torch.bool)
     keep[:, :1] = False  # 1/64 sparse fp32: a bitmask (1/32 of dense) costs more than it saves
     barely = pruned_linear(lin, lin.weight, keep, "unstructured")
-    assert pack_linear(barely, "unstructured") is barely
+    stays = pack_linear(barely)
+    assert type(stays) is nn.Linear and stays.weight is barely.weight
 
 
-def test_pack_pruned_linears_replaces_only_tagged_plain_linears() -> None:
+def test_pack_pruned_linears_replaces_only_pruned_linears() -> None:
     model = nn.Sequential(_linear(16, 32), _linear(16, 16), _linear(8, 16))
     w0 = model[0].weight.detach()
     model[0] = pruned_linear(model[0], w0, nm_mask(w0.abs(), 2, 4), "2:4")
@@ -81,10 +82,10 @@ def test_pack_pruned_linears_replaces_only_tagged_plain_linears() -> None:
     x = torch.randn(4, 32)
     ref = model(x)
     dense_bytes = weight_memory(model).weight_bytes
-    assert getattr(model[0], SPARSITY_ATTR) == "2:4"
+    assert isinstance(model[0], PrunedLinear) and model[0].pattern == "2:4"
     assert pack_pruned_linears(model) == ["0", "1"]
     assert isinstance(model[0], NMSparseLinear) and isinstance(model[1], BitmaskSparseLinear)
-    assert type(model[2]) is nn.Linear  # untagged: untouched
+    assert type(model[2]) is nn.Linear  # not pruned: untouched
     assert torch.allclose(model(x), ref, atol=1e-5)  # runs from the stored form
     assert weight_memory(model).weight_bytes < dense_bytes
 
@@ -93,7 +94,7 @@ def test_pack_pruned_linears_replaces_only_tagged_plain_linears() -> None:
 def test_nm_forward_on_cuda_matches_dense() -> None:
     lin = _linear(128, 256, torch.float16).cuda()
     w = lin.weight.detach() * nm_mask(lin.weight.detach().float().abs(), 2, 4)
-    mod = NMSparseLinear(w, lin.bias, 2, 4).cuda()
+    mod = NMSparseLinear.build(w, lin.bias, n=2, m=4).cuda()
     x = torch.randn(64, 256, device="cuda", dtype=torch.float16)
     ref = nn.functional.linear(x.float(), w.float(), lin.bias.float())
     assert torch.allclose(mod(x).float(), ref, atol=5e-2, rtol=1e-2)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.layers import QuantLinear
 from core.quant.rtn import QuantSpec, dequantize, qrange, quantize
+from core.storage import AffineLinear as QuantLinear
 
 
 def _step(qt) -> torch.Tensor:
@@ -104,8 +104,8 @@ def test_quant_linear_stores_packed_bytes_and_reproduces_the_math(bits: int) -> 
     lin = torch.nn.Linear(128, 32)
     spec = QuantSpec(bits=bits, symmetric=False, granularity="group", group_size=64)
     qt = quantize(lin.weight, spec)
-    mod = QuantLinear(qt, lin.bias, out_dtype=torch.float32)
-    assert mod.qweight.dtype == torch.uint8
+    mod = QuantLinear.build(qt, lin.bias)
+    assert mod.qweight.dtype == (torch.int8 if bits == 8 else torch.uint8)
     assert mod.qweight.numel() == (32 * 128 * bits + 7) // 8
     assert torch.equal(mod.int_weight(), qt.q)
     # fp16 scales: the stored model differs from the fp32 math by scale rounding only

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.layers import CompressedLinear
 from core.metrics import weight_memory
 from core.models import byte_tokenizer, linearize_conv1d, tiny_llama
 from core.recipe import recipe_from_steps
 from core.save import QUANT_CONFIG, WEIGHTS, SaveError, load_compressed, save_compressed
+from core.storage import CompressedLinear
 from core.walk import apply_recipe, find_linears
 
 GEN = torch.Generator().manual_seed(0)

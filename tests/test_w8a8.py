@@ -9,10 +9,10 @@ import torch
 from core.calib import CalibSettings, calibration_batches
 from core.data import get_text_set
 from core.kernels import ops, ref
-from core.layers_int8 import W8A8Linear
 from core.metrics import EvalSettings, eval_windows, evaluate, weight_memory
 from core.models import DEMO_DIR, load_model, tiny_llama
 from core.recipe import parse_recipe, recipe_from_steps
+from core.storage import W8A8Linear
 from core.walk import apply_recipe, find_linears
 
 DEMO = "demo" if (DEMO_DIR / "config.json").is_file() else "tiny-random"
@@ -107,7 +107,7 @@ def test_layer_matches_reference_and_stores_int8() -> None:
     lin = torch.nn.Linear(96, 40)
     x = torch.randn(2, 7, 96)
     for mode, absmax in (("dynamic", None), ("static", 3.0)):
-        layer = W8A8Linear(lin, mode, absmax)
+        layer = W8A8Linear.build(lin.weight, lin.bias, act_mode=mode, act_absmax=absmax)
         want = ref.int8_linear(x, layer.w_int8, layer.w_scale, layer.bias, mode, layer.x_scale)
         got = layer(x)
         assert got.shape == (2, 7, 40)

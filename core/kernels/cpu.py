@@ -260,6 +260,9 @@ def int8_weight_only_native(
     return out
 
 
+INT4_GROUP_MULTIPLE = 32  # the native int4 kernel reads 32 codes (16 bytes) per step
+
+
 def int4_weight_only_native(
     x2: torch.Tensor,
     w_packed: torch.Tensor,
@@ -268,8 +271,10 @@ def int4_weight_only_native(
     group_size: int,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    if group_size % 32:
-        raise ValueError("the native int4 kernel needs a group size that is a multiple of 32")
+    if group_size % INT4_GROUP_MULTIPLE:
+        raise ValueError(
+            f"the native int4 kernel needs a group size that is a multiple of {INT4_GROUP_MULTIPLE}"
+        )
     x2 = _f32c(x2)
     m, k = x2.shape
     n, half = w_packed.shape

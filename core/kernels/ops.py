@@ -144,6 +144,9 @@ def _wo4_native(x2, w, s, z, g, b):
 class KernelPath:
     fn: Callable[..., torch.Tensor]
     available: Callable[[], bool]
+    # Whether the path can take these arguments (x2 and the op's own); a path that
+    # cannot serve a shape gives way to the op's always-correct "dequant" path.
+    serves: Callable[..., bool] = lambda *args: True
 
 
 _ALWAYS = lambda: True  # noqa: E731
@@ -151,6 +154,11 @@ _ALWAYS = lambda: True  # noqa: E731
 
 def _native() -> bool:
     return cpu.native_available()
+
+
+def _int4_native_serves(x2, w, s, z, g, b) -> bool:
+    """The native int4 kernel walks each group 32 codes at a time."""
+    return g % cpu.INT4_GROUP_MULTIPLE == 0
 
 
 CPU_PATHS: dict[str, dict[str, KernelPath]] = {
@@ -166,7 +174,7 @@ CPU_PATHS: dict[str, dict[str, KernelPath]] = {
         "ref": KernelPath(_wo8_ref, _ALWAYS),
     },
     "int4_weight_only_linear": {
-        "native": KernelPath(_wo4_native, _native),
+        "native": KernelPath(_wo4_native, _native, _int4_native_serves),
         "dequant": KernelPath(_wo4_dequant, _ALWAYS),
         "ref": KernelPath(_wo4_ref, _ALWAYS),
     },
@@ -310,6 +318,8 @@ def _cpu_impl(op: str) -> Callable[..., torch.Tensor]:
     def impl(x: torch.Tensor, *args):
         x2, lead = _flatten(x)
         path = choose_cpu_path(op, x2.shape[0], x2.shape[1])
+        if not CPU_PATHS[op][path].serves(x2, *args):
+            path = "dequant"
         _record(op, "cpu", path, x2.shape[0])
         y = CPU_PATHS[op][path].fn(x2, *args)
         return _finish(y, lead, x.dtype)

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from core.layers import QuantLinear
 from core.mappings import ATTENTION_SCORE_LINEARS, NORM_GROUPS, SCALE_PAIRS
 from core.quant.awq import awq_search_clip, awq_search_scale, clamp_groups, output_error
 from core.quant.hessian import HessianStats, init_hessian, update_hessian
@@ -23,6 +22,7 @@ from core.registry import (
     param,
     register,
 )
+from core.storage import AffineLinear
 from core.walk import BlockInputs, collect_inputs, get_submodule, iter_blocks, replace_module
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ class AWQ(ModelMethod):
         for name, layer in targets.items():  # outside the blocks (an lm_head someone targeted)
             if name not in done:
                 qt = quantize(layer.weight, cfg.spec())
-                replace_module(model, name, QuantLinear(qt, layer.bias, layer.weight.dtype))
+                replace_module(model, name, AffineLinear.build(qt, layer.bias))
                 ctx.reports.append(LayerReport(name=name, note="rtn: outside the blocks"))
 
 
@@ -257,5 +257,5 @@ def _quantize_linear(
     D = W - dequantize(qt)
     denom = output_error(W, G).item()
     err = (output_error(D, G).item() / denom) ** 0.5 if denom > 0 else 0.0
-    replace_module(model, f"{prefix}.{rel}", QuantLinear(qt, lin.bias, lin.weight.dtype))
+    replace_module(model, f"{prefix}.{rel}", AffineLinear.build(qt, lin.bias))
     ctx.reports.append(LayerReport(name=f"{prefix}.{rel}", rel_error=err))

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.layers import Bnb4bitLinear, BnbInt8Linear
 from core.registry import LayerMethod, MethodCard, MethodConfig, param, register
+from core.storage import Bnb4bitLinear, BnbInt8Linear
 
 _COMPUTE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -50,7 +50,7 @@ class BnbInt8(LayerMethod):
     needs_calibration = False
 
     def apply(self, layer: nn.Linear, stats: Any, cfg: BnbInt8Config) -> nn.Module:
-        return BnbInt8Linear.from_linear(layer, cfg.threshold)
+        return BnbInt8Linear.build(layer.weight, layer.bias, threshold=cfg.threshold)
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,11 @@ class Bnb4bit(LayerMethod):
     needs_calibration = False
 
     def apply(self, layer: nn.Linear, stats: Any, cfg: Bnb4bitConfig) -> nn.Module:
-        return Bnb4bitLinear.from_linear(
-            layer, cfg.quant_type, cfg.double_quant, _COMPUTE[cfg.compute_dtype], cfg.blocksize
+        return Bnb4bitLinear.build(
+            layer.weight,
+            layer.bias,
+            quant_type=cfg.quant_type,
+            double_quant=cfg.double_quant,
+            compute_dtype=_COMPUTE[cfg.compute_dtype],
+            blocksize=cfg.blocksize,
         )

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.layers import CastLinear
 from core.registry import LayerMethod, MethodCard, MethodConfig, param, register
+from core.storage import CastLinear
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -40,4 +40,4 @@ class Cast(LayerMethod):
     needs_calibration = False
 
     def apply(self, layer: nn.Linear, stats: Any, cfg: CastConfig) -> nn.Module:
-        return CastLinear(layer, _DTYPES[cfg.dtype])
+        return CastLinear.build(layer.weight, layer.bias, dtype=_DTYPES[cfg.dtype])

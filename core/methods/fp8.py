@@ -7,9 +7,9 @@ from typing import Any
 
 from torch import nn
 
-from core.layers import FP8Linear
 from core.quant.fp8 import quantize_fp8
 from core.registry import LayerMethod, MethodCard, MethodConfig, param, register
+from core.storage import FP8Linear
 
 
 @dataclass(frozen=True)
@@ -58,4 +58,4 @@ class FP8(LayerMethod):
 
     def apply(self, layer: nn.Linear, stats: Any, cfg: FP8Config) -> nn.Module:
         ft = quantize_fp8(layer.weight, cfg.format, cfg.granularity)  # type: ignore[arg-type]
-        return FP8Linear(ft, layer.bias, out_dtype=layer.weight.dtype)
+        return FP8Linear.build(ft, layer.bias)

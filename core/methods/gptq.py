@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from core.layers import QuantLinear
 from core.quant.gptq import gptq_quantize
 from core.quant.hessian import HessianStats, init_hessian, update_hessian
 from core.quant.rtn import QuantSpec, quantize
 from core.registry import ConfigError, LayerMethod, MethodCard, MethodConfig, param, register
+from core.storage import AffineLinear
 
 log = logging.getLogger(__name__)
 
@@ -118,4 +118,4 @@ class GPTQ(LayerMethod):
                 act_order=cfg.act_order,
                 static_groups=cfg.static_groups,
             )
-        return QuantLinear(qt, layer.bias, out_dtype=layer.weight.dtype)
+        return AffineLinear.build(qt, layer.bias)

@@ -7,8 +7,8 @@ from typing import Any
 
 from torch import nn
 
-from core.layers_int8 import LLMInt8Linear
 from core.registry import LayerMethod, MethodCard, MethodConfig, param, register
+from core.storage import LLMInt8Linear
 
 
 @dataclass(frozen=True)
@@ -49,4 +49,4 @@ class LLMInt8(LayerMethod):
     needs_calibration = False
 
     def apply(self, layer: nn.Linear, stats: Any, cfg: LLMInt8Config) -> nn.Module:
-        return LLMInt8Linear(layer, cfg.threshold)
+        return LLMInt8Linear.build(layer.weight, layer.bias, threshold=cfg.threshold)

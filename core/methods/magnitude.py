@@ -10,7 +10,7 @@ from torch import nn
 from core.prune.magnitude import magnitude_mask, magnitude_scores
 from core.prune.masks import PATTERNS, global_counts
 from core.registry import ConfigError, LayerMethod, MethodCard, MethodConfig, param, register
-from core.sparse import UNSTRUCTURED, pack_pruned_linears, pruned_linear
+from core.storage import UNSTRUCTURED, pack_pruned_linears, pruned_linear
 
 
 @dataclass(frozen=True)

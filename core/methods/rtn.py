@@ -7,9 +7,9 @@ from typing import Any
 
 from torch import nn
 
-from core.layers import QuantLinear
 from core.quant.rtn import QuantSpec, quantize
 from core.registry import ConfigError, LayerMethod, MethodCard, MethodConfig, param, register
+from core.storage import AffineLinear
 
 
 @dataclass(frozen=True)
@@ -93,4 +93,4 @@ class RTN(LayerMethod):
 
     def apply(self, layer: nn.Linear, stats: Any, cfg: RTNConfig) -> nn.Module:
         qt = quantize(layer.weight, cfg.spec())
-        return QuantLinear(qt, layer.bias, out_dtype=layer.weight.dtype)
+        return AffineLinear.build(qt, layer.bias)

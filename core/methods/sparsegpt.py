@@ -12,7 +12,7 @@ from core.methods.magnitude import PruningMethod, SparsityConfig
 from core.prune.sparsegpt import sparsegpt_prune
 from core.quant.hessian import HessianStats, init_hessian, update_hessian
 from core.registry import ConfigError, MethodCard, param, register
-from core.sparse import pruned_linear
+from core.storage import pruned_linear
 
 
 @dataclass(frozen=True)

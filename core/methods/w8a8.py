@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.layers_int8 import W8A8Linear
 from core.registry import LayerMethod, MethodCard, MethodConfig, param, register
+from core.storage import W8A8Linear
 
 
 @dataclass(frozen=True)
@@ -64,4 +64,4 @@ class W8A8(LayerMethod):
     def apply(self, layer: nn.Linear, stats: Any, cfg: W8A8Config) -> nn.Module:
         if cfg.act_mode == "static" and stats is None:
             raise ValueError("w8a8 with act_mode='static' needs a calibration set")
-        return W8A8Linear(layer, cfg.act_mode, stats)
+        return W8A8Linear.build(layer.weight, layer.bias, act_mode=cfg.act_mode, act_absmax=stats)

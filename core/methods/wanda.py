@@ -11,7 +11,7 @@ from torch import nn
 from core.methods.magnitude import PruningMethod, SparsityConfig
 from core.prune.wanda import InputNormStats, init_input_norms, update_input_norms, wanda_mask
 from core.registry import MethodCard, register
-from core.sparse import pruned_linear
+from core.storage import pruned_linear
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
-from core.layers_int8 import Int4WeightOnlyLinear, Int8WeightOnlyLinear
+from core.quant.rtn import QuantSpec, quantize
 from core.registry import LayerMethod, MethodCard, MethodConfig, param, register
+from core.storage import AffineLinear
+from core.storage.int8_rows import PER_ROW_INT8
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,10 @@ class Int8WeightOnly(LayerMethod):
     needs_calibration = False
 
     def apply(self, layer: nn.Linear, stats: Any, cfg: Int8WeightOnlyConfig) -> nn.Module:
-        return Int8WeightOnlyLinear(layer)
+        # float32 per-row scales: this method's numbers since it was added
+        return AffineLinear.build(
+            quantize(layer.weight, PER_ROW_INT8), layer.bias, scale_dtype=torch.float32
+        )
 
 
 @dataclass(frozen=True)
@@ -75,4 +81,5 @@ class Int4WeightOnly(LayerMethod):
     needs_calibration = False
 
     def apply(self, layer: nn.Linear, stats: Any, cfg: Int4WeightOnlyConfig) -> nn.Module:
-        return Int4WeightOnlyLinear(layer, cfg.group_size)
+        spec = QuantSpec(bits=4, symmetric=False, granularity="group", group_size=cfg.group_size)
+        return AffineLinear.build(quantize(layer.weight, spec), layer.bias)

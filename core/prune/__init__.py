@@ -1,5 +1,5 @@
 """Pruning math: mask selection (unstructured, N:M), magnitude, Wanda and SparseGPT.
 
 Pure functions on tensors; the registered methods live in ``core.methods`` and the
-sparse storage modules in ``core.sparse``.
+sparse storage formats in ``core.storage``.
 """

@@ -34,12 +34,6 @@ def static_scale_from_absmax(absmax: float | torch.Tensor) -> torch.Tensor:
     return torch.where(a > 0, a / QMAX, torch.ones_like(a))
 
 
-def quantize_weight_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q int8 (N, K), scale float32 (N,)): symmetric absmax per output row of ``w``."""
-    q, s = quantize_per_token(w)  # a weight row is quantized like a token row
-    return q, s.reshape(-1)
-
-
 def fake_quantize_per_token(x: torch.Tensor) -> torch.Tensor:
     """Quantize then dequantize per token (for error measurements, never for storage)."""
     q, s = quantize_per_token(x.reshape(-1, x.shape[-1]))

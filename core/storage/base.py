@@ -168,5 +168,7 @@ def storage_info(module: nn.Module) -> StorageInfo:
     if isinstance(module, nn.Linear):
         dtype = module.weight.dtype
         bits = float(torch.finfo(dtype).bits if dtype.is_floating_point else dtype.itemsize * 8)
-        return StorageInfo("dense", dtype_name(dtype), bits, nbytes, n)
+        pattern = getattr(module, "pattern", None)  # a PrunedLinear not packed (yet)
+        scheme = dtype_name(dtype) if pattern is None else f"{dtype_name(dtype)}-pruned-{pattern}"
+        return StorageInfo("dense", scheme, bits, nbytes, n)
     raise TypeError(f"{type(module).__name__} is not a linear layer or a stored format")
