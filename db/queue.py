@@ -95,11 +95,13 @@ def is_transient(exc: BaseException) -> bool:
 def retry_transient(
     what: str,
     fn: Callable[[int], T],
-    delays: tuple[float, ...] = RETRY_DELAYS_S,
+    delays: tuple[float, ...] | None = None,
 ) -> T:
     """``fn(try_number)``, tried again after each transient error with the given delays
     (plus jitter); the last error is raised. ``try_number`` > 0 tells ``fn`` that an
-    earlier try may have committed before its connection dropped."""
+    earlier try may have committed before its connection dropped. ``delays`` defaults
+    to ``RETRY_DELAYS_S``."""
+    delays = RETRY_DELAYS_S if delays is None else delays
     for n in range(len(delays) + 1):
         try:
             return fn(n)
