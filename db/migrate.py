@@ -30,7 +30,7 @@ from pathlib import Path
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy import Column, Connection, Engine, inspect, text
 
 from db.migrations import schema_v0
 from db.models import Base
@@ -132,7 +132,8 @@ def _check_foreign_keys(conn: Connection, before: int) -> None:
 
 
 def _fill_legacy_columns(conn: Connection) -> list[str]:
-    """Add the baseline columns a pre-migration database lacks; returns what was added."""
+    """Add the baseline tables, columns and indexes a pre-migration database lacks;
+    returns what was added."""
     insp = inspect(conn)
     added = []
     for table in schema_v0.metadata().sorted_tables:
@@ -142,14 +143,21 @@ def _fill_legacy_columns(conn: Connection) -> list[str]:
             continue
         have = {c["name"] for c in insp.get_columns(table.name)}
         for col in table.columns:
-            if col.name in have:
-                continue
-            fill = schema_v0.LEGACY_FILL.get(table.name, {}).get(col.name)
-            ddl = col.type.compile(dialect=conn.dialect)
-            default = f" NOT NULL DEFAULT {fill}" if fill is not None else ""
-            conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {col.name} {ddl}{default}")
-            added.append(f"{table.name}.{col.name}")
+            if col.name not in have:
+                conn.exec_driver_sql(_add_column_ddl(conn, table.name, col))
+                added.append(f"{table.name}.{col.name}")
+        indexes = {ix["name"] for ix in insp.get_indexes(table.name)}
+        for ix in table.indexes:
+            if ix.name not in indexes:
+                ix.create(conn)
+                added.append(str(ix.name))
     return added
+
+
+def _add_column_ddl(conn: Connection, table: str, col: Column) -> str:
+    ddl = f"ALTER TABLE {table} ADD COLUMN {col.name} {col.type.compile(dialect=conn.dialect)}"
+    fill = schema_v0.LEGACY_FILL.get(table, {}).get(col.name)
+    return ddl if fill is None else f"{ddl} NOT NULL DEFAULT {fill}"
 
 
 def _upgrade_locked(conn: Connection) -> str:

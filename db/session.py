@@ -16,6 +16,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.migrate import upgrade
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SQLITE_BUSY_MS = 30_000  # how long a SQLite writer waits for another one's lock
 
@@ -63,8 +65,6 @@ def get_engine(url: str | None = None) -> Engine:
     """The process's engine on ``url`` (default: ``default_url()``); the first call on a
     URL migrates its database (``db.migrate.upgrade``) and raises
     ``db.migrate.SchemaTooNewError`` if a newer CompressLab wrote it."""
-    from db.migrate import upgrade
-
     url = url or default_url()
     with _ENGINES_LOCK:
         engine = _ENGINES.get(url)
