@@ -18,8 +18,12 @@ def _submit(sf, n: int) -> list[int]:
 
 
 def _age_heartbeat(sf, job_id: int, seconds: float) -> None:
+    """Move the job's last heartbeat ``seconds`` into the past (heartbeats are the
+    database's clock, which need not be this host's)."""
     with sf.begin() as s:
-        s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=queue.now() - seconds))
+        s.execute(
+            update(Job).where(Job.id == job_id).values(heartbeat_at=Job.heartbeat_at - seconds)
+        )
 
 
 def test_racing_workers_claim_every_job_exactly_once(sf) -> None:
