@@ -199,6 +199,7 @@ def _outputs(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _relative(ref: torch.Tensor, got: torch.Tensor) -> float:
+    """||ref - got|| / ||ref|| (0 where ref is all zeros)."""
     denom = ref.norm().item()
     return (ref - got.to(ref.device)).norm().item() / denom if denom > 0 else 0.0
 
@@ -207,8 +208,7 @@ def _relative(ref: torch.Tensor, got: torch.Tensor) -> float:
 def relative_output_error(old: nn.Module, new: nn.Module, x: torch.Tensor) -> float:
     """||WX - W'X|| / ||WX|| on the rows ``x`` (bias excluded from neither)."""
     ref = _outputs(old, x)
-    dev = ref.device
-    return _relative(ref, new(x.to(dev)).float())
+    return _relative(ref, new(x.to(ref.device)).float())
 
 
 def _replacement(method: Method, layer: nn.Linear, stats: Any, step: Step) -> nn.Module:
