@@ -8,28 +8,28 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from core.mappings import ATTENTION_SCORE_LINEARS, NORM_GROUPS, SCALE_PAIRS
-from core.quant.awq import awq_search_clip, awq_search_scale, clamp_groups, output_error
+from core.fold import fold_scales
+from core.mappings import ATTENTION_SCORE_LINEARS, NORM_GROUPS, SCALE_PAIRS, norm_groups
+from core.methods.quant_config import GroupedQuantConfig
+from core.quant.awq import awq_search_clip, awq_search_scale, clamp_groups
 from core.quant.hessian import HessianStats, init_hessian, update_hessian
-from core.quant.rtn import QuantSpec, dequantize, quantize
-from core.registry import (
-    ConfigError,
-    LayerReport,
-    MethodCard,
-    MethodConfig,
-    MethodContext,
-    ModelMethod,
-    param,
-    register,
-)
+from core.quant.rtn import QuantizedTensor, quantize
+from core.registry import MethodCard, MethodContext, ModelMethod, param, register
 from core.storage import AffineLinear
-from core.walk import BlockInputs, collect_inputs, get_submodule, iter_blocks, replace_module
+from core.walk import (
+    BlockInputs,
+    collect_inputs,
+    get_submodule,
+    iter_blocks,
+    local_names,
+    replace_module,
+)
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class AWQConfig(MethodConfig):
+class AWQConfig(GroupedQuantConfig):
     bits: int = param(4, "weight bits", min=2, max=8)
     group_size: int | None = param(
         128, "input columns per scale (power of two, 32..256); null = one per row", min=32, max=256
@@ -47,18 +47,6 @@ class AWQConfig(MethodConfig):
     clip_max_shrink: float = param(
         0.5, "clip search: smallest bound tried is (1 - this) x max|w|", min=0.0, max=0.95
     )
-
-    def validate(self) -> None:
-        if self.group_size is not None and self.group_size & (self.group_size - 1):
-            raise ConfigError(f"group_size={self.group_size} must be a power of two in [32, 256]")
-
-    def spec(self) -> QuantSpec:
-        return QuantSpec(
-            bits=self.bits,
-            symmetric=self.symmetric,
-            granularity="channel" if self.group_size is None else "group",
-            group_size=self.group_size or 128,
-        )
 
 
 @dataclass
@@ -91,23 +79,13 @@ class _Site:
     stats: _InputStats | None = field(default=None, repr=False)
 
 
-def _model_type(model: nn.Module) -> str:
-    mt = getattr(getattr(model, "config", None), "model_type", None)
-    if mt not in NORM_GROUPS:
-        raise ConfigError(
-            f"awq has no norm -> linears mapping for model type {mt!r}; known: "
-            f"{', '.join(sorted(NORM_GROUPS))} (add one to core/mappings.py)"
-        )
-    return str(mt)
-
-
 def _sites(block: nn.Module, model_type: str, local: set[str], pairs: bool) -> list[_Site]:
     """The inputs to calibrate: each norm group, each usable linear pair, and every other
     targeted linear on its own (clipping only)."""
     sites: list[_Site] = []
 
     def plain(names: tuple[str, ...]) -> bool:
-        return all(type(get_submodule(block, n)) is nn.Linear for n in names)
+        return all(isinstance(get_submodule(block, n), nn.Linear) for n in names)
 
     for g in NORM_GROUPS[model_type]:
         if local & set(g.linears) and plain(g.linears):
@@ -157,12 +135,9 @@ class AWQ(ModelMethod):
         targets: dict[str, nn.Linear],
         ctx: MethodContext,
     ) -> None:
-        if not ctx.calib_batches:
-            raise ValueError("awq needs a calibration set")
-        model_type = _model_type(model)
-        done: set[str] = set()
+        model_type, _ = norm_groups(model, "awq")
         for prefix, block, inputs in iter_blocks(model, ctx, "awq"):
-            local = {n[len(prefix) + 1 :] for n in targets if n.startswith(prefix + ".")}
+            local = local_names(targets, prefix)
             if not local:
                 continue
             sites = _sites(block, model_type, local, cfg.scale_pairs)
@@ -174,13 +149,11 @@ class AWQ(ModelMethod):
             for site in sites:
                 for rel in site.linears:
                     if rel in local:
-                        _quantize_linear(model, block, prefix, rel, site, model_type, cfg, ctx)
-            done.update(f"{prefix}.{n}" for n in local)
-        for name, layer in targets.items():  # outside the blocks (an lm_head someone targeted)
-            if name not in done:
-                qt = quantize(layer.weight, cfg.spec())
-                replace_module(model, name, AffineLinear.build(qt, layer.bias))
-                ctx.reports.append(LayerReport(name=name, note="rtn: outside the blocks"))
+                        _quantize_linear(model, block, prefix, rel, site, model_type, cfg)
+
+    def apply_outside(self, layer: nn.Linear, cfg: AWQConfig) -> nn.Module:
+        """No preceding norm to fold a scale into: plain round-to-nearest."""
+        return _stored(quantize(layer.weight, cfg.spec()), layer)
 
 
 def _calibrate(block: nn.Module, inputs: BlockInputs, sites: list[_Site]) -> None:
@@ -215,19 +188,8 @@ def _fold_site(block: nn.Module, site: _Site) -> None:
     """W[:, j] *= s_j for the site's linears; the source's output channel j /= s_j."""
     if site.scale is None or site.source is None:
         return
-    s = site.scale
-    for n in site.linears:
-        lin = get_submodule(block, n)
-        lin.weight.mul_(s.to(lin.weight.dtype))
-    src = get_submodule(block, site.source)
-    if site.source_is_norm:
-        src.weight.div_(s.to(src.weight.dtype))
-        if getattr(src, "bias", None) is not None:
-            src.bias.div_(s.to(src.bias.dtype))
-    else:  # a linear: its output rows
-        src.weight.div_(s.to(src.weight.dtype).unsqueeze(1))
-        if src.bias is not None:
-            src.bias.div_(s.to(src.bias.dtype))
+    readers = [get_submodule(block, n) for n in site.linears]
+    fold_scales(get_submodule(block, site.source), readers, site.scale)
 
 
 def _quantize_linear(
@@ -238,10 +200,9 @@ def _quantize_linear(
     site: _Site,
     model_type: str,
     cfg: AWQConfig,
-    ctx: MethodContext,
 ) -> None:
-    """Clip (searched) and quantize one scaled linear; report its output error measured on
-    every calibration row through the Gram matrix of its (scaled) input."""
+    """Clip (searched) and quantize one scaled linear. The scaled float linear stays as it
+    is: the walker measures the layer error against it."""
     lin = get_submodule(block, rel)
     W = lin.weight.detach().float()
     assert site.stats is not None
@@ -253,9 +214,9 @@ def _quantize_linear(
     if cfg.clip and rel not in ATTENTION_SCORE_LINEARS.get(model_type, ()):
         bound = awq_search_clip(W, G, spec, cfg.clip_grid, cfg.clip_max_shrink)
         Wc = clamp_groups(W, bound, spec)
-    qt = quantize(Wc, spec)
-    D = W - dequantize(qt)
-    denom = output_error(W, G).item()
-    err = (output_error(D, G).item() / denom) ** 0.5 if denom > 0 else 0.0
-    replace_module(model, f"{prefix}.{rel}", AffineLinear.build(qt, lin.bias))
-    ctx.reports.append(LayerReport(name=f"{prefix}.{rel}", rel_error=err))
+    replace_module(model, f"{prefix}.{rel}", _stored(quantize(Wc, spec), lin))
+
+
+def _stored(qt: QuantizedTensor, lin: nn.Linear) -> nn.Module:
+    """The stored module of quantized weights ``qt`` replacing ``lin``."""
+    return AffineLinear.build(qt, lin.bias)

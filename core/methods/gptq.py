@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from core.methods.quant_config import GroupedQuantConfig
 from core.quant.gptq import gptq_quantize
 from core.quant.hessian import HessianStats, init_hessian, update_hessian
-from core.quant.rtn import QuantSpec, quantize
-from core.registry import ConfigError, LayerMethod, MethodCard, MethodConfig, param, register
+from core.quant.rtn import quantize
+from core.registry import ConfigError, LayerMethod, MethodCard, param, register
 from core.storage import AffineLinear
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class GPTQConfig(MethodConfig):
+class GPTQConfig(GroupedQuantConfig):
     bits: int = param(4, "weight bits", min=2, max=8)
     group_size: int | None = param(
         128,
@@ -49,22 +51,15 @@ class GPTQConfig(MethodConfig):
     )
 
     def validate(self) -> None:
-        if self.group_size is not None and self.group_size & (self.group_size - 1):
-            raise ConfigError(f"group_size={self.group_size} must be a power of two in [32, 256]")
+        super().validate()
         if self.act_order and self.group_size is not None and not self.static_groups:
             raise ConfigError(
                 "act_order with group_size needs static_groups=true (groups keep their "
                 "contiguous columns in storage); or set group_size to null"
             )
 
-    def spec(self) -> QuantSpec:
-        return QuantSpec(
-            bits=self.bits,
-            symmetric=self.symmetric,
-            granularity="channel" if self.group_size is None else "group",
-            group_size=self.group_size or 128,
-            clip_search=self.clip_search,  # type: ignore[arg-type]
-        )
+    def spec_options(self) -> dict[str, Any]:
+        return {"clip_search": self.clip_search}
 
 
 @register(

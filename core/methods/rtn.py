@@ -7,13 +7,14 @@ from typing import Any
 
 from torch import nn
 
-from core.quant.rtn import QuantSpec, quantize
-from core.registry import ConfigError, LayerMethod, MethodCard, MethodConfig, param, register
+from core.methods.quant_config import GroupedQuantConfig
+from core.quant.rtn import quantize
+from core.registry import ConfigError, LayerMethod, MethodCard, param, register
 from core.storage import AffineLinear
 
 
 @dataclass(frozen=True)
-class RTNConfig(MethodConfig):
+class RTNConfig(GroupedQuantConfig):
     bits: int = param(8, "weight bits", min=2, max=8)
     symmetric: bool = param(True, "absmax (symmetric) if true, zero-point (asymmetric) if false")
     granularity: str = param(
@@ -45,25 +46,21 @@ class RTNConfig(MethodConfig):
     )
 
     def validate(self) -> None:
-        if self.group_size & (self.group_size - 1):
-            raise ConfigError(f"group_size={self.group_size} must be a power of two in [32, 256]")
+        super().validate()
         if self.clip_search == "mse" and self.clip_percentile < 100.0:
             raise ConfigError(
                 "clip_search='mse' and clip_percentile < 100 both clip: use one of them "
                 "(clip_percentile=100 with the search, or clip_search='none')"
             )
 
-    def spec(self) -> QuantSpec:
-        return QuantSpec(
-            bits=self.bits,
-            symmetric=self.symmetric,
-            granularity=self.granularity,  # type: ignore[arg-type]
-            group_size=self.group_size,
-            clip_percentile=self.clip_percentile,
-            clip_search=self.clip_search,  # type: ignore[arg-type]
-            clip_grid=self.clip_grid,
-            clip_max_shrink=self.clip_max_shrink,
-        )
+    def spec_options(self) -> dict[str, Any]:
+        return {
+            "granularity": self.granularity,
+            "clip_percentile": self.clip_percentile,
+            "clip_search": self.clip_search,
+            "clip_grid": self.clip_grid,
+            "clip_max_shrink": self.clip_max_shrink,
+        }
 
 
 @register(
