@@ -1,0 +1,135 @@
+"""Kernels serve formats, not methods: whatever method made an affine 4-bit or 8-bit
+model, its forward runs on the int4 / int8 weight-only ops (recorded by the path log),
+and a GPTQ 4-bit demo run keeps the perplexity main measured before the redesign."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.calib import CalibSettings, calibration_batches
+from core.data import get_text_set
+from core.kernels import ops
+from core.metrics import EvalSettings, eval_windows, evaluate
+from core.models import DEMO_DIR, load_model, tiny_llama
+from core.quant.rtn import QuantSpec, quantize
+from core.recipe import recipe_from_steps
+from core.storage import AffineLinear
+from core.walk import apply_recipe, find_linears
+
+GEN = torch.Generator().manual_seed(0)
+BATCHES = [torch.randint(0, 256, (1, 48), generator=GEN) for _ in range(2)]
+IDS = torch.randint(0, 256, (2, 24), generator=GEN)
+
+# Measured on main db52d58 (python3 -m workers run --model demo
+# --recipe '[{"method":"gptq","bits":4}]'): the value the int4 path must keep.
+GPTQ4_DEMO_PERPLEXITY = 42.501397408521775
+
+
+def _compressed(steps: list[dict]) -> torch.nn.Module:
+    model = tiny_llama(hidden=128)  # in_features 128 and 384: whole groups of 128
+    apply_recipe(
+        model,
+        recipe_from_steps(steps),
+        on_progress=lambda f, m: None,
+        should_cancel=lambda: False,
+        calib_batches=BATCHES,
+    )
+    return model
+
+
+def _ops_while_running(model: torch.nn.Module) -> set[str]:
+    ops.reset_path_log()
+    with torch.no_grad():
+        model(IDS)
+    return {row["op"] for row in ops.path_log()}
+
+
+@pytest.mark.parametrize(
+    "steps, op",
+    [
+        ([{"method": "gptq", "bits": 4, "group_size": 128}], "int4_weight_only_linear"),
+        ([{"method": "gptq", "bits": 4, "symmetric": False}], "int4_weight_only_linear"),
+        ([{"method": "rtn", "bits": 4, "granularity": "group"}], "int4_weight_only_linear"),
+        ([{"method": "rtn", "bits": 4, "granularity": "channel"}], "int4_weight_only_linear"),
+        ([{"method": "awq", "bits": 4}], "int4_weight_only_linear"),
+        ([{"method": "int4-weight-only", "group_size": 64}], "int4_weight_only_linear"),
+        ([{"method": "gptq", "bits": 8, "group_size": None}], "int8_weight_only_linear"),
+        ([{"method": "rtn", "bits": 8}], "int8_weight_only_linear"),
+        ([{"method": "int8-weight-only"}], "int8_weight_only_linear"),
+    ],
+)
+def test_affine_models_run_on_the_kernel_of_their_format(steps: list[dict], op: str) -> None:
+    model = _compressed(steps)
+    layers = [m for n, m in find_linears(model).items() if n != "lm_head"]
+    assert layers and all(isinstance(m, AffineLinear) for m in layers)
+    assert _ops_while_running(model) == {op}
+
+
+def test_other_widths_and_grouped_8_bit_dequantize_without_an_integer_op() -> None:
+    assert _ops_while_running(_compressed([{"method": "gptq", "bits": 3}])) == set()
+    # Three scales per row: the int8 weight-only op takes one scale per row.
+    lin = torch.nn.Linear(384, 16)
+    spec = QuantSpec(bits=8, symmetric=True, granularity="group", group_size=128)
+    mod = AffineLinear.build(quantize(lin.weight, spec), lin.bias)
+    assert mod.kernel() == "dequant" and mod.qweight.dtype == torch.int8
+    ops.reset_path_log()
+    x = torch.randn(2, 384)
+    want = torch.nn.functional.linear(x, mod.dequantized_weight(), lin.bias)
+    assert torch.allclose(mod(x), want, atol=1e-5) and ops.path_log() == []
+
+
+@pytest.mark.parametrize("in_features, group", [(203, 32), (96, 64), (130, 128), (200, 200)])
+def test_int4_shapes_the_native_kernel_cannot_take_fall_back_cleanly(
+    in_features: int, group: int
+) -> None:
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(in_features, 24)
+    granularity = "channel" if group == in_features else "group"
+    spec = QuantSpec(bits=4, symmetric=True, granularity=granularity, group_size=group)
+    mod = AffineLinear.build(quantize(lin.weight, spec), lin.bias)
+    assert mod.qweight.dtype == torch.uint8
+    for m in (1, 7, 40):  # decode and prefill sizes: native and dequant paths
+        x = torch.randn(m, in_features)
+        want = torch.nn.functional.linear(x, mod.dequantized_weight(), lin.bias)
+        ops.reset_path_log()
+        got = mod(x)
+        assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+        ran = ops.path_log()
+        assert [r["op"] for r in ran] == ["int4_weight_only_linear"]
+        if group % 32:  # the native kernel steps 32 codes at a time
+            assert ran[0]["path"] != "native"
+
+
+def test_odd_rows_of_4_bit_codes_dequantize() -> None:
+    # One group as wide as an odd row: the rows do not fill whole bytes, no int4 layout.
+    lin = torch.nn.Linear(45, 8)
+    spec = QuantSpec(bits=4, symmetric=False, granularity="channel")
+    mod = AffineLinear.build(quantize(lin.weight, spec), lin.bias)
+    assert mod.kernel() == "dequant" and mod.qweight.dim() == 1
+    x = torch.randn(3, 45)
+    want = torch.nn.functional.linear(x, mod.dequantized_weight(), lin.bias)
+    assert torch.allclose(mod(x), want, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DEMO_DIR / "config.json").is_file(), reason="needs the demo model")
+def test_gptq_4_bit_on_the_demo_model_keeps_its_perplexity_on_the_int4_path() -> None:
+    # The steps of a worker's run (load, calibrate, compress, evaluate), defaults throughout.
+    calib = CalibSettings()
+    torch.manual_seed(calib.seed)
+    lm = load_model("demo")
+    windows = eval_windows(lm.tokenizer, get_text_set("stdlib-heldout").text, EvalSettings())
+    batches = calibration_batches(lm.tokenizer, get_text_set("stdlib-code").text, calib)
+    apply_recipe(
+        lm.model,
+        recipe_from_steps([{"method": "gptq", "bits": 4}]),
+        on_progress=lambda f, m: None,
+        should_cancel=lambda: False,
+        calib_batches=batches,
+    )
+    ops.reset_path_log()
+    res = evaluate(lm.model, lm.tokenizer, windows)
+    assert {row["op"] for row in ops.path_log()} == {"int4_weight_only_linear"}
+    # The int4 kernel sums in another order than F.linear did: float rounding only.
+    assert res.perplexity == pytest.approx(GPTQ4_DEMO_PERPLEXITY, rel=1e-4)
