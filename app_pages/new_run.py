@@ -30,15 +30,7 @@ st.subheader("2. Recipe")
 mode, recipe, recipe_name = forms.recipe_picker()
 
 st.subheader("3. Data")
-d1, d2 = st.columns(2)
-with d1:
-    calib = forms.text_set_picker(
-        sf, "Calibration set", key="calib_set", default="stdlib-code", upload=True
-    )
-with d2:
-    eval_set = forms.text_set_picker(
-        sf, "Evaluation set", key="eval_set", default="stdlib-heldout", upload=False
-    )
+calib, eval_set = forms.data_pickers(sf, "calib_set", "eval_set", upload_calib=True)
 
 st.subheader("4. Evaluation settings")
 ev, cs = forms.eval_settings()

@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.actstats import smoothed_ranges
-from core.stats import OUTLIER_KS
 from db import queue
 from ui import figures, shell
 from ui.figures_layers import (
+    OUTLIER_CHOICES,
     activation_figure,
     channel_figure,
     heatmap_figure,
     layer_from_selection,
-    smoothing_figure,
+    smoothing_for,
 )
 from ui.frames import layers_frame, most_interesting, run_option
 
@@ -70,7 +69,7 @@ def _clicked() -> None:
 
 layer = c2.selectbox("Layer", list(rows), key="ox_layer")
 k = c3.select_slider(
-    "k (outlier: |w − mean| > k·std)", options=list(OUTLIER_KS), value=3.0, key="ox_k"
+    "k (outlier: |w − mean| > k·std)", options=list(OUTLIER_CHOICES), value=3.0, key="ox_k"
 )
 st.query_params["run"], st.query_params["layer"] = str(run_id), layer
 st.session_state["_ox_qp"] = (str(run_id), layer)
@@ -156,7 +155,6 @@ with right:
         help="s_j = max|X_j|^α / max|W_j|^(1−α); X_j is divided by s_j, W's column j multiplied",
     )  # fmt: skip
     if w_absmax and len(w_absmax) == len(act["channel_absmax"]):
-        sm = smoothed_ranges(act["channel_absmax"], w_absmax, alpha)
-        st.plotly_chart(smoothing_figure(sm, alpha), key="ox_smooth")
+        st.plotly_chart(smoothing_for(act["channel_absmax"], w_absmax, alpha), key="ox_smooth")
     else:
         st.caption("No per-channel weight maxima stored for this layer: cannot show smoothing.")

@@ -3,8 +3,6 @@ then keep the most sensitive ones in higher precision with one click."""
 
 from __future__ import annotations
 
-import time
-
 import streamlit as st
 
 from db import queue
@@ -26,6 +24,27 @@ st.caption(
 )
 
 
+def _data_settings() -> tuple[str, str, object, object]:
+    """Calibration and evaluation sets, and their settings."""
+    calib, eval_set = forms.data_pickers(sf, "sens_calib", "sens_eval", upload_calib=False)
+    ev, cs = forms.eval_settings(prefix="sens_")
+    return calib, eval_set, ev, cs
+
+
+def _queue(model: str, step: dict, units: list, data: tuple) -> str | None:
+    """The queue button; the new sweep's id once queued."""
+    if not st.button("Queue sensitivity sweep", type="primary", icon=":material/play_arrow:"):
+        return None
+    try:
+        sweep_id, n_jobs = submit_sensitivity_sweep(sf, model, step, units, *data)
+    except ValueError as e:
+        st.error(f"Not queued: {e}")
+        return None
+    st.session_state["sens_sweep"] = sweep_id
+    st.session_state["sens_flash"] = f"Queued {n_jobs} jobs as sweep {sweep_id[:8]}."
+    return sweep_id
+
+
 def _new_sweep(expanded: bool) -> str | None:
     """The form that queues a sweep; returns the new sweep's id when one was queued."""
     with st.expander("Start a sweep", expanded=expanded, icon=":material/add_circle:"):
@@ -40,16 +59,7 @@ def _new_sweep(expanded: bool) -> str | None:
             horizontal=True,
             key="sens_unit",
         )
-        d1, d2 = st.columns(2)
-        with d1:
-            calib = forms.text_set_picker(
-                sf, "Calibration set", key="sens_calib", default="stdlib-code", upload=False
-            )
-        with d2:
-            eval_set = forms.text_set_picker(
-                sf, "Evaluation set", key="sens_eval", default="stdlib-heldout", upload=False
-            )
-        ev, cs = forms.eval_settings(prefix="sens_")
+        data = _data_settings()
         if not model:
             st.info("Choose a model above.")
             return None
@@ -63,18 +73,7 @@ def _new_sweep(expanded: bool) -> str | None:
             + ", ".join(u.label for u in units[:6])
             + (", ..." if len(units) > 6 else "")
         )
-        if st.button("Queue sensitivity sweep", type="primary", icon=":material/play_arrow:"):
-            try:
-                sweep_id, n_jobs = submit_sensitivity_sweep(
-                    sf, model, step, units, calib, eval_set, ev, cs
-                )
-            except ValueError as e:
-                st.error(f"Not queued: {e}")
-            else:
-                st.session_state["sens_sweep"] = sweep_id
-                st.session_state["sens_flash"] = f"Queued {n_jobs} jobs as sweep {sweep_id[:8]}."
-                return sweep_id
-    return None
+        return _queue(model, step, units, data)
 
 
 def _sweeps() -> dict[str, list]:
@@ -112,18 +111,7 @@ def _keep_recipe(sweep_id: str) -> None:
     with st.expander("The recipe"):
         st.json(steps)
     if st.button("Open this recipe in New run", type="primary", icon=":material/edit_note:"):
-        spec = jobs[0].spec
-        forms.prefill_new_run(
-            st.session_state,
-            model=jobs[0].model,
-            steps=steps,
-            source=f"sensitivity sweep {sweep_id[:8]} ({len(keep)} unit(s) kept in 8 bits, "
-            f"{time.strftime('%H:%M')})",
-            calib=spec.get("calib"),
-            eval_set=spec.get("eval_set"),
-            eval=spec.get("eval"),
-            calib_settings=spec.get("calib_settings"),
-        )
+        sensitivity_view.prefill_kept_recipe(st.session_state, jobs, steps, len(keep))
         st.switch_page(shell.NEW_RUN)
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.stats import OUTLIER_KS
 from db import queue
 from ui import figures, shell
+from ui.figures_layers import OUTLIER_CHOICES
 from ui.frames import layers_frame, run_option
 
 sf = shell.session()
@@ -35,7 +35,7 @@ if not rows:
     st.stop()
 layer = c2.selectbox("Layer", list(rows), key="w_layer")
 k = c3.select_slider(
-    "k (outlier: |w − mean| > k·std)", options=list(OUTLIER_KS), value=3.0, key="w_k"
+    "k (outlier: |w − mean| > k·std)", options=list(OUTLIER_CHOICES), value=3.0, key="w_k"
 )
 
 data = rows[layer]

@@ -36,7 +36,7 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(16), index=True, default=QUEUED)
     model: Mapped[str] = mapped_column(String(300))
     recipe_label: Mapped[str] = mapped_column(String(300))
-    spec_json: Mapped[str] = mapped_column(Text)  # core.jobspec.JobSpec as JSON
+    spec_json: Mapped[str] = mapped_column(Text)  # runs.spec.JobSpec as JSON (the recipe, once)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     message: Mapped[str] = mapped_column(Text, default="")
     worker_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
@@ -46,7 +46,9 @@ class Job(Base):
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # runs.records.RunResult: keys as in runs.catalogue (never renamed)
     result_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Reproducibility facts; "recipe" refers to the spec's steps (old rows: a copy of them)
     fingerprint_json: Mapped[str | None] = mapped_column(Text, nullable=True)
     fingerprint_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     origin: Mapped[str] = mapped_column(String(200), default="local")
@@ -71,7 +73,7 @@ class LayerStat(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(300))
-    data_json: Mapped[str] = mapped_column(Text)  # scheme, rel_error, before/after stats
+    data_json: Mapped[str] = mapped_column(Text)  # runs.records.LayerRow: format, bits, stats
 
     @property
     def data(self) -> dict[str, Any]:

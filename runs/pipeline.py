@@ -207,7 +207,6 @@ STAGE_FUNCTIONS: dict[str, Callable[[Job, Progress], None]] = {
     "measure speed": measure_speed,
     "store": store,
 }
-PEAK_TRACKED = ("load", "baseline", "calibrate", "compress", "evaluate", "measure speed")
 
 
 def run_job(
@@ -229,12 +228,11 @@ def run_job(
     )
     torch.manual_seed(spec.calib_settings.seed)
     progress = StageProgress(on_progress)
-    with job.peak.track():
-        for name in PEAK_TRACKED:
+    *work, (last, _) = STAGES
+    with job.peak.track():  # peak memory of the work, not of saving the model afterwards
+        for name, _ in work:
             STAGE_FUNCTIONS[name](job, progress.stage(name))
-    for name, _ in STAGES:
-        if name not in PEAK_TRACKED:
-            STAGE_FUNCTIONS[name](job, progress.stage(name))
+    STAGE_FUNCTIONS[last](job, progress.stage(last))  # store
     progress.done()
     assert job.out is not None
     return job.out

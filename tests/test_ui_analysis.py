@@ -80,11 +80,16 @@ def _finish(sf, job_id: int, metrics: dict, layers: list[dict], device: str = "c
     assert queue.complete(sf, job_id, WORKER, metrics, layers, fingerprint)
 
 
+# What the stored formats of each named recipe report (runs.assemble.run_nominal_bits).
+NOMINAL_BITS = {"baseline": [32.0], "fp16": [16.0], "rtn-int8": [8.0], "rtn-int8-zp": [8.0]}
+
+
 def _run(sf, name: str, ppl: float, weight_bytes: int, prefill_ms: float, seed: int) -> int:
     job_id = submit_run(
         sf, "tiny-random", NAMED_RECIPES[name], name, "stdlib-code", "stdlib-heldout", *SMALL
     )
-    _finish(sf, job_id, _metrics(ppl, weight_bytes, prefill_ms), _layers(seed, name != "baseline"))
+    metrics = _metrics(ppl, weight_bytes, prefill_ms) | {"nominal_bits": NOMINAL_BITS[name]}
+    _finish(sf, job_id, metrics, _layers(seed, name != "baseline"))
     return job_id
 
 

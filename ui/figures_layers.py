@@ -14,8 +14,12 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.actstats import Smoothed, difficulty
+from core.actstats import Smoothed, difficulty, smoothed_ranges
+from core.stats import OUTLIER_KS
 from ui.figures import AFTER_COLOR, BEFORE_COLOR, short_names
+
+# The outlier thresholds k the layer statistics are stored for (the pickers offer them).
+OUTLIER_CHOICES: tuple[float, ...] = tuple(OUTLIER_KS)
 
 # Heatmap columns: (layers_frame column or "outliers_before", label, unit/format, log-scaled).
 HEATMAP_METRICS: tuple[tuple[str, str, str, bool], ...] = (
@@ -296,3 +300,10 @@ def smoothing_figure(sm: Smoothed, alpha: float) -> go.Figure:
         margin={"t": 130, "l": 70, "r": 20, "b": 60},
     )
     return fig
+
+
+def smoothing_for(
+    act_absmax: Sequence[float], weight_absmax: Sequence[float], alpha: float
+) -> go.Figure:
+    """SmoothQuant's per-channel rescaling at strength ``alpha``, as a figure."""
+    return smoothing_figure(smoothed_ranges(act_absmax, weight_absmax, alpha), alpha)

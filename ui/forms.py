@@ -27,6 +27,7 @@ from core.models import (
 from core.recipe import NAMED_RECIPES
 from core.registry import Method, describe_params, get_method, methods
 from db import queue
+from runs.spec import DEFAULT_CALIB, DEFAULT_EVAL
 from ui.frames import fmt_bytes
 
 UPLOAD_TYPES = ["txt", "jsonl", "csv", "parquet"]
@@ -315,6 +316,23 @@ def _handle_upload(sf: queue.Factory, key: str) -> None:
     if st.session_state.get(marker) != up.file_id:  # select it once, then leave the choice free
         st.session_state[marker] = up.file_id
         st.session_state[key] = name
+
+
+def data_pickers(
+    sf: queue.Factory, calib_key: str, eval_key: str, upload_calib: bool
+) -> tuple[str, str]:
+    """(calibration set, evaluation set) side by side; only calibration texts are uploaded
+    (an evaluation set compares runs only when everyone has it)."""
+    d1, d2 = st.columns(2)
+    with d1:
+        calib = text_set_picker(
+            sf, "Calibration set", key=calib_key, default=DEFAULT_CALIB, upload=upload_calib
+        )
+    with d2:
+        eval_set = text_set_picker(
+            sf, "Evaluation set", key=eval_key, default=DEFAULT_EVAL, upload=False
+        )
+    return calib, eval_set
 
 
 def text_set_picker(sf: queue.Factory, label: str, key: str, default: str, upload: bool) -> str:

@@ -3,6 +3,7 @@ results (progress, the cost-per-unit chart, the table)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -29,7 +30,7 @@ from runs.sensitivity import (
     sweep_units,
 )
 from runs.spec import recipe_label
-from ui import shell
+from ui import forms, shell
 from ui.figures_runs import sensitivity_figure
 
 __all__ = ["DEFAULT_HIGH_STEP", "PlanError", "keep_recipe", "most_sensitive", "plan_units"]
@@ -51,6 +52,24 @@ def plan_units(model: str, step: dict[str, Any], unit: UnitKind) -> list[Unit]:
         return sweep_units(names, step, unit, block_path)
     except (ModelLoadError, ValueError) as e:
         raise PlanError(str(e)) from None
+
+
+def prefill_kept_recipe(
+    state: Any, jobs: list[Any], steps: list[dict[str, Any]], n_kept: int
+) -> None:
+    """Pre-fill New run with the mixed recipe, on the sweep's model and data settings."""
+    spec, sweep_id = jobs[0].spec, str(jobs[0].sweep_id)
+    forms.prefill_new_run(
+        state,
+        model=jobs[0].model,
+        steps=steps,
+        source=f"sensitivity sweep {sweep_id[:8]} ({n_kept} unit(s) kept in 8 bits, "
+        f"{time.strftime('%H:%M')})",
+        calib=spec.get("calib"),
+        eval_set=spec.get("eval_set"),
+        eval=spec.get("eval"),
+        calib_settings=spec.get("calib_settings"),
+    )
 
 
 def keep_recipe(jobs: list[Any], keep: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
