@@ -12,16 +12,14 @@ is allocated and a new method needs no entry here.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
-import torch
 from torch import nn
 
 from core.calib import CalibSettings
 from core.recipe import Recipe, Step
 from core.registry import LayerMethod, get_method
+from core.storage import tensor_bytes
 from core.walk import ERROR_SAMPLE_ROWS, find_blocks, find_linears
 
 FLOAT32 = 4  # bytes: calibration activations and statistics are float32
@@ -38,19 +36,6 @@ class MemoryEstimate:
     def calibration_bytes(self) -> int:
         """Held by calibration besides the model (0 for a recipe without steps)."""
         return self.block_io_bytes + self.layer_stats_bytes + self.error_rows_bytes
-
-
-def tensor_bytes(obj: Any) -> int:
-    """Bytes of every tensor in ``obj`` (a tensor, a dataclass, or a list/tuple/dict of them)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return sum(tensor_bytes(getattr(obj, f.name)) for f in dataclasses.fields(obj))
-    if isinstance(obj, list | tuple):
-        return sum(tensor_bytes(v) for v in obj)
-    if isinstance(obj, dict):
-        return sum(tensor_bytes(v) for v in obj.values())
-    return 0
 
 
 def estimate_memory(model: nn.Module, recipe: Recipe, calib: CalibSettings) -> MemoryEstimate:

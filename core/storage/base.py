@@ -10,6 +10,7 @@ estimate from a method's name. Every format is built the same way,
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -47,9 +48,19 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def tensor_bytes(t: torch.Tensor) -> int:
-    """Bytes a tensor occupies as stored (element count times element size)."""
-    return t.numel() * t.element_size()
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of every tensor in ``obj`` as stored (element count times element size):
+    a tensor, a dataclass, or a list / tuple / dict of them (calibration statistics are
+    sized the same way as stored weights)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return sum(tensor_bytes(getattr(obj, f.name)) for f in dataclasses.fields(obj))
+    if isinstance(obj, list | tuple):
+        return sum(tensor_bytes(v) for v in obj)
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    return 0
 
 
 def module_storage_bytes(module: nn.Module) -> int:

@@ -16,7 +16,27 @@ from core.quant.pack import pack_bits, packed_numel
 from core.storage.base import CompressedLinear, dtype_name, frozen_bias
 
 
-class BitmaskSparseLinear(CompressedLinear):
+class _SparseValuesLinear(CompressedLinear):
+    """The non-zero ``values`` (in the layer dtype) plus where they sit; the forward
+    rebuilds the dense weight (no sparse matmul beats dense BLAS at these sparsities)."""
+
+    values: torch.Tensor
+
+    def dense_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return self.dense_weight().float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.dense_weight().to(x.dtype), b)
+
+    def nominal_bits(self) -> float:
+        return float(self.values.element_size() * 8)
+
+
+class BitmaskSparseLinear(_SparseValuesLinear):
     """Unstructured sparse weights: ``mask`` (1 bit per weight, packed) + ``values`` (nnz,)."""
 
     format_name = "sparse-bitmask"
@@ -39,21 +59,11 @@ class BitmaskSparseLinear(CompressedLinear):
         dense = torch.zeros(n, dtype=self.values.dtype, device=self.values.device)
         return dense.masked_scatter_(nz, self.values).reshape(self.out_features, self.in_features)
 
-    def dequantized_weight(self) -> torch.Tensor:
-        return self.dense_weight().float()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.dense_weight().to(x.dtype), b)
-
-    def nominal_bits(self) -> float:
-        return float(self.values.element_size() * 8)
-
     def scheme(self) -> str:
         return f"bitmask-sparse-{dtype_name(self.values.dtype)}"
 
 
-class CSRSparseLinear(CompressedLinear):
+class CSRSparseLinear(_SparseValuesLinear):
     """Unstructured sparse weights in CSR: ``crow`` (out + 1,) int32, ``col`` (nnz,) int16
     (int32 beyond 32767 inputs), ``values`` (nnz,)."""
 
@@ -82,16 +92,6 @@ class CSRSparseLinear(CompressedLinear):
         rows = torch.repeat_interleave(torch.arange(self.out_features, device=dense.device), counts)
         dense[rows, self.col.long()] = self.values
         return dense
-
-    def dequantized_weight(self) -> torch.Tensor:
-        return self.dense_weight().float()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.dense_weight().to(x.dtype), b)
-
-    def nominal_bits(self) -> float:
-        return float(self.values.element_size() * 8)
 
     def scheme(self) -> str:
         return f"csr-sparse-{dtype_name(self.values.dtype)}"
