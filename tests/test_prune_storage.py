@@ -15,7 +15,6 @@ from core.storage import (
     PrunedLinear,
     module_storage_bytes,
     pack_pruned_linears,
-    pruned_linear,
 )
 from core.storage.pruned import pack_linear
 from core.storage.unstructured import choose_unstructured_layout
@@ -68,7 +67,7 @@ def test_unstructured_layouts_round_trip_and_choice() -> None:
     assert choose_unstructured_layout(32, 64, 1946, 2) == "dense"
     keep = torch.ones(32, 64, dtype=torch.bool)
     keep[:, :1] = False  # 1/64 sparse fp32: a bitmask (1/32 of dense) costs more than it saves
-    barely = pruned_linear(lin, lin.weight, keep, "unstructured")
+    barely = PrunedLinear.build(lin.weight, lin.bias, keep=keep, pattern="unstructured")
     stays = pack_linear(barely)
     assert type(stays) is nn.Linear and stays.weight is barely.weight
 
@@ -76,9 +75,10 @@ def test_unstructured_layouts_round_trip_and_choice() -> None:
 def test_pack_pruned_linears_replaces_only_pruned_linears() -> None:
     model = nn.Sequential(_linear(16, 32), _linear(16, 16), _linear(8, 16))
     w0 = model[0].weight.detach()
-    model[0] = pruned_linear(model[0], w0, nm_mask(w0.abs(), 2, 4), "2:4")
+    model[0] = PrunedLinear.build(w0, model[0].bias, keep=nm_mask(w0.abs(), 2, 4), pattern="2:4")
     w1 = model[1].weight.detach()
-    model[1] = pruned_linear(model[1], w1, row_mask(w1.abs(), 0.5), "unstructured")
+    keep1 = row_mask(w1.abs(), 0.5)
+    model[1] = PrunedLinear.build(w1, model[1].bias, keep=keep1, pattern="unstructured")
     x = torch.randn(4, 32)
     ref = model(x)
     dense_bytes = weight_memory(model).weight_bytes

@@ -23,8 +23,8 @@ from core.storage import (
     FP8Linear,
     LLMInt8Linear,
     NMSparseLinear,
+    PrunedLinear,
     W8A8Linear,
-    pruned_linear,
     storage_info,
     tensor_bytes,
 )
@@ -147,6 +147,8 @@ def test_a_plain_and_a_pruned_linear_are_dense_storage() -> None:
     assert (info.format, info.scheme, info.bits) == ("dense", "float32", 32.0)
     assert info.weight_bytes == (OUT * IN + OUT) * 4
     keep = row_mask(lin.weight.detach().abs(), 0.5)
-    pruned = storage_info(pruned_linear(lin, lin.weight, keep, "unstructured"))
+    pruned = storage_info(
+        PrunedLinear.build(lin.weight, lin.bias, keep=keep, pattern="unstructured")
+    )
     assert pruned.format == "dense" and pruned.scheme == "float32-pruned-unstructured"
     assert pruned.weight_bytes == info.weight_bytes  # zeros still take their bytes

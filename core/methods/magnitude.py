@@ -10,7 +10,7 @@ from torch import nn
 from core.prune.magnitude import magnitude_mask, magnitude_scores
 from core.prune.masks import PATTERNS, global_counts
 from core.registry import ConfigError, LayerMethod, MethodCard, MethodConfig, param, register
-from core.storage import UNSTRUCTURED, pack_pruned_linears, pruned_linear
+from core.storage import UNSTRUCTURED, PrunedLinear, pack_pruned_linears
 
 
 @dataclass(frozen=True)
@@ -126,4 +126,4 @@ class Magnitude(PruningMethod):
             keep = magnitude_mask(layer.weight, prune=self._counts[id(layer)])
         else:
             keep = magnitude_mask(layer.weight, sparsity=cfg.sparsity, pattern=cfg.pattern)
-        return pruned_linear(layer, layer.weight, keep, cfg.label)
+        return PrunedLinear.build(layer.weight, layer.bias, keep=keep, pattern=cfg.label)

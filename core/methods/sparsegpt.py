@@ -12,7 +12,7 @@ from core.methods.magnitude import PruningMethod, SparsityConfig
 from core.prune.sparsegpt import sparsegpt_prune
 from core.quant.hessian import HessianStats, init_hessian, update_hessian
 from core.registry import ConfigError, MethodCard, param, register
-from core.storage import pruned_linear
+from core.storage import PrunedLinear
 
 
 @dataclass(frozen=True)
@@ -82,4 +82,6 @@ class SparseGPT(PruningMethod):
             block_size=cfg.block_size,
             damp=cfg.damp,
         )
-        return pruned_linear(layer, res.weight, res.keep, cfg.label)
+        return PrunedLinear.build(
+            res.weight, layer.bias, keep=res.keep, pattern=cfg.label, dtype=layer.weight.dtype
+        )

@@ -11,7 +11,7 @@ from torch import nn
 from core.methods.magnitude import PruningMethod, SparsityConfig
 from core.prune.wanda import InputNormStats, init_input_norms, update_input_norms, wanda_mask
 from core.registry import MethodCard, register
-from core.storage import pruned_linear
+from core.storage import PrunedLinear
 
 
 @dataclass(frozen=True)
@@ -53,4 +53,4 @@ class Wanda(PruningMethod):
         if stats is None or stats.n == 0:
             raise ValueError("wanda needs calibration inputs for every targeted layer")
         keep = wanda_mask(layer.weight, stats.sq_sum, sparsity=cfg.sparsity, pattern=cfg.pattern)
-        return pruned_linear(layer, layer.weight, keep, cfg.label)
+        return PrunedLinear.build(layer.weight, layer.bias, keep=keep, pattern=cfg.label)

@@ -33,7 +33,7 @@ from core.storage.cast import CastLinear
 from core.storage.fp8 import FP8Linear
 from core.storage.int8_rows import Int8RowsLinear, LLMInt8Linear, W8A8Linear
 from core.storage.nm_sparse import NMSparseLinear
-from core.storage.pruned import UNSTRUCTURED, PrunedLinear, pack_pruned_linears, pruned_linear
+from core.storage.pruned import UNSTRUCTURED, PrunedLinear, pack_pruned_linears
 from core.storage.unstructured import BitmaskSparseLinear, CSRSparseLinear
 
 __all__ = [
@@ -54,7 +54,6 @@ __all__ = [
     "W8A8Linear",
     "module_storage_bytes",
     "pack_pruned_linears",
-    "pruned_linear",
     "storage_info",
     "tensor_bytes",
 ]

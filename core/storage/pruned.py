@@ -39,13 +39,16 @@ class PrunedLinear(nn.Linear):
         *,
         keep: torch.Tensor,
         pattern: str,
+        dtype: torch.dtype | None = None,
     ) -> PrunedLinear:
-        """``weight`` zeroed where ``keep`` is False, in ``weight``'s dtype and device."""
+        """``weight`` zeroed where ``keep`` is False, cast to ``dtype`` (the pruned layer's:
+        SparseGPT returns its updated weights in float32), on ``weight``'s device."""
+        weight = weight.detach() if dtype is None else weight.detach().to(dtype)
         out_f, in_f = weight.shape
         mod = torch.nn.utils.skip_init(
             cls, in_f, out_f, bias=bias is not None, device=weight.device, dtype=weight.dtype
         )
-        w = weight.detach().masked_fill(~keep.to(weight.device), 0.0)
+        w = weight.masked_fill(~keep.to(weight.device), 0.0)
         mod.weight = nn.Parameter(w, requires_grad=False)
         if bias is not None:
             mod.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
@@ -54,16 +57,6 @@ class PrunedLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, pattern={self.pattern}"
-
-
-def pruned_linear(
-    layer: nn.Linear, weight: torch.Tensor, keep: torch.Tensor, pattern: str
-) -> PrunedLinear:
-    """The pruned replacement of ``layer``: ``weight`` (new values, e.g. SparseGPT's
-    updated ones) cast to the layer's dtype, zeroed where ``keep`` is False."""
-    return PrunedLinear.build(
-        weight.detach().to(layer.weight.dtype), layer.bias, keep=keep, pattern=pattern
-    )
 
 
 def pack_linear(layer: PrunedLinear) -> nn.Module:
