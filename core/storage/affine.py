@@ -127,7 +127,8 @@ class AffineLinear(CompressedLinear):
 
     def kernel(self) -> str:
         """Which op serves this layout: "int4", "int8" or "dequant" (F.linear)."""
-        if self.bits == 4 and self.qweight.dim() == 2:
+        # The int4 op reads float16 scales and rows of whole bytes (its packed layout).
+        if self.bits == 4 and self.qweight.dim() == 2 and self.scale.dtype == torch.float16:
             return "int4"
         if self.bits == 8 and self.symmetric and self.scale.shape[1] == 1:
             return "int8"
