@@ -36,6 +36,11 @@ from db.migrations import schema_v0
 from db.models import Base
 
 log = logging.getLogger(__name__)
+# Alembic logs each context it sets up at INFO; on every worker start that is noise, and
+# upgrade() logs what it did. A level someone configured is left alone.
+for _name in ("alembic.runtime.plugins", "alembic.runtime.migration"):
+    if logging.getLogger(_name).level == logging.NOTSET:
+        logging.getLogger(_name).setLevel(logging.WARNING)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 BASELINE = "0001_baseline"

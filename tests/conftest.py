@@ -2,10 +2,10 @@
 where ``COMPRESSLAB_TEST_PG_URL`` names a PostgreSQL database (``.ci/run`` starts one),
 against a fresh schema in it too.
 
-``db_url`` / ``sf`` are parametrized by backend: every test in the modules of
-``PG_EVERY_TEST`` (and ``test_db_*``), the tests named in ``PG_SUBSET`` and those marked
-``@pytest.mark.both_backends`` run on both; the rest on SQLite only (the page and
-end-to-end tests are slow, and SQL they issue is what the queue tests already cover).
+``db_url`` / ``sf`` are parametrized by backend: every database test in the modules of
+``PG_EVERY_TEST`` (queue, workers, bundles, pages, and ``test_db_*``) and those marked
+``@pytest.mark.both_backends`` run on both; the rest on SQLite only (the end-to-end tests
+compress models and are slow, and the SQL they issue is what those modules cover).
 With ``CI=true`` a missing PostgreSQL is a failure; elsewhere those tests skip.
 """
 
@@ -31,15 +31,7 @@ os.environ["COMPRESSLAB_NO_AUTOWORKER"] = "1"
 
 
 PG_ENV = "COMPRESSLAB_TEST_PG_URL"
-PG_EVERY_TEST = {"test_queue", "test_workers", "test_bundle"}
-PG_SUBSET = {
-    "test_every_page_renders_on_an_empty_database",
-    "test_home_shows_latest_results",
-    "test_runs_page_progress_error_and_cancel",
-    "test_compare_page_charts_table_and_details",
-    "test_new_run_queues_a_named_recipe",
-    "test_new_run_queues_a_parameter_sweep_as_one_submission",
-}
+PG_EVERY_TEST = {"test_queue", "test_workers", "test_bundle", "test_ui_pages"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -53,7 +45,6 @@ def _on_postgresql(metafunc: pytest.Metafunc) -> bool:
     return (
         module in PG_EVERY_TEST
         or module.startswith("test_db_")
-        or metafunc.function.__name__ in PG_SUBSET
         or metafunc.definition.get_closest_marker("both_backends") is not None
     )
 
