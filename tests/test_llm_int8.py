@@ -66,7 +66,10 @@ def test_more_accurate_than_w8a8_on_outliers_and_close_to_bitsandbytes() -> None
 
 def test_threshold_zero_disables_the_split() -> None:
     lin, x = _layer_and_input(outliers=True)
-    assert torch.equal(LLMInt8Linear.build(lin.weight, lin.bias, threshold=0.0)(x), W8A8Linear.build(lin.weight, lin.bias)(x))
+    assert torch.equal(
+        LLMInt8Linear.build(lin.weight, lin.bias, threshold=0.0)(x),
+        W8A8Linear.build(lin.weight, lin.bias)(x),
+    )
 
 
 def test_recipe_runs_the_int8_op() -> None:
