@@ -383,21 +383,24 @@ def requeue_worker_jobs(sf: Factory, worker_id: str, reason: str) -> list[int]:
 
 
 def request_cancel(sf: Factory, job_id: int) -> str:
-    """Cancel a queued job at once, or ask its worker to stop a running one."""
+    """Cancel a queued job at once, or ask its worker to stop a running one. One UPDATE,
+    so a job that moves between queued and running meanwhile is still caught."""
+    queued = Job.status == QUEUED
     with sf.begin() as s:
-        res = s.execute(
+        new_status = s.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status == QUEUED)
-            .values(status=CANCELLED, finished_at=db_now(), message="cancelled before it started")
-        )
-        if res.rowcount:
-            return "cancelled"
-        res = s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == RUNNING)
-            .values(cancel_requested=True, message="cancel requested")
-        )
-        return "cancel requested" if res.rowcount else "already finished"
+            .where(Job.id == job_id, Job.status.in_((QUEUED, RUNNING)))
+            .values(
+                status=case((queued, CANCELLED), else_=Job.status),
+                finished_at=case((queued, db_now()), else_=Job.finished_at),
+                cancel_requested=True,
+                message=case((queued, "cancelled before it started"), else_="cancel requested"),
+            )
+            .returning(Job.status)
+        ).scalar_one_or_none()
+    if new_status is None:
+        return "already finished"
+    return "cancelled" if new_status == CANCELLED else "cancel requested"
 
 
 def _recovery_values(attempts: int, wid: str | None, cancel: bool, stale_s: float) -> dict:
