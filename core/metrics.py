@@ -83,22 +83,71 @@ class EvalResult:
 
 
 class LogprobStore:
-    """Baseline next-token log-probabilities for KL, one float16 memmap per key on disk."""
+    """Baseline next-token log-probabilities for KL, one float16 memmap per key on disk.
+
+    Written under a unique temporary name and published with ``os.replace`` (the data,
+    then its summary: ``exists`` needs both), so a reader never sees a partial file.
+    ``locked`` (an fcntl lock file beside it) lets one process compute a key while the
+    others wait and then read its result; temporary files a killed writer left behind
+    are removed by the next holder of the lock."""
 
     def __init__(self, path: Path, n_windows: int, ctx: int, vocab: int) -> None:
         self.path, self.shape = path, (n_windows, ctx - 1, vocab)
+        self._tmp: Path | None = None
 
     def exists(self) -> bool:
         return self.path.is_file() and self.path.with_suffix(".json").is_file()
 
+    def _temp_name(self, suffix: str) -> Path:
+        return self.path.with_name(f"{self.path.stem}.{os.getpid()}.{os.urandom(4).hex()}{suffix}")
+
     def writer(self) -> np.memmap:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        return np.memmap(self.path.with_suffix(".tmp"), np.float16, "w+", shape=self.shape)
+        self._tmp = self._temp_name(".f16.tmp")
+        return np.memmap(self._tmp, np.float16, "w+", shape=self.shape)
 
     def commit(self, mm: np.memmap, summary: dict) -> None:
+        assert self._tmp is not None, "commit() without writer()"
         mm.flush()
-        os.replace(self.path.with_suffix(".tmp"), self.path)
-        self.path.with_suffix(".json").write_text(json.dumps(summary))
+        os.replace(self._tmp, self.path)
+        self._tmp = None
+        tmp_json = self._temp_name(".json.tmp")
+        tmp_json.write_text(json.dumps(summary))
+        os.replace(tmp_json, self.path.with_suffix(".json"))
+
+    def discard(self) -> None:
+        """Remove this writer's temporary file (a cancelled or failed computation)."""
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+
+    def stale_temps(self) -> list[Path]:
+        return sorted(self.path.parent.glob(f"{self.path.stem}.*.tmp"))
+
+    @contextmanager
+    def locked(
+        self, should_cancel: Callable[[], bool] = lambda: False, poll_s: float = 0.1
+    ) -> Iterator[None]:
+        """Hold this key's lock (waiting, cancellably, while another process holds it);
+        the stale temporary files of this key are removed once it is held."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.with_suffix(".lock").open("a") as fh:
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if should_cancel():
+                        raise Cancelled from None
+                    time.sleep(poll_s)
+            try:
+                for stale in self.stale_temps():  # no live writer: we hold the lock
+                    stale.unlink(missing_ok=True)
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def reader(self) -> np.memmap:
         return np.memmap(self.path, np.float16, "r", shape=self.shape)

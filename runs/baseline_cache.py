@@ -53,20 +53,30 @@ def ensure_baseline(
     should_cancel: Callable[[], bool],
     on_progress: Progress,
 ) -> dict[str, Any]:
-    """The baseline's perplexity and bits per byte; its log-probs computed once."""
+    """The baseline's perplexity and bits per byte; its log-probs computed once, by one
+    process at a time (the others wait on the store's lock, then read the result)."""
     if store.exists():
         return store.summary()
-    mm = store.writer()
-    res = evaluate(
-        loaded.model,
-        loaded.tokenizer,
-        windows,
-        record=mm,
-        should_cancel=should_cancel,
-        on_progress=lambda f, m: on_progress(f, f"baseline: {m}"),
-    )
-    summary = {cat.PERPLEXITY.key: res.perplexity, cat.BITS_PER_BYTE.key: res.bits_per_byte}
-    store.commit(mm, summary)
+    on_progress(0.0, "baseline: waiting for its cache lock")
+    with store.locked(should_cancel):
+        if store.exists():  # computed by the process that held the lock before us
+            return store.summary()
+        mm = store.writer()
+        try:
+            res = evaluate(
+                loaded.model,
+                loaded.tokenizer,
+                windows,
+                record=mm,
+                should_cancel=should_cancel,
+                on_progress=lambda f, m: on_progress(f, f"baseline: {m}"),
+            )
+        except BaseException:
+            del mm
+            store.discard()
+            raise
+        summary = {cat.PERPLEXITY.key: res.perplexity, cat.BITS_PER_BYTE.key: res.bits_per_byte}
+        store.commit(mm, summary)
     return summary
 
 

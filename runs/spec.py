@@ -9,9 +9,10 @@ Pure of the database: whether an uploaded text is stored is asked through a call
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
 
 from core.calib import CalibSettings
 from core.data import DataError, list_text_sets
@@ -23,6 +24,8 @@ TextExists = Callable[[str], bool]  # is this uploaded text ("upload:...") store
 UPLOAD_PREFIX = "upload:"
 DEFAULT_CALIB = "stdlib-code"
 DEFAULT_EVAL = "stdlib-heldout"
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,13 +46,34 @@ class JobSpec:
 
     @classmethod
     def from_json(cls, text: str) -> JobSpec:
+        """The spec in ``text``. Keys this version does not know (a newer worker or app
+        wrote them) are ignored and logged; ``unknown_keys`` names them."""
         d = json.loads(text)
-        d["eval"] = EvalSettings(**d.get("eval", {}))
-        d["calib_settings"] = CalibSettings(**d.get("calib_settings", {}))
-        return cls(**d)
+        if ignored := unknown_keys(text):
+            log.warning("job spec keys this version does not know are ignored: %s", ignored)
+        d["eval"] = _known(EvalSettings, d.get("eval", {}))
+        d["calib_settings"] = _known(CalibSettings, d.get("calib_settings", {}))
+        return _known(cls, d)
 
     def parsed_recipe(self) -> Recipe:
         return recipe_from_steps(self.recipe, name=self.recipe_name)
+
+
+def _known(cls: type[T], d: dict[str, Any]) -> T:
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def unknown_keys(text: str) -> str:
+    """The keys of a spec's JSON that this version's JobSpec does not know ("eval.x" for
+    nested ones), comma separated; "" if none."""
+    d = json.loads(text)
+    out = [k for k in d if k not in {f.name for f in fields(JobSpec)}]
+    for key, cls in (("eval", EvalSettings), ("calib_settings", CalibSettings)):
+        nested = d.get(key)
+        if isinstance(nested, dict):
+            out += [f"{key}.{k}" for k in nested if k not in {f.name for f in fields(cls)}]
+    return ", ".join(out)
 
 
 def steps_from_json(text: str) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Headless interface: ``python -m workers serve | run | list-methods``."""
+"""Headless interface: ``python -m workers serve | run | recover | list-methods``."""
 
 from __future__ import annotations
 
@@ -24,6 +24,26 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--db", help="database URL (default: DATABASE_URL or the app's SQLite file)")
     s.add_argument("--poll", type=float, default=1.0, help="seconds between queue polls")
     s.add_argument("--max-jobs", type=int, default=None, help="stop after this many jobs")
+    _job_timeout_arg(s)
+    s.add_argument(
+        "--stale-s",
+        type=float,
+        default=None,
+        help="recover running jobs whose worker has not heartbeated for this long "
+        "(default: 60; every worker of one database should use the same value)",
+    )
+    s.add_argument(
+        "--heartbeat-s", type=float, default=None, help="seconds between heartbeats (default: 5)"
+    )
+
+    rc = sub.add_parser("recover", help="recover stale running jobs now and say what was done")
+    rc.add_argument("--db", help="database URL (default: DATABASE_URL or the app's SQLite file)")
+    rc.add_argument(
+        "--stale-s",
+        type=float,
+        default=None,
+        help="a running job without a heartbeat for this long is stale (default: 60)",
+    )
 
     r = sub.add_parser("run", help="run one job now, record it, print the result")
     r.add_argument("--model", required=True, help="'demo', a local folder, or a hub id")
@@ -37,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="seed of the calibration sampling")
     r.add_argument("--db", help="database URL (default: DATABASE_URL or the app's SQLite file)")
     r.add_argument("--json", action="store_true", help="last line of stdout is one JSON object")
+    _job_timeout_arg(r)
     r.add_argument(
         "--save",
         action="store_true",
@@ -55,6 +76,21 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("list-methods", help="registered methods, parameters and cards")
     m.add_argument("--json", action="store_true", help="print JSON")
     return p
+
+
+def _job_timeout_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--job-timeout",
+        type=float,
+        default=None,
+        help="fail a job that runs longer than this many seconds (default: 21600 = 6 h)",
+    )
+
+
+def runner_options(args: argparse.Namespace) -> dict[str, float]:
+    """Runner keyword arguments given on the command line (the rest keep their defaults)."""
+    names = {"job_timeout": "job_timeout_s", "stale_s": "stale_s", "heartbeat_s": "heartbeat_s"}
+    return {kw: v for a, kw in names.items() if (v := getattr(args, a, None)) is not None}
 
 
 def text_exists(sf: Any) -> Callable[[str], bool]:
@@ -90,20 +126,22 @@ def build_spec(args: argparse.Namespace, exists: Callable[[str], bool]) -> tuple
 
 
 @contextmanager
-def local_worker(sf: Any, interrupted: str) -> Iterator[Any]:
+def local_worker(sf: Any, interrupted: str, args: argparse.Namespace) -> Iterator[Any]:
     """A worker in this process for the jobs this command queued; on SIGINT / SIGTERM its
     job goes back to the queue and the command ends with ``interrupted``."""
     from db import queue
-    from workers.runner import Runner, WorkerShutdown, install_signal_handlers
+    from workers.runner import Runner, WorkerShutdown, WorkerStuck, install_signal_handlers
 
-    runner = Runner(sf)
-    queue.register_worker(sf, runner.worker_id)
+    runner = Runner(sf, **runner_options(args))
     install_signal_handlers()
+    runner.register()
     try:
         yield runner
     except WorkerShutdown as e:
         queue.requeue_worker_jobs(sf, runner.worker_id, f"requeued: worker stopped ({e})")
         raise UsageError(f"interrupted ({e}); {interrupted}") from None
+    except WorkerStuck as e:
+        raise UsageError(str(e)) from None
     finally:
         queue.worker_stopped(sf, runner.worker_id)
 
@@ -132,7 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     sf = session_factory(args.db)
     spec, label = build_spec(args, text_exists(sf))
     job_id = queue.submit(sf, model=spec.model, recipe_label=label, spec_json=spec.to_json())
-    with local_worker(sf, f"job {job_id} was put back in the queue") as runner:
+    with local_worker(sf, f"job {job_id} was put back in the queue", args) as runner:
         job = queue.claim(sf, runner.worker_id, job_id=job_id)
         if job is None:  # a serving worker took it first; it runs there
             raise UsageError(f"job {job_id} was claimed by another worker")
@@ -186,7 +224,7 @@ def cmd_run_sweep(args: argparse.Namespace) -> int:
     jobs = [(name, one.to_json()) for name, one in specs]
     sweep_id = queue.submit_sweep(sf, model=spec.model, jobs=jobs)
     runs = []
-    with local_worker(sf, f"sweep {sweep_id} stays queued") as runner:
+    with local_worker(sf, f"sweep {sweep_id} stays queued", args) as runner:
         for queued in queue.sweep_jobs(sf, sweep_id):
             row = _sweep_row(runner, sf, queued.id, args.sweep_step, param)
             if row is not None:
@@ -200,15 +238,42 @@ def cmd_run_sweep(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from db.session import session_factory
-    from workers.runner import Runner, WorkerShutdown, install_signal_handlers
+    from workers.lifecycle import with_reconnect
+    from workers.runner import Runner, WorkerShutdown, WorkerStuck, install_signal_handlers
 
     install_signal_handlers()
-    runner = Runner(session_factory(args.db))
-    logging.getLogger(__name__).info("worker %s serving", runner.worker_id)
+    log = logging.getLogger(__name__)
     try:
+        sf = with_reconnect("open the database", lambda: session_factory(args.db))
+        runner = Runner(sf, **runner_options(args))
+        log.info("worker %s serving", runner.worker_id)
         runner.serve(poll_s=args.poll, max_jobs=args.max_jobs)
     except WorkerShutdown as e:
-        logging.getLogger(__name__).info("worker %s stopped by %s", runner.worker_id, e)
+        log.info("worker stopped by %s", e)
+    except WorkerStuck as e:
+        log.error("%s; exiting so that its memory is freed (restart the worker)", e)
+        return 3
+    return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    """Recover stale running jobs now: requeue them (once) or fail them, and print each."""
+    from db import queue
+    from db.session import session_factory
+
+    sf = session_factory(args.db)
+    stale_s = queue.STALE_S if args.stale_s is None else args.stale_s
+    ids = queue.recover_stale(sf, stale_s)
+    if not ids:
+        running = queue.queue_counts(sf).get("running", 0)
+        print(f"no stale jobs (no heartbeat for {stale_s:.0f} s); {running} running")
+        return 0
+    print(f"recovered {len(ids)} stale job{'s' * (len(ids) != 1)}:")
+    for job_id in ids:
+        job = queue.get_job(sf, job_id)
+        assert job is not None
+        detail = job.error if job.status == "failed" else job.message
+        print(f"  job {job_id}: {job.status} ({detail})")
     return 0
 
 
@@ -232,7 +297,12 @@ def cmd_list_methods(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"serve": cmd_serve, "run": cmd_run, "list-methods": cmd_list_methods}
+COMMANDS = {
+    "serve": cmd_serve,
+    "run": cmd_run,
+    "recover": cmd_recover,
+    "list-methods": cmd_list_methods,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
