@@ -68,11 +68,11 @@ def sleep(seconds: float, stop: threading.Event | None = None) -> None:
     Shutdown.check()
 
 
-def with_reconnect(
-    what: str, fn: Callable[[], T], delays: tuple[float, ...] = RECONNECT_DELAYS_S
-) -> T:
-    """``fn()``, tried again with growing pauses (logged) for as long as the database is
-    unreachable or locked; a signal ends the wait with WorkerShutdown."""
+def with_reconnect(what: str, fn: Callable[[], T], delays: tuple[float, ...] | None = None) -> T:
+    """``fn()``, tried again with growing pauses (logged; ``RECONNECT_DELAYS_S`` by
+    default) for as long as the database is unreachable or locked; a signal ends the
+    wait with WorkerShutdown."""
+    delays = delays or RECONNECT_DELAYS_S
     failures = 0
     while True:
         try:
