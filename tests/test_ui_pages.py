@@ -181,6 +181,24 @@ def test_runs_page_progress_error_and_cancel(sf, runs) -> None:
     assert at.button(key=f"cancel{runs['running']}").disabled
 
 
+def test_runs_page_and_sidebar_show_each_worker(sf) -> None:
+    import socket
+
+    queue.register_worker(sf, "gpu-host-1-77-abcdef", device="NVIDIA H100 80GB HBM3")
+    queue.register_worker(sf, "cpu-host-2-78-abcdef", device="cpu")
+    queue.register_worker(sf, "gone-3-79-abcdef", device="cpu")
+    queue.worker_stopped(sf, "gone-3-79-abcdef")  # stopped: not listed
+    at = _app(RUNS)
+    assert "Workers (2 alive)" in _texts(at.subheader)
+    table = at.dataframe[0].value
+    assert sorted(table["device"]) == ["NVIDIA H100 80GB HBM3", "cpu"]
+    assert set(table["host"]) == {socket.gethostname()} and set(table["job"]) == {"idle"}
+    assert all(age.endswith(" s ago") for age in table["heartbeat"])  # by the database clock
+    sidebar = _texts(at.sidebar.caption)
+    assert "NVIDIA H100 80GB HBM3 · idle · beat" in sidebar
+    assert "2 workers alive" in _texts(at.sidebar.markdown)
+
+
 def test_compare_page_charts_table_and_details(runs) -> None:
     at = _app(COMPARE)
     charts = at.get("plotly_chart")

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-
+import pandas as pd
 import streamlit as st
 
 from db import queue
@@ -63,7 +62,8 @@ def _job_card(job: Job, position: int | None, now: float) -> None:
 @st.fragment(run_every=2)
 def active_jobs() -> None:
     """Queued and running jobs, refreshed every 2 s without reloading the page."""
-    sf, now = shell.session(), time.time()
+    sf = shell.session()
+    now = queue.db_time(sf)  # ages by the database's clock, like every queue decision
     running = sorted(queue.list_jobs(sf, status=RUNNING), key=lambda j: j.id)
     queued = sorted(queue.list_jobs(sf, status=QUEUED), key=lambda j: j.id)
     st.subheader(f"Active ({len(running)} running, {len(queued)} queued)")
@@ -75,6 +75,20 @@ def active_jobs() -> None:
         _job_card(job, i, now)
     if queued and not queue.alive_workers(sf):
         st.warning("No worker is alive: start one with `python -m workers serve`.")
+
+
+@st.fragment(run_every=5)
+def workers() -> None:
+    """Every alive worker: host, device, current job and last heartbeat."""
+    rows = shell.worker_rows(shell.session())
+    st.subheader(f"Workers ({len(rows)} alive)")
+    if not rows:
+        st.caption(
+            "No worker is alive. Start one on any host that reaches the database: "
+            "`python -m workers serve --db URL`."
+        )
+        return
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="workers_table")
 
 
 @st.fragment(run_every=5)

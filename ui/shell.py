@@ -8,6 +8,7 @@ import streamlit as st
 
 from db import queue
 from db.session import default_url, session_factory
+from ui.frames import fmt_duration
 from ui.worker import LocalWorker, maybe_recover
 
 # (file, title, icon); the first is the default page.
@@ -74,17 +75,37 @@ def _short_url(url: str) -> str:
     return url.split("@")[-1]  # never show a password
 
 
+def worker_rows(sf: queue.Factory) -> list[dict[str, Any]]:
+    """Each alive worker: host, pid, device, what it runs, and its last heartbeat's age
+    by the database's clock (hosts' clocks may disagree; the database decides)."""
+    now = queue.db_time(sf)
+    return [
+        {
+            "worker": w.id,
+            "host": w.host,
+            "pid": w.pid,
+            "device": w.device or "?",
+            "job": f"#{w.current_job_id}" if w.current_job_id is not None else "idle",
+            "heartbeat": f"{fmt_duration(max(0.0, now - w.heartbeat_at))} ago",
+            "up": fmt_duration(max(0.0, now - w.started_at)),
+        }
+        for w in sorted(queue.alive_workers(sf), key=lambda w: (w.host, w.id))
+    ]
+
+
 @st.fragment(run_every=5)
 def _live_status(url: str) -> None:
     sf = _factory(url)
     maybe_recover(sf, url)  # throttled; also runs while a page only reruns its fragments
-    alive = queue.alive_workers(sf)
+    alive = worker_rows(sf)
     counts = queue.queue_counts(sf)
     if alive:
-        busy = sum(1 for w in alive if w.current_job_id is not None)
+        busy = sum(1 for w in alive if w["job"] != "idle")
         st.markdown(
             f":green[●] **{len(alive)} worker{'s' * (len(alive) != 1)} alive** ({busy} busy)"
         )
+        for w in alive:
+            st.caption(f"`{w['host']}` · {w['device']} · {w['job']} · beat {w['heartbeat']}")
     else:
         st.markdown(":red[●] **no worker alive**")
         st.caption("Start one with `python -m workers serve`; queued jobs wait until then.")
