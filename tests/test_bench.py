@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from bench import int8_gemm
@@ -22,3 +23,15 @@ def test_int8_gemm_row_has_every_column_and_the_llm_int8_comparison() -> None:
         assert row["bnb_int8_outliers_rel_err"] < 0.02
     assert "llm_int8" in int8_gemm.format_row(row)
     assert int8_gemm.with_outliers(x).abs().amax(0).gt(6).sum() >= 1
+
+
+@pytest.mark.both_backends
+def test_queue_load_drains_every_job_and_prints_a_row_per_round(db_url: str) -> None:
+    from bench import queue_load
+
+    rows = queue_load.run([db_url], n_jobs=12, workers=[1, 2])
+    assert [(r["workers"], r["jobs"]) for r in rows] == [(1, 12), (2, 12)]
+    assert all(r["claims_s"] > 0 and 0 < r["median_ms"] <= r["p99_ms"] for r in rows)
+    assert rows[0]["x1"] == 1.0
+    table = queue_load.format_table(rows)
+    assert "claims/s" in table and len(table.splitlines()) == 4
