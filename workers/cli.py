@@ -20,30 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="log details and show tracebacks")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    s = sub.add_parser("serve", help="claim and run queued jobs until stopped")
-    s.add_argument("--db", help="database URL (default: DATABASE_URL or the app's SQLite file)")
-    s.add_argument("--poll", type=float, default=1.0, help="seconds between queue polls")
-    s.add_argument("--max-jobs", type=int, default=None, help="stop after this many jobs")
-    _job_timeout_arg(s)
-    s.add_argument(
-        "--stale-s",
-        type=float,
-        default=None,
-        help="recover running jobs whose worker has not heartbeated for this long "
-        "(default: 60; every worker of one database should use the same value)",
-    )
-    s.add_argument(
-        "--heartbeat-s", type=float, default=None, help="seconds between heartbeats (default: 5)"
-    )
-
-    rc = sub.add_parser("recover", help="recover stale running jobs now and say what was done")
-    rc.add_argument("--db", help="database URL (default: DATABASE_URL or the app's SQLite file)")
-    rc.add_argument(
-        "--stale-s",
-        type=float,
-        default=None,
-        help="a running job without a heartbeat for this long is stale (default: 60)",
-    )
+    _serve_parsers(sub)
 
     r = sub.add_parser("run", help="run one job now, record it, print the result")
     r.add_argument("--model", required=True, help="'demo', a local folder, or a hub id")
@@ -76,6 +53,34 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("list-methods", help="registered methods, parameters and cards")
     m.add_argument("--json", action="store_true", help="print JSON")
     return p
+
+
+def _serve_parsers(sub: Any) -> None:
+    """``serve`` and ``recover``."""
+    s = sub.add_parser("serve", help="claim and run queued jobs until stopped")
+    s.add_argument("--db", help="database URL (default: DATABASE_URL or the app's SQLite file)")
+    s.add_argument("--poll", type=float, default=1.0, help="seconds between queue polls")
+    s.add_argument("--max-jobs", type=int, default=None, help="stop after this many jobs")
+    _job_timeout_arg(s)
+    s.add_argument(
+        "--stale-s",
+        type=float,
+        default=None,
+        help="recover running jobs whose worker has not heartbeated for this long "
+        "(default: 60; every worker of one database should use the same value)",
+    )
+    s.add_argument(
+        "--heartbeat-s", type=float, default=None, help="seconds between heartbeats (default: 5)"
+    )
+
+    rc = sub.add_parser("recover", help="recover stale running jobs now and say what was done")
+    rc.add_argument("--db", help="database URL (default: DATABASE_URL or the app's SQLite file)")
+    rc.add_argument(
+        "--stale-s",
+        type=float,
+        default=None,
+        help="a running job without a heartbeat for this long is stale (default: 60)",
+    )
 
 
 def _job_timeout_arg(p: argparse.ArgumentParser) -> None:
