@@ -34,7 +34,7 @@ from runs.spec import build_spec
 pytestmark = pytest.mark.both_backends
 ROOT = Path(__file__).resolve().parent.parent
 N_WORKERS, N_JOBS = 4, 40
-KILL_PHASE_S, DEADLINE_S = 25.0, 85.0
+KILL_PHASE_S, DEADLINE_S = 20.0, 85.0
 STALE_S, HEARTBEAT_S = "5", "0.5"  # short, for the test: a killed job is back within ~6 s
 EVAL = EvalSettings(ctx=32, eval_tokens=96, prompt_len=8, decode_tokens=2, repeats=1)
 
@@ -182,4 +182,4 @@ def test_chaos(sf, db_url: str, db_backend: str, tmp_path: Path) -> None:
     assert all(j.result.get("perplexity") for j in jobs if j.status == SUCCEEDED)
     assert overlaps == [], overlaps
     assert chaos.changed == []
-    assert kills >= 8
+    assert kills >= 6

@@ -125,9 +125,13 @@ class Runner:
         self.models_dir = models_dir or self.cache_dir.parent / "models"
         self.heartbeat_s, self.job_timeout_s = heartbeat_s, job_timeout_s
         self.stale_s, self.grace_s = stale_s, grace_s
+        self._registered, self._last_recover = False, 0.0
 
     def register(self) -> None:
-        """Record this worker, its host and its device (waits for the database)."""
+        """Record this worker, its host and its device (waits for the database); once."""
+        if self._registered:
+            return
+        self._registered = True
         device = device_name()
         with_reconnect(
             "register worker", lambda: queue.register_worker(self.sf, self.worker_id, device)
@@ -260,7 +264,7 @@ class Runner:
         (WorkerShutdown, after the running job went back to the queue)."""
         stop = stop or threading.Event()
         self.register()
-        done, self._last_recover = 0, 0.0
+        done = 0
         try:
             while not stop.is_set() and (max_jobs is None or done < max_jobs):
                 Shutdown.check()
