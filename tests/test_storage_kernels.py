@@ -7,15 +7,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.calib import CalibSettings, calibration_batches
 from core.data import get_text_set
 from core.kernels import ops
-from core.metrics import EvalSettings, eval_windows, evaluate
-from core.models import DEMO_DIR, load_model, tiny_llama
+from core.models import DEMO_DIR, tiny_llama
 from core.quant.rtn import QuantSpec, quantize
 from core.recipe import recipe_from_steps
 from core.storage import AffineLinear
 from core.walk import apply_recipe, find_linears
+from runs.catalogue import KERNEL_PATHS, PERPLEXITY
+from runs.pipeline import run_job
+from runs.spec import build_spec
 
 GEN = torch.Generator().manual_seed(0)
 BATCHES = [torch.randint(0, 256, (1, 48), generator=GEN) for _ in range(2)]
@@ -114,22 +115,12 @@ def test_odd_rows_of_4_bit_codes_dequantize() -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (DEMO_DIR / "config.json").is_file(), reason="needs the demo model")
-def test_gptq_4_bit_on_the_demo_model_keeps_its_perplexity_on_the_int4_path() -> None:
-    # The steps of a worker's run (load, calibrate, compress, evaluate), defaults throughout.
-    calib = CalibSettings()
-    torch.manual_seed(calib.seed)
-    lm = load_model("demo")
-    windows = eval_windows(lm.tokenizer, get_text_set("stdlib-heldout").text, EvalSettings())
-    batches = calibration_batches(lm.tokenizer, get_text_set("stdlib-code").text, calib)
-    apply_recipe(
-        lm.model,
-        recipe_from_steps([{"method": "gptq", "bits": 4}]),
-        on_progress=lambda f, m: None,
-        should_cancel=lambda: False,
-        calib_batches=batches,
-    )
-    ops.reset_path_log()
-    res = evaluate(lm.model, lm.tokenizer, windows)
-    assert {row["op"] for row in ops.path_log()} == {"int4_weight_only_linear"}
+def test_gptq_4_bit_demo_run_records_the_int4_path_and_keeps_its_perplexity(tmp_path) -> None:
+    # A worker's whole run (runs.pipeline.run_job), defaults throughout, as the CLI's
+    # `python -m workers run --model demo --recipe '[{"method":"gptq","bits":4}]'`.
+    spec, _ = build_spec("demo", [{"method": "gptq", "bits": 4}], text_exists=lambda n: False)
+    result = run_job(spec, cache_dir=tmp_path, resolve_text=get_text_set).result.to_dict()
+    ops_run = {row["op"] for row in result[KERNEL_PATHS.key]}
+    assert ops_run == {"int4_weight_only_linear"}, result[KERNEL_PATHS.key]
     # The int4 kernel sums in another order than F.linear did: float rounding only.
-    assert res.perplexity == pytest.approx(GPTQ4_DEMO_PERPLEXITY, rel=1e-4)
+    assert result[PERPLEXITY.key] == pytest.approx(GPTQ4_DEMO_PERPLEXITY, rel=1e-4)
