@@ -55,6 +55,9 @@ class Chaos:
         env = os.environ | {
             "COMPRESSLAB_DATA": str(self.data),
             "COMPRESSLAB_ATTEMPT_LOG": str(self.log),
+            # 4 processes on a 2-core CI machine: one thread each, or they spin on each other
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
         }
         cmd = [sys.executable, "-m", "workers", "serve", "--db", self.db_url, "--poll", "0.2"]
         cmd += ["--stale-s", STALE_S, "--heartbeat-s", HEARTBEAT_S]
