@@ -4,22 +4,34 @@ A recipe is given as a registered name (``rtn-int8``), a path to a JSON or YAML
 file, or inline JSON. A step is flat: ``{"method": "rtn", "bits": 8, "targets":
 ["*"], "ignore": ["lm_head"]}``; every key other than method / targets / ignore is a
 parameter of the method's config.
+
+Target and ignore patterns are globs (``*.q_proj``) or ``re:<regex>`` in RE2 syntax
+(no look-around, no back-references): they are compiled when the recipe is parsed, at
+most ``MAX_PATTERN_CHARS`` characters each, and matched by Google's RE2, whose time is
+linear in the name, so no pattern can hang the app or a worker.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import re2
 
 from core.registry import ConfigError, MethodConfig, get_method
 
 DEFAULT_TARGETS: tuple[str, ...] = ("*",)
 DEFAULT_IGNORE: tuple[str, ...] = ("lm_head",)
 _RESERVED = {"method", "targets", "ignore"}
+MAX_PATTERN_CHARS = 200  # one target / ignore pattern
+MAX_PATTERNS = 1024  # patterns per list (a mixed-precision recipe ignores every sensitive layer)
+MAX_STEPS = 32  # steps in one recipe
+MAX_RECIPE_CHARS = 256 * 1024  # inline JSON, or a recipe file
+REGEX_PREFIX = "re:"
 
 
 @dataclass(frozen=True)
@@ -61,10 +73,43 @@ class Recipe:
         return any(get_method(s.method).needs_calibration for s in self.steps)
 
 
+@functools.lru_cache(maxsize=4096)
+def compile_pattern(pattern: str) -> re2._Regexp:
+    """The RE2 program of a ``re:`` pattern's regex; ConfigError (one line) if refused."""
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise ConfigError(
+            f"target pattern {pattern[:40]!r}... is {len(pattern)} characters; "
+            f"at most {MAX_PATTERN_CHARS} are allowed"
+        )
+    options = re2.Options()
+    options.log_errors = False
+    options.max_mem = 8 << 20  # a pattern whose program needs more is refused
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as e:
+        why = e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else e
+        raise ConfigError(
+            f"target pattern 're:{pattern}' is not a valid regex ({why}); patterns use RE2 "
+            "syntax: groups, alternation, classes and repetition, no look-around or "
+            "back-references"
+        ) from None
+
+
+def check_pattern(pattern: str, key: str) -> str:
+    """``pattern`` if allowed: a glob or ``re:<RE2 regex>``, at most MAX_PATTERN_CHARS."""
+    if not pattern or len(pattern) > MAX_PATTERN_CHARS:
+        raise ConfigError(
+            f"{key} pattern {pattern[:40]!r} must be 1..{MAX_PATTERN_CHARS} characters"
+        )
+    if pattern.startswith(REGEX_PREFIX):
+        compile_pattern(pattern[len(REGEX_PREFIX) :])
+    return pattern
+
+
 def _matches_any(name: str, patterns: tuple[str, ...]) -> bool:
     for p in patterns:
-        if p.startswith("re:"):
-            if re.search(p[3:], name):
+        if p.startswith(REGEX_PREFIX):
+            if compile_pattern(p[len(REGEX_PREFIX) :]).search(name):
                 return True
         elif fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name.rsplit(".", 1)[-1], p):
             return True
@@ -136,21 +181,35 @@ def _patterns(value: Any, key: str, default: tuple[str, ...]) -> tuple[str, ...]
     if value is None:
         return default
     if isinstance(value, str):
-        return (value,)
-    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise ConfigError(f"{key} must be a list of name patterns, got {value!r}")
+        value = [value]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{key} must be a list of name patterns, got {_short(value)}")
+    if len(value) > MAX_PATTERNS:
+        raise ConfigError(f"{key} has {len(value)} patterns; at most {MAX_PATTERNS} are allowed")
+    return tuple(check_pattern(v, key) for v in value)
+
+
+def _short(value: Any, n: int = 80) -> str:
+    """``repr(value)`` cut to ``n`` characters, for one-line messages."""
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def parse_step(raw: Any) -> Step:
     if not isinstance(raw, dict) or "method" not in raw:
-        raise ConfigError(f'each recipe step must be an object with a "method" key, got {raw!r}')
-    cls = get_method(str(raw["method"]))
+        raise ConfigError(
+            f'each recipe step must be an object with a "method" key, got {_short(raw)}'
+        )
+    if not isinstance(raw["method"], str):
+        raise ConfigError(f"a step's method must be a name, got {_short(raw['method'])}")
+    cls = get_method(raw["method"])
     params = {k: v for k, v in raw.items() if k not in _RESERVED}
     try:
         cfg = cls.config_cls.from_dict(params)
-    except TypeError as e:  # wrong constructor arguments
-        raise ConfigError(f"bad parameters for {cls.name}: {e}") from None
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, ArithmeticError) as e:  # wrong arguments or value types
+        raise ConfigError(f"bad parameters for {cls.name}: {_short(str(e), 200)}") from None
     return Step(
         method=cls.name,
         config=cfg,
@@ -166,7 +225,61 @@ def recipe_from_steps(raw_steps: Any, name: str = "") -> Recipe:
         )
     if not isinstance(raw_steps, list):
         raise ConfigError("a recipe must be a list of steps")
+    if len(raw_steps) > MAX_STEPS:
+        raise ConfigError(f"a recipe has at most {MAX_STEPS} steps, this one {len(raw_steps)}")
     return Recipe(steps=tuple(parse_step(s) for s in raw_steps), name=name)
+
+
+NO_STEPS = (
+    "a recipe needs at least one step; to measure the uncompressed model use the named "
+    "recipe 'baseline'"
+)
+
+
+def typed_steps(data: Any) -> Recipe:
+    """The recipe in a value a user typed (inline JSON, a file): at least one step, since
+    an empty list is more likely a mistake than a wish for the baseline."""
+    recipe = recipe_from_steps(data)
+    if not recipe.steps:
+        raise ConfigError(NO_STEPS)
+    return recipe
+
+
+def loads_json(text: str, what: str = "recipe") -> Any:
+    """JSON of a typed recipe, capped in size and nesting; ConfigError (one line) if bad."""
+    if len(text) > MAX_RECIPE_CHARS:
+        raise ConfigError(f"{what} is {len(text)} characters; at most {MAX_RECIPE_CHARS}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{what} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} is nested too deeply") from None
+
+
+def _load_file(path: Path) -> Any:
+    """The data of a .json / .yaml recipe file; ConfigError (one line) if unreadable."""
+    import yaml
+
+    try:
+        if path.stat().st_size > MAX_RECIPE_CHARS:
+            raise ConfigError(f"recipe file {str(path)!r} is over {MAX_RECIPE_CHARS} bytes")
+        body = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"recipe file {str(path)!r} cannot be read: {e}") from None
+    if path.suffix.lower() == ".json":
+        return loads_json(body, f"recipe file {str(path)!r}")
+    try:
+        return yaml.safe_load(body)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError(
+            f"recipe file {str(path)!r} is not valid YAML{where}: {problem}"
+        ) from None
+    except RecursionError:
+        raise ConfigError(f"recipe file {str(path)!r} is nested too deeply") from None
 
 
 def parse_recipe(text: str) -> Recipe:
@@ -175,24 +288,15 @@ def parse_recipe(text: str) -> Recipe:
     if text in NAMED_RECIPES:
         return recipe_from_steps(NAMED_RECIPES[text], name=text)
     if text.startswith(("[", "{")):
-        try:
-            return recipe_from_steps(json.loads(text))
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"recipe is not valid JSON: {e}") from None
+        return typed_steps(loads_json(text))
     path = Path(text)
     if path.suffix.lower() in {".json", ".yaml", ".yml"}:
         if not path.is_file():
             raise ConfigError(f"recipe file {text!r} not found")
-        body = path.read_text(encoding="utf-8")
-        if path.suffix.lower() == ".json":
-            data = json.loads(body)
-        else:
-            import yaml
-
-            data = yaml.safe_load(body)
-        return recipe_from_steps(data, name=path.stem)
+        recipe = typed_steps(_load_file(path))
+        return Recipe(steps=recipe.steps, name=path.stem)
     raise ConfigError(
-        f"unknown recipe {text!r}: use a named recipe ({', '.join(NAMED_RECIPES)}), "
+        f"unknown recipe {_short(text)}: use a named recipe ({', '.join(NAMED_RECIPES)}), "
         "a .json/.yaml file, or inline JSON such as "
         '\'[{"method": "rtn", "bits": 8}]\''
     )

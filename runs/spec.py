@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from core.calib import CalibSettings
 from core.data import DataError, list_text_sets
 from core.metrics import EvalSettings
-from core.recipe import Recipe, recipe_from_steps
+from core.recipe import NO_STEPS, Recipe, loads_json, recipe_from_steps
 from core.registry import ConfigError
 
 TextExists = Callable[[str], bool]  # is this uploaded text ("upload:...") stored?
@@ -77,15 +77,15 @@ def unknown_keys(text: str) -> str:
 
 
 def steps_from_json(text: str) -> list[dict[str, Any]]:
-    """Recipe steps typed as JSON (a list of steps, or one step); ConfigError if not JSON."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"recipe is not valid JSON: {e}") from None
+    """Recipe steps typed as JSON (a list of steps, or one step); ConfigError if not JSON,
+    too large or too deep, or empty (the baseline is the named recipe "baseline")."""
+    data = loads_json(text)
     if isinstance(data, dict):
         data = data.get("steps", [data]) if "method" not in data else [data]
     if not isinstance(data, list):
         raise ConfigError('a recipe must be a list of steps such as [{"method": "rtn", "bits": 8}]')
+    if not data:
+        raise ConfigError(NO_STEPS)
     return data
 
 

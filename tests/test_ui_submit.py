@@ -74,7 +74,8 @@ def test_stored_upload_can_calibrate(sf) -> None:
 def test_steps_from_json() -> None:
     assert steps_from_json('[{"method": "rtn", "bits": 4}]') == [{"method": "rtn", "bits": 4}]
     assert steps_from_json('{"method": "cast"}') == [{"method": "cast"}]
-    assert steps_from_json('{"steps": []}') == []
+    with pytest.raises(ConfigError, match="named recipe 'baseline'"):
+        steps_from_json('{"steps": []}')  # an empty recipe is a mistake, not the baseline
     with pytest.raises(ConfigError, match="not valid JSON"):
         steps_from_json("[{method: rtn}]")
     with pytest.raises(ConfigError, match="list of steps"):
