@@ -22,6 +22,7 @@ from runs import catalogue as cat
 from runs.records import as_float
 
 UnitKind = Literal["layer", "block"]
+MAX_SENSITIVITY_JOBS = 64  # one submission queues at most this many jobs (one per unit)
 # What the sensitive units keep: 8-bit round-to-nearest, one scale per output channel.
 DEFAULT_HIGH_STEP: dict[str, Any] = {
     "method": "rtn",
@@ -67,6 +68,11 @@ def sensitivity_recipes(base_step: dict[str, Any], units: Sequence[Unit]) -> lis
     every parameter spelled out)."""
     if not units:
         raise ConfigError("nothing to sweep: the step's targets select no linear layer")
+    if len(units) > MAX_SENSITIVITY_JOBS:
+        raise ConfigError(
+            f"a sensitivity sweep queues at most {MAX_SENSITIVITY_JOBS} jobs, this one "
+            f"{len(units)}: sweep whole blocks, or narrow the step's targets"
+        )
     out = []
     for u in units:
         step = copy.deepcopy(base_step)

@@ -34,8 +34,12 @@ def numeric_params(method: str) -> list[str]:
 
 def sweep_values(start: float, stop: float, step: float) -> list[float]:
     """``start`` to ``stop`` inclusive by ``step``, rounded so 0.1 + 0.2 prints as 0.3."""
-    if step <= 0:
-        raise ConfigError(f"sweep step must be positive, got {step}")
+    if not all(math.isfinite(v) for v in (start, stop, step)):
+        raise ConfigError("sweep start, stop and step must be finite numbers")
+    if step == 0:
+        raise ConfigError("the sweep step must be non-zero (start:stop:step, e.g. 0.1:0.5:0.1)")
+    if step < 0:
+        raise ConfigError(f"the sweep step must be positive, got {step}")
     if stop < start:
         raise ConfigError(f"sweep stop {stop} is below its start {start}")
     n = int(math.floor((stop - start) / step + 1e-9)) + 1
@@ -114,13 +118,20 @@ def parse_sweep_arg(text: str) -> tuple[str, list[float]]:
     name, sep, rest = text.partition("=")
     if not sep or not name.strip() or not rest.strip():
         raise ConfigError(f"sweep {text!r} must look like 'param=start:stop:step' or 'param=a,b,c'")
+    parts = rest.split(":") if ":" in rest else rest.split(",")
+    if ":" in rest and len(parts) != 3:
+        raise ConfigError(f"sweep {text!r}: a range is start:stop:step, three numbers")
+    if len(parts) > MAX_SWEEP_POINTS:
+        raise ConfigError(f"a sweep has at most {MAX_SWEEP_POINTS} points, got {len(parts)}")
     try:
-        if ":" in rest:
-            start, stop, step = (float(x) for x in rest.split(":"))
-            return name.strip(), sweep_values(start, stop, step)
-        return name.strip(), [float(x) for x in rest.split(",")]
+        numbers = [float(x) for x in parts]
     except ValueError:
         raise ConfigError(f"sweep {text!r}: values must be numbers") from None
+    if not all(math.isfinite(v) for v in numbers):
+        raise ConfigError(f"sweep {text!r}: values must be finite numbers")
+    if ":" in rest:
+        return name.strip(), sweep_values(*numbers)
+    return name.strip(), numbers
 
 
 def swept_parameter(recipes: list[list[dict[str, Any]]]) -> tuple[int, str] | None:
