@@ -385,13 +385,23 @@ def _refuse_binary_text(filename: str, text: str) -> None:
         )
 
 
-def _text_from_txt(filename: str, data: bytes) -> str:
+def _too_much_text(filename: str, max_text: int) -> DataError:
+    return DataError(
+        f"{filename}: decodes to more than {human_bytes(max_text)} of text, the limit for "
+        "an upload; upload a smaller sample"
+    )
+
+
+def _text_from_txt(filename: str, data: bytes, max_text: int) -> str:
+    if len(data) > max_text + 3:  # UTF-8 text is never longer than its bytes (+ a BOM)
+        raise _too_much_text(filename, max_text)
     return _decode_text(filename, data)
 
 
-def _text_from_jsonl(filename: str, data: bytes) -> str:
+def _text_from_jsonl(filename: str, data: bytes, max_text: int) -> str:
     text = _decode_text(filename, data)
     rows: list[str] = []
+    total = 0
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -399,11 +409,16 @@ def _text_from_jsonl(filename: str, data: bytes) -> str:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{filename}: line {lineno} is not valid JSON ({exc.msg})") from exc
+        except RecursionError:
+            raise DataError(f"{filename}: line {lineno} is nested too deeply") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
             raise DataError(
                 f'{filename}: line {lineno} has no "text" string field; each line must be '
                 'a JSON object like {"text": "..."}'
             )
+        total += len(obj["text"]) + 2
+        if total > max_text:
+            raise _too_much_text(filename, max_text)
         rows.append(obj["text"])
     return "\n\n".join(rows)
 
@@ -418,44 +433,116 @@ def _text_column(filename: str, frame: object) -> str:
     return "\n\n".join(str(v) for v in frame["text"].dropna())
 
 
-def _text_from_csv(filename: str, data: bytes) -> str:
+def _text_from_csv(filename: str, data: bytes, max_text: int) -> str:
+    import csv
+
     import pandas as pd
 
     text = _decode_text(filename, data)
+    if len(text) > max_text:
+        raise _too_much_text(filename, max_text)
     try:
         frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error, ValueError) as exc:
         raise DataError(f"{filename}: cannot parse as CSV ({exc})") from exc
     return _text_column(filename, frame)
 
 
-def _text_from_parquet(filename: str, data: bytes) -> str:
+MAX_PARQUET_ROWS = 1_000_000  # rows of an uploaded .parquet (each costs memory even if empty)
+
+
+def _parquet_file(filename: str, data: bytes, max_text: int) -> object:
+    """The ParquetFile of an upload whose ``text`` column's pages, as stored uncompressed,
+    fit in ``max_text`` and whose rows are at most MAX_PARQUET_ROWS; read as dictionary
+    (a value repeated a million times is held once)."""
+    import pyarrow.parquet as pq
+
+    names = pq.ParquetFile(io.BytesIO(data)).schema_arrow.names
+    if "text" not in names:
+        raise DataError(f'{filename}: no "text" column (columns: {", ".join(names) or "none"})')
+    pf = pq.ParquetFile(io.BytesIO(data), read_dictionary=["text"])
+    meta = pf.metadata
+    if meta.num_rows > MAX_PARQUET_ROWS:
+        raise DataError(f"{filename}: {meta.num_rows} rows; at most {MAX_PARQUET_ROWS}")
+    col = names.index("text")
+    stored = sum(
+        meta.row_group(g).column(col).total_uncompressed_size for g in range(meta.num_row_groups)
+    )
+    if stored > max_text:
+        raise _too_much_text(filename, max_text)
+    return pf
+
+
+def _decoded_bytes(column: object) -> int:
+    """UTF-8 bytes the non-null values of an Arrow text column decode to (+ 2 per row for
+    the blank line between rows), counted without decoding them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    assert isinstance(column, pa.ChunkedArray)
+    total = 0
+    for chunk in column.chunks:
+        if pa.types.is_dictionary(chunk.type):
+            sizes = pc.binary_length(chunk.dictionary.cast(pa.large_string()))
+            lengths = pc.take(sizes, chunk.indices)
+        else:
+            lengths = pc.binary_length(chunk.cast(pa.large_string()))
+        total += int(pc.sum(lengths).as_py() or 0) + 2 * (len(chunk) - chunk.null_count)
+    return total
+
+
+def _parquet_rows(filename: str, data: bytes, max_text: int) -> list[object]:
+    """The ``text`` column, one Arrow table per row group, refused as soon as its decoded
+    size passes ``max_text`` (before any string is built)."""
+    pf = _parquet_file(filename, data, max_text)
+    tables, total = [], 0
+    for g in range(pf.metadata.num_row_groups):  # type: ignore[attr-defined]
+        table = pf.read_row_group(g, columns=["text"])  # type: ignore[attr-defined]
+        total += _decoded_bytes(table.column("text"))
+        if total > max_text:
+            raise _too_much_text(filename, max_text)
+        tables.append(table)
+    return tables
+
+
+def _text_from_parquet(filename: str, data: bytes, max_text: int) -> str:
     try:
         import pyarrow  # noqa: F401
     except ImportError as exc:
         raise DataError(f"{filename}: reading .parquet needs pyarrow: pip install pyarrow") from exc
-    import pandas as pd
-
     if not data.startswith(b"PAR1"):
         raise DataError(f"{filename}: not a parquet file (missing PAR1 header)")
     try:
-        frame = pd.read_parquet(io.BytesIO(data))
+        tables = _parquet_rows(filename, data, max_text)
+        values = [v for t in tables for v in t.column("text").to_pylist()]  # type: ignore[attr-defined]
+    except DataError:
+        raise
     except Exception as exc:  # pyarrow raises several unrelated types on corrupt files
-        raise DataError(f"{filename}: cannot read parquet ({exc})") from exc
-    text = _text_column(filename, frame)
+        raise DataError(f"{filename}: cannot read parquet ({_first_line(exc)})") from exc
+    text = "\n\n".join(_as_text(v) for v in values if v is not None)
     _refuse_binary_text(filename, text)
     return text
 
 
-def _human_bytes(n: int) -> str:
+def _as_text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def human_bytes(n: int) -> str:
+    """``n`` bytes for a message: "195.0 MiB"."""
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= size:
             return f"{n / size:.1f} {unit}"
     return f"{n} bytes"
 
 
-# One reader per accepted extension: bytes -> text, raising DataError.
-_UPLOAD_READERS: dict[str, Callable[[str, bytes], str]] = {
+# One reader per accepted extension: (filename, bytes, text cap) -> text, raising DataError.
+_UPLOAD_READERS: dict[str, Callable[[str, bytes, int], str]] = {
     ".txt": _text_from_txt,
     ".jsonl": _text_from_jsonl,
     ".csv": _text_from_csv,
@@ -464,12 +551,24 @@ _UPLOAD_READERS: dict[str, Callable[[str, bytes], str]] = {
 UPLOAD_EXTENSIONS: tuple[str, ...] = tuple(_UPLOAD_READERS)
 
 
-def text_from_upload(filename: str, data: bytes, *, max_bytes: int = 50 * 2**20) -> str:
+MAX_UPLOAD_BYTES = 50 * 2**20  # an uploaded file
+MAX_UPLOAD_TEXT_BYTES = 50 * 2**20  # the text it decodes to (a .parquet can expand 1000x)
+
+
+def text_from_upload(
+    filename: str,
+    data: bytes,
+    *,
+    max_bytes: int = MAX_UPLOAD_BYTES,
+    max_text: int = MAX_UPLOAD_TEXT_BYTES,
+) -> str:
     """Validate an uploaded file and return its text; refuse bad files with DataError.
 
     Accepted: ``.txt`` (the whole file), ``.jsonl`` (the ``text`` field of each
     line), ``.csv`` and ``.parquet`` (the ``text`` column); rows are joined with
-    blank lines.
+    blank lines. The file is at most ``max_bytes`` and its text at most ``max_text``
+    (UTF-8 bytes, blank lines between rows included), checked before the text is built:
+    for .parquet from its metadata and the dictionary-encoded column, never by decoding.
     """
     ext = Path(filename).suffix.lower()
     if ext not in UPLOAD_EXTENSIONS:
@@ -477,12 +576,12 @@ def text_from_upload(filename: str, data: bytes, *, max_bytes: int = 50 * 2**20)
         raise DataError(f"{filename}: unsupported file type {ext or '(none)'}; allowed: {allowed}")
     if len(data) > max_bytes:
         raise DataError(
-            f"{filename}: too large ({_human_bytes(len(data))}); "
-            f"the limit is {_human_bytes(max_bytes)}"
+            f"{filename}: too large ({human_bytes(len(data))}); "
+            f"the limit is {human_bytes(max_bytes)}"
         )
     if not data:
         raise DataError(f"{filename}: the file is empty")
-    text = _UPLOAD_READERS[ext](filename, data)
+    text = _UPLOAD_READERS[ext](filename, data, max_text)
     if not text.strip():
         raise DataError(f"{filename}: no text (empty or whitespace only)")
     return text
