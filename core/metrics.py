@@ -26,6 +26,23 @@ from torch import nn
 from core.errors import Cancelled
 from core.storage import CompressedLinear, module_storage_bytes
 
+MAX_EVAL_TOKENS = 2**19  # 524288: a full WikiText-2 test split fits (about 300k tokens)
+# (field, lowest, highest) of EvalSettings; the baseline cache is windows x ctx x vocab x 2
+# bytes, so eval_tokens is also checked against the disk before a job computes it.
+_EVAL_BOUNDS: tuple[tuple[str, int, int], ...] = (
+    ("ctx", 16, 8192),
+    ("eval_tokens", 16, MAX_EVAL_TOKENS),
+    ("prompt_len", 1, 8192),
+    ("decode_tokens", 0, 1024),
+    ("repeats", 1, 100),
+)
+
+
+def baseline_cache_bytes(n_windows: int, ctx: int, vocab: int) -> int:
+    """Bytes of a baseline log-prob cache: float16 (2 bytes) per window, predicted
+    position (ctx - 1) and vocabulary entry."""
+    return n_windows * (ctx - 1) * vocab * 2
+
 
 @dataclass(frozen=True)
 class EvalSettings:
@@ -36,10 +53,16 @@ class EvalSettings:
     repeats: int = 5  # latency repeats after one warm-up (median reported)
 
     def __post_init__(self) -> None:
-        if not 16 <= self.ctx <= 8192:
-            raise ValueError(f"ctx={self.ctx} is out of range: 16..8192")
-        if not self.ctx <= self.eval_tokens <= 1_000_000:
-            raise ValueError(f"eval_tokens={self.eval_tokens} must be in ctx..1000000")
+        for name, low, high in _EVAL_BOUNDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be a whole number in {low}..{high}, got {value!r}")
+            if not low <= value <= high:
+                raise ValueError(f"{name}={value} is out of range: {low}..{high}")
+        if self.eval_tokens < self.ctx:
+            raise ValueError(
+                f"eval_tokens={self.eval_tokens} must be in ctx..{MAX_EVAL_TOKENS} (ctx={self.ctx})"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)

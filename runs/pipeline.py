@@ -35,6 +35,7 @@ from core.recipe import Recipe
 from core.save import save_compressed
 from core.walk import apply_recipe
 from runs import assemble, baseline_cache
+from runs.preflight import check_cache_room
 from runs.progress import STAGES, Progress, StageProgress
 from runs.records import LayerRow, RunResult
 from runs.spec import JobSpec
@@ -109,14 +110,25 @@ def pick_device() -> torch.device:
 # --- the stages, in the order of STAGES ------------------------------------------
 
 
+def resolve_inputs(job: Job) -> None:
+    """The text sets (an upload that is gone fails here), before anything is loaded."""
+    job.eval_text = job.resolve_text(job.spec.eval_set)
+    if job.compresses:
+        job.calib_text = job.resolve_text(job.spec.calib)
+
+
 def load(job: Job, report: Progress) -> None:
+    """The model and the evaluation windows; then the baseline cache's size is checked
+    against its cap and the free disk (runs.preflight) before the baseline computes it."""
     report(0.0, f"loading model {job.spec.model}")
     job.loaded = load_model(job.spec.model, device=job.device)
-    job.eval_text = job.resolve_text(job.spec.eval_set)
+    if job.eval_text is None:
+        job.eval_text = job.resolve_text(job.spec.eval_set)
     job.windows = eval_windows(job.loaded.tokenizer, job.eval_text.text, job.spec.eval)
     job.logprobs = baseline_cache.logprob_store(
         job.cache_dir, job.loaded, job.eval_text, job.spec.eval, len(job.windows)
     )
+    check_cache_room(job.logprobs, job.cache_dir)
 
 
 def baseline(job: Job, report: Progress) -> None:
@@ -138,7 +150,8 @@ def calibrate(job: Job, report: Progress) -> None:
     if not job.compresses:
         return
     assert job.loaded is not None
-    job.calib_text = job.resolve_text(job.spec.calib)
+    if job.calib_text is None:
+        job.calib_text = job.resolve_text(job.spec.calib)
     job.batches = calibration_batches(
         job.loaded.tokenizer, job.calib_text.text, job.spec.calib_settings
     )
@@ -221,11 +234,12 @@ def run_job(
     """Run one job; raises ModelLoadError / ConfigError / DataError / Cancelled on failure.
 
     With ``spec.save_model`` and a recipe, the compressed model is saved to ``save_dir``."""
-    recipe = spec.parsed_recipe()  # refuse a bad recipe before loading anything
+    recipe = spec.parsed_recipe()  # refuse a bad recipe (or target) before loading anything
     device = pick_device()
     job = Job(
         spec, recipe, cache_dir, resolve_text, should_cancel, save_dir, device, PeakMemory(device)
     )
+    resolve_inputs(job)  # an upload that is not stored fails before any expensive work
     torch.manual_seed(spec.calib_settings.seed)
     progress = StageProgress(on_progress)
     *work, (last, _) = STAGES
