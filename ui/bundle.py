@@ -11,8 +11,10 @@ Everything but :func:`existing_hashes` and :func:`import_bundle` is pure.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import json
+import math
 import socket
 import time
 from collections.abc import Iterable, Sequence
@@ -24,6 +26,7 @@ from sqlalchemy import select
 
 from db import queue
 from db.models import SUCCEEDED, Job, LayerStat
+from runs.records import RunResult
 
 BUNDLE_FORMAT = "compresslab-bundle"
 BUNDLE_VERSION = 1
@@ -88,17 +91,129 @@ def bundle_bytes(bundle: dict[str, Any]) -> bytes:
 
 
 _REQUIRED = ("fingerprint", "model", "recipe_label", "spec", "result")
+MAX_BUNDLE_BYTES = 64 * 2**20  # a bundle file
+MAX_DEPTH = 16  # nesting of objects and lists anywhere in a bundle
+MAX_LAYERS = 100_000  # layer rows of one run
 
 
-def parse_bundle(raw: bytes | str | dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
-    """(exporter, runs) of a bundle, each run checked; BundleError says what is wrong."""
-    if isinstance(raw, bytes | str):
-        try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BundleError(f"not a JSON file: {e}") from None
-    else:
-        data = raw
+class _Bad(Exception):
+    """A field that breaks the schema: its path (e.g. result.perplexity) and what it must be."""
+
+    def __init__(self, path: str, must: str) -> None:
+        super().__init__(f"{path} must be {must}")
+
+
+def _load_json(raw: bytes | str) -> Any:
+    if len(raw) > MAX_BUNDLE_BYTES:
+        raise BundleError(f"the file is over {MAX_BUNDLE_BYTES // 2**20} MiB, the limit")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"not a JSON file: {e}") from None
+    except RecursionError:
+        raise BundleError(f"nested more than {MAX_DEPTH} levels deep") from None
+
+
+def _check_tree(value: Any, path: str) -> None:
+    """Every value JSON (str keys), every number finite, nesting at most MAX_DEPTH;
+    iterative, so a deep value cannot exhaust the stack."""
+    stack: list[tuple[Any, str, int]] = [(value, path, 0)]
+    while stack:
+        v, where, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise _Bad(where, f"nested at most {MAX_DEPTH} levels deep")
+        if isinstance(v, dict):
+            for k in reversed(list(v)):
+                if not isinstance(k, str):
+                    raise _Bad(where, "an object with text keys")
+                stack.append((v[k], f"{where}.{k}", depth + 1))
+        elif isinstance(v, list):
+            stack.extend((x, f"{where}[{i}]", depth + 1) for i, x in reversed(list(enumerate(v))))
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise _Bad(where, "a finite number")
+        elif v is not None and not isinstance(v, str | int | float):
+            raise _Bad(where, "a JSON value")
+
+
+def _number(
+    d: dict[str, Any], key: str, path: str, low: float = 0.0, high: float = math.inf
+) -> None:
+    v = d.get(key)
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, int | float) or not low <= v <= high:
+        bound = f"in {low:g}..{high:g}" if math.isfinite(high) else f">= {low:g}"
+        raise _Bad(f"{path}{key}", f"a finite number {bound}")
+
+
+def _text(d: dict[str, Any], key: str, path: str, max_len: int, required: bool = False) -> None:
+    v = d.get(key)
+    if v is None and not required:
+        return
+    if not isinstance(v, str) or len(v) > max_len or (required and not v.strip()):
+        raise _Bad(f"{path}{key}", f"text of 1..{max_len} characters")
+
+
+def _of_type(d: dict[str, Any], key: str, path: str, kind: type, what: str) -> None:
+    if d.get(key) is not None and not isinstance(d[key], kind):
+        raise _Bad(f"{path}{key}", what)
+
+
+# RunResult's fields by kind; every other number in a result need only be finite.
+_RESULT_TEXT = ("model_note", "saved_model")
+_RESULT_LISTS = ("nominal_bits", "kernel_paths")
+_RESULT_BOUNDS: dict[str, tuple[float, float]] = {
+    "top1_agreement": (0.0, 1.0),
+    "kl_to_baseline": (-0.01, math.inf),  # a baseline's KL to itself may round below 0
+}
+
+
+def _check_result(result: dict[str, Any]) -> None:
+    for f in dataclasses.fields(RunResult):
+        if f.name == "extra":
+            continue
+        if f.name in _RESULT_TEXT:
+            _text(result, f.name, "result.", 4096)
+        elif f.name in _RESULT_LISTS:
+            _of_type(result, f.name, "result.", list, "a list")
+        elif f.name == "smaller_but_slower":
+            _of_type(result, f.name, "result.", bool, "true or false")
+        else:
+            _number(result, f.name, "result.", *_RESULT_BOUNDS.get(f.name, (0.0, math.inf)))
+    for i, b in enumerate(result.get("nominal_bits") or []):
+        _number({"b": b}, "b", f"result.nominal_bits[{i}]", 0.0, 64.0)
+
+
+def _check_layers(layers: Any) -> None:
+    if layers is None:
+        return
+    if not isinstance(layers, list) or len(layers) > MAX_LAYERS:
+        raise _Bad("layers", f"a list of at most {MAX_LAYERS} rows")
+    for i, row in enumerate(layers):
+        if not isinstance(row, dict):
+            raise _Bad(f"layers[{i}]", "an object")
+        _text(row, "name", f"layers[{i}].", 300, required=True)
+
+
+def _check_run(r: Any) -> None:
+    if not isinstance(r["fingerprint"], dict) or not r["fingerprint"]:
+        raise _Bad("fingerprint", "a non-empty object (runs are deduplicated by it)")
+    for key in ("spec", "result"):
+        _of_type(r, key, "", dict, "an object")
+    _check_tree(r, "run")
+    _text(r, "model", "", 300, required=True)
+    _text(r, "recipe_label", "", 300)
+    _text(r, "origin", "", 200)
+    _text(r, "sweep_id", "", 64)
+    for key in ("created_at", "started_at", "finished_at"):
+        _number(r, key, "")
+    _of_type(r, "source_id", "", int, "a whole number")
+    _of_type(r["spec"], "recipe", "spec.", list, "a list of steps")
+    _check_result(r["result"])
+    _check_layers(r.get("layers"))
+
+
+def _check_header(data: Any) -> list[Any]:
     if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
         raise BundleError(
             f'not a CompressLab bundle (expected "format": "{BUNDLE_FORMAT}"); export one '
@@ -106,22 +221,36 @@ def parse_bundle(raw: bytes | str | dict[str, Any]) -> tuple[str, list[dict[str,
         )
     if data.get("version") != BUNDLE_VERSION:
         raise BundleError(
-            f"bundle version {data.get('version')!r} is not supported (this app reads "
-            f"version {BUNDLE_VERSION})"
+            f"bundle version {repr(data.get('version'))[:20]} is not supported (this app "
+            f"reads version {BUNDLE_VERSION})"
         )
     runs = data.get("runs")
     if not isinstance(runs, list):
         raise BundleError('the bundle has no "runs" list')
     if len(runs) > MAX_RUNS:
         raise BundleError(f"{len(runs)} runs: a bundle holds at most {MAX_RUNS}")
+    try:
+        _text(data, "exported_by", "", 200)
+        _number(data, "exported_at", "")
+    except _Bad as e:
+        raise BundleError(f"the bundle's {e}") from None
+    return runs
+
+
+def parse_bundle(raw: bytes | str | dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """(exporter, runs) of a bundle, each run checked against the schema (types, ranges,
+    finite numbers, sizes, nesting); BundleError names the first bad field, e.g.
+    "run 2: result.perplexity must be a finite number >= 0"."""
+    data = _load_json(raw) if isinstance(raw, bytes | str) else raw
+    runs = _check_header(data)
     for i, r in enumerate(runs):
         missing = [k for k in _REQUIRED if not isinstance(r, dict) or k not in r]
         if missing:
             raise BundleError(f"run {i + 1} lacks {', '.join(missing)}")
-        if not isinstance(r["fingerprint"], dict) or not r["fingerprint"]:
-            raise BundleError(f"run {i + 1} has no fingerprint: it cannot be deduplicated")
-        if not isinstance(r["result"], dict) or not isinstance(r["spec"], dict):
-            raise BundleError(f"run {i + 1}: result and spec must be objects")
+        try:
+            _check_run(r)
+        except _Bad as e:
+            raise BundleError(f"run {i + 1}: {str(e).removeprefix('run.')}") from None
     exporter = str(data.get("exported_by") or "unknown")
     return exporter, runs
 
