@@ -92,3 +92,96 @@ def test_csv_has_the_columns_shown() -> None:
     back = pd.read_csv(pd.io.common.BytesIO(bundle.runs_csv(df)))
     assert back.to_dict("list") == df.to_dict("list")
     assert "@" in bundle.default_origin()
+
+
+# --- schema validation: bundles are untrusted input (issue 14) ----------------------
+
+
+def _valid_bundle(n: int = 2) -> dict:
+    from types import SimpleNamespace
+
+    jobs = [
+        SimpleNamespace(
+            id=i + 1,
+            fingerprint_hash="h",
+            fingerprint={"model": "m", "recipe": {"sha256": str(i)}, "device": "cpu"},
+            model="m",
+            recipe_label="rtn-int8",
+            spec={"model": "m", "recipe": [{"method": "rtn", "bits": 8}]},
+            result={"perplexity": 12.5, "top1_agreement": 0.9, "weight_bytes": 1000},
+            origin="local",
+            created_at=1.0,
+            started_at=2.0,
+            finished_at=3.0,
+            sweep_id=None,
+        )
+        for i in range(n)
+    ]
+    layers = {j.id: [{"name": "model.layers.0.mlp.up_proj", "rel_error": 0.01}] for j in jobs}
+    return bundle.make_bundle(jobs, layers, origin="alice@lab", now=1.0)
+
+
+def _deep(depth: int) -> object:
+    v: object = 1
+    for _ in range(depth):
+        v = {"a": v}
+    return v
+
+
+@pytest.mark.parametrize(
+    "where, value, message",
+    [
+        (("result", "perplexity"), "12", "run 2: result.perplexity must be a finite number >= 0"),
+        (("result", "perplexity"), -1.0, "run 2: result.perplexity must be a finite number >= 0"),
+        (
+            ("result", "perplexity"),
+            float("nan"),
+            "run 2: result.perplexity must be a finite number",
+        ),
+        (("result", "weight_bytes"), True, "run 2: result.weight_bytes must be a finite number"),
+        (("result", "top1_agreement"), 1.5, r"run 2: result.top1_agreement must be .* in 0..1"),
+        (("result", "nominal_bits"), "4", "run 2: result.nominal_bits must be a list"),
+        (("result", "extra_metric"), float("inf"), "run 2: result.extra_metric must be a finite"),
+        (("model",), 5, "run 2: model must be text of 1..300 characters"),
+        (("model",), "m" * 301, "run 2: model must be text of 1..300 characters"),
+        (("fingerprint",), "x", "run 2: fingerprint must be a non-empty object"),
+        (("fingerprint", "seed"), float("-inf"), "run 2: fingerprint.seed must be a finite"),
+        (("created_at",), "yesterday", "run 2: created_at must be a finite number >= 0"),
+        (("sweep_id",), ["a"], "run 2: sweep_id must be text of 1..64"),
+        (("spec", "recipe"), "rtn", "run 2: spec.recipe must be a list of steps"),
+        (("spec", "eval"), _deep(40), r"run 2: spec.eval(.a)+ must be nested at most 16 levels"),
+        (("layers",), [1], r"run 2: layers\[0\] must be an object"),
+        (("layers",), [{"rel_error": 1.0}], r"run 2: layers\[0\].name must be text"),
+        (("result",), [], "run 2: result must be an object"),
+    ],
+)
+def test_bundle_fields_are_checked_against_the_schema(where, value, message) -> None:
+    b = _valid_bundle()
+    target = b["runs"][1]
+    for key in where[:-1]:
+        target = target[key]
+    target[where[-1]] = value
+    raw = json.dumps(b, allow_nan=True)  # NaN / Infinity as Python's json writes them
+    with pytest.raises(bundle.BundleError, match=message):
+        bundle.parse_bundle(raw)
+
+
+def test_bundle_header_size_and_depth_are_checked() -> None:
+    b = _valid_bundle()
+    assert bundle.parse_bundle(json.dumps(b))[0] == "alice@lab"
+    b["exported_by"] = {"user": "x"}
+    with pytest.raises(bundle.BundleError, match="the bundle's exported_by must be text"):
+        bundle.parse_bundle(json.dumps(b))
+    with pytest.raises(bundle.BundleError, match="nested more than 16 levels"):
+        bundle.parse_bundle(b"[" * 200_000 + b"]" * 200_000)
+    with pytest.raises(bundle.BundleError, match="over 64 MiB"):
+        bundle.parse_bundle(b" " * (bundle.MAX_BUNDLE_BYTES + 1))
+
+
+def test_a_bad_run_imports_nothing(sf) -> None:
+    b = _valid_bundle()
+    b["runs"][1]["result"]["perplexity"] = float("nan")
+    with pytest.raises(bundle.BundleError, match="run 2: result.perplexity"):
+        bundle.import_bundle(sf, json.dumps(b))
+    assert queue.finished_runs(sf) == []
+    assert len(bundle.import_bundle(sf, json.dumps(_valid_bundle())).added) == 2
