@@ -370,11 +370,12 @@ def queue_run(page: Page) -> int:
 
 
 def _in_history(main: Locator, job_id: int) -> bool:
-    """Whether the Runs page's history table (its first grid) has a row for ``job_id``."""
+    """Whether the Runs page's history table (its last grid: the workers table comes
+    first) has a row for ``job_id``."""
     grid = main.get_by_test_id("stDataFrame")
     if grid.count() == 0:
         return False
-    first_column = grid.first.locator("[data-testid^='glide-cell-0-']").all_text_contents()
+    first_column = grid.last.locator("[data-testid^='glide-cell-0-']").all_text_contents()
     return str(job_id) in (t.strip() for t in first_column)
 
 

@@ -50,7 +50,7 @@ def test_demo_run_from_new_run_to_compare_and_weights(
     )
     flow.wait_run_finished(page, job_id, on_running=lambda: shots("runs-progress"))
     shots("runs-finished")
-    history = flow.grid_rows(flow.main_area(page).get_by_test_id("stDataFrame").first)
+    history = flow.grid_rows(flow.main_area(page).get_by_test_id("stDataFrame").last)
     row = next(r for r in history if r and r[0] == str(job_id))
     assert "succeeded" in row
     job = queue.get_job(app_db, job_id)
