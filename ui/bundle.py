@@ -199,7 +199,8 @@ def _check_run(r: Any) -> None:
     if not isinstance(r["fingerprint"], dict) or not r["fingerprint"]:
         raise _Bad("fingerprint", "a non-empty object (runs are deduplicated by it)")
     for key in ("spec", "result"):
-        _of_type(r, key, "", dict, "an object")
+        if not isinstance(r[key], dict):
+            raise _Bad(key, "an object")
     _check_tree(r, "run")
     _text(r, "model", "", 300, required=True)
     _text(r, "recipe_label", "", 300)
