@@ -42,7 +42,8 @@ def sweep_values(start: float, stop: float, step: float) -> list[float]:
         raise ConfigError(f"the sweep step must be positive, got {step}")
     if stop < start:
         raise ConfigError(f"sweep stop {stop} is below its start {start}")
-    n = int(math.floor((stop - start) / step + 1e-9)) + 1
+    span = (stop - start) / step
+    n = int(math.floor(span + 1e-9)) + 1 if math.isfinite(span) else math.inf
     if n > MAX_SWEEP_POINTS:
         raise ConfigError(f"a sweep has at most {MAX_SWEEP_POINTS} points, this one {n}")
     return [round(start + i * step, 10) for i in range(n)]
