@@ -34,7 +34,7 @@ from runs.spec import build_spec
 pytestmark = pytest.mark.both_backends
 ROOT = Path(__file__).resolve().parent.parent
 N_WORKERS, N_JOBS = 4, 40
-KILL_PHASE_S, DEADLINE_S = 20.0, 85.0
+KILL_PHASE_S, DEADLINE_S = 20.0, 120.0  # typically done in 40-65 s
 STALE_S, HEARTBEAT_S = "5", "0.5"  # short, for the test: a killed job is back within ~6 s
 EVAL = EvalSettings(ctx=32, eval_tokens=96, prompt_len=8, decode_tokens=2, repeats=1)
 
