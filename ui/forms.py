@@ -15,6 +15,7 @@ from typing import Any
 import streamlit as st
 
 from core.data import DataError, list_text_sets, text_from_upload
+from core.metrics import MAX_EVAL_TOKENS
 from core.models import (
     DEMO_DIR,
     PRESETS,
@@ -353,7 +354,15 @@ def eval_settings(prefix: str = "") -> tuple[dict[str, int], dict[str, int]]:
     c = st.columns(5)
     ctx = c[0].number_input("Context length (tokens)", 16, 8192, 256, step=16, key=f"{prefix}ctx")
     eval_tokens = c[1].number_input(
-        "Evaluation tokens", 16, 1_000_000, 4096, step=256, key=f"{prefix}eval_tokens"
+        "Evaluation tokens",
+        16,
+        MAX_EVAL_TOKENS,
+        4096,
+        step=256,
+        key=f"{prefix}eval_tokens",
+        help="The baseline's log-prob cache takes windows x ctx x vocabulary x 2 bytes; a job "
+        "whose cache would pass the cap (COMPRESSLAB_MAX_CACHE_BYTES) or the free disk is "
+        "refused before it computes anything.",
     )
     n_samples = c[2].number_input("Calibration samples", 1, 4096, 32, key=f"{prefix}calib_samples")
     seq_len = c[3].number_input(
