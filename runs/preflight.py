@@ -51,7 +51,8 @@ def check_cache_room(store: LogprobStore, cache_dir: Path) -> None:
     if needed <= cap and needed + DISK_RESERVE_BYTES <= free:
         return
     raise ConfigError(
-        f"the baseline cache would need {human_bytes(needed)} ({n_windows} windows x {ctx} "
-        f"ctx x {vocab} vocab x 2 bytes); the cap is {human_bytes(cap)} ({MAX_CACHE_ENV}) "
+        f"the baseline cache would need {human_bytes(needed)} ({n_windows} windows x "
+        f"{positions} positions (ctx {ctx} - 1) x {vocab} vocab x 2 bytes); the cap is "
+        f"{human_bytes(cap)} ({MAX_CACHE_ENV}) "
         f"and {human_bytes(free)} is free: lower eval_tokens or ctx"
     )

@@ -189,7 +189,7 @@ def test_baseline_cache_over_the_cap_is_refused_with_the_numbers(monkeypatch, tm
     with pytest.raises(ConfigError) as e:
         pipeline.run_job(_small_spec(), cache_dir=tmp_path / "cache", resolve_text=get_text_set)
     msg = str(e.value)
-    assert "the baseline cache would need" in msg and "windows x 32 ctx x" in msg
+    assert "the baseline cache would need" in msg and "windows x 31 positions (ctx 32 - 1) x" in msg
     assert f"the cap is 1000 bytes ({MAX_CACHE_ENV})" in msg and "is free" in msg
     assert not any((tmp_path / "cache").glob("*.tmp"))
 
@@ -304,3 +304,9 @@ def test_sweeps_are_capped_per_submission() -> None:
 def test_named_recipes_all_still_parse() -> None:
     for name in NAMED_RECIPES:
         assert parse_recipe(name).name == name
+
+
+def test_cli_bad_target_pattern_exits_2_before_queueing(tmp_path) -> None:
+    recipe = '[{"method": "rtn", "targets": ["re:["]}]'
+    p = _cli("run", "--model", "tiny-random", "--recipe", recipe, tmp_path=tmp_path)
+    _one_error_line(p, "target pattern 're:[' is not a valid regex")
