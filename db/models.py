@@ -1,4 +1,5 @@
-"""SQLAlchemy 2.0 typed models: jobs, their per-layer statistics, workers, uploaded texts.
+"""SQLAlchemy 2.0 typed models: jobs, their per-layer statistics, workers, uploaded texts,
+users and their login sessions.
 
 Times are UTC epoch seconds (floats) of the database server's clock (``db.clock.db_now``):
 portable between SQLite and PostgreSQL and trivial to compare for heartbeats. The schema
@@ -22,6 +23,9 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
 )
 STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 FINISHED = (SUCCEEDED, FAILED, CANCELLED)
+LOCAL_OWNER = "local"  # the owner of everything made with COMPRESSLAB_AUTH=none
+USER, ADMIN = "user", "admin"
+ROLES = (USER, ADMIN)
 
 
 class Base(DeclarativeBase):
@@ -53,6 +57,10 @@ class Job(Base):
     fingerprint_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     origin: Mapped[str] = mapped_column(String(200), default="local")
     sweep_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    # Who queued (or imported) it: a user name, or "local" without logins
+    owner: Mapped[str] = mapped_column(
+        String(100), default=LOCAL_OWNER, server_default=LOCAL_OWNER, index=True
+    )
 
     @property
     def result(self) -> dict[str, Any]:
@@ -104,3 +112,26 @@ class TextBlob(Base):
     n_bytes: Mapped[int] = mapped_column(Integer)
     text: Mapped[str] = mapped_column(Text)
     created_at: Mapped[float] = mapped_column(Float)
+    owner: Mapped[str] = mapped_column(String(100), default=LOCAL_OWNER, server_default=LOCAL_OWNER)
+
+
+class User(Base):
+    """A login of COMPRESSLAB_AUTH=password (argon2 hash) or a name a proxy vouched for."""
+
+    __tablename__ = "users"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    password_hash: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    role: Mapped[str] = mapped_column(String(16), default=USER)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class LoginSession(Base):
+    """A signed-in browser: only the SHA-256 of its token is stored."""
+
+    __tablename__ = "login_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user: Mapped[str] = mapped_column(ForeignKey("users.name", ondelete="CASCADE"), index=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)

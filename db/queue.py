@@ -25,21 +25,24 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, delete, exists, func, or_, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.clock import db_now
 from db.models import (
+    ADMIN,
     CANCELLED,
     FAILED,
     FINISHED,
+    LOCAL_OWNER,
     QUEUED,
     RUNNING,
     SUCCEEDED,
     Job,
     LayerStat,
     TextBlob,
+    User,
     Worker,
 )
 
@@ -121,7 +124,9 @@ def submit(
     recipe_label: str,
     spec_json: str,
     sweep_id: str | None = None,
+    owner: str = LOCAL_OWNER,
 ) -> int:
+    """Queue one job for ``owner`` (the signed-in user; "local" without logins)."""
     with sf.begin() as s:
         job = Job(
             created_at=db_now(),
@@ -132,15 +137,18 @@ def submit(
             progress=0.0,
             message="queued",
             sweep_id=sweep_id,
+            owner=owner,
         )
         s.add(job)
         s.flush()
         return job.id
 
 
-def submit_sweep(sf: Factory, *, model: str, jobs: list[tuple[str, str]]) -> str:
-    """Queue ``jobs`` ((recipe_label, spec_json) pairs) as one sweep, all or none;
-    returns the sweep id they share (see core.sweep.expand_sweep)."""
+def submit_sweep(
+    sf: Factory, *, model: str, jobs: list[tuple[str, str]], owner: str = LOCAL_OWNER
+) -> str:
+    """Queue ``jobs`` ((recipe_label, spec_json) pairs) as one sweep of ``owner``, all or
+    none; returns the sweep id they share (see core.sweep.expand_sweep)."""
     if not jobs:
         raise ValueError("a sweep needs at least one job")
     sweep_id = uuid.uuid4().hex[:16]
@@ -156,6 +164,7 @@ def submit_sweep(sf: Factory, *, model: str, jobs: list[tuple[str, str]]) -> str
                     progress=0.0,
                     message="queued",
                     sweep_id=sweep_id,
+                    owner=owner,
                 )
             )
     return sweep_id
@@ -382,14 +391,52 @@ def requeue_worker_jobs(sf: Factory, worker_id: str, reason: str) -> list[int]:
     return [j for j in ids if requeue(sf, j, worker_id, reason)]
 
 
-def request_cancel(sf: Factory, job_id: int) -> str:
-    """Cancel a queued job at once, or ask its worker to stop a running one. One UPDATE,
-    so a job that moves between queued and running meanwhile is still caught."""
+# --- permissions ---------------------------------------------------------------------
+
+
+def _is_admin(user: str) -> Any:
+    """SQL: ``user`` has the admin role."""
+    return exists().where(User.name == user, User.role == ADMIN)
+
+
+def _may_change(user: str) -> Any:
+    """SQL: the job is ``user``'s, or ``user`` is an admin."""
+    return or_(Job.owner == user, _is_admin(user))
+
+
+def may_change(sf: Factory, job: Job, user: str) -> bool:
+    """Whether ``user`` may cancel or delete ``job``: its owner or an admin."""
+    if job.owner == user:
+        return True
+    with sf() as s:
+        return bool(s.execute(select(_is_admin(user))).scalar())
+
+
+def refusal(owner: str) -> str:
+    return f"refused: only {owner} (who queued it) or an admin may change this job"
+
+
+def _why_not(sf: Factory, job_id: int, finished_ok: bool) -> str:
+    """Why a guarded UPDATE or DELETE of ``job_id`` matched nothing."""
+    job = get_job(sf, job_id)
+    if job is None:
+        return "no such job"
+    if not finished_ok and job.status in FINISHED:
+        return "already finished"
+    if finished_ok and job.status not in FINISHED:
+        return "still active: cancel it first"
+    return refusal(job.owner)
+
+
+def request_cancel(sf: Factory, job_id: int, user: str = LOCAL_OWNER) -> str:
+    """Cancel a queued job at once, or ask its worker to stop a running one, if ``user``
+    owns it or is an admin (else a "refused: ..." message). One UPDATE, so a job that
+    moves between queued and running meanwhile is still caught."""
     queued = Job.status == QUEUED
     with sf.begin() as s:
         new_status = s.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status.in_((QUEUED, RUNNING)))
+            .where(Job.id == job_id, Job.status.in_((QUEUED, RUNNING)), _may_change(user))
             .values(
                 status=case((queued, CANCELLED), else_=Job.status),
                 finished_at=case((queued, db_now()), else_=Job.finished_at),
@@ -399,8 +446,26 @@ def request_cancel(sf: Factory, job_id: int) -> str:
             .returning(Job.status)
         ).scalar_one_or_none()
     if new_status is None:
-        return "already finished"
+        return _why_not(sf, job_id, finished_ok=False)
     return "cancelled" if new_status == CANCELLED else "cancel requested"
+
+
+def delete_job(sf: Factory, job_id: int, user: str = LOCAL_OWNER) -> str:
+    """Delete a finished job and its layer rows if ``user`` owns it or is an admin;
+    returns "deleted" or why not."""
+    with sf.begin() as s:
+        s.execute(
+            delete(LayerStat).where(
+                LayerStat.job_id == job_id,
+                select(Job.id)
+                .where(Job.id == job_id, Job.status.in_(FINISHED), _may_change(user))
+                .exists(),
+            )
+        )
+        gone = s.execute(
+            delete(Job).where(Job.id == job_id, Job.status.in_(FINISHED), _may_change(user))
+        ).rowcount
+    return "deleted" if gone == 1 else _why_not(sf, job_id, finished_ok=True)
 
 
 def _recovery_values(attempts: int, wid: str | None, cancel: bool, stale_s: float) -> dict:
@@ -542,8 +607,9 @@ def is_finished(status: str) -> bool:
 # --- uploaded texts ------------------------------------------------------------------
 
 
-def store_text(sf: Factory, filename: str, text: str) -> str:
-    """Store a validated upload once (by content hash); returns its set name."""
+def store_text(sf: Factory, filename: str, text: str, owner: str = LOCAL_OWNER) -> str:
+    """Store a validated upload once (by content hash; the first uploader owns it);
+    returns its set name."""
     raw = text.encode("utf-8")
     sha = hashlib.sha256(raw).hexdigest()
     name = f"upload:{sha[:12]}"
@@ -557,6 +623,7 @@ def store_text(sf: Factory, filename: str, text: str) -> str:
                     n_bytes=len(raw),
                     text=text,
                     created_at=db_now(),
+                    owner=owner,
                 )
             )
     return name
