@@ -2,12 +2,20 @@
 
 ``trust_remote_code`` stays off unless the caller opts in; safetensors are preferred.
 Hub failures become :class:`ModelLoadError` with a message that says what happened.
+
+Local folders: with ``COMPRESSLAB_AUTH=none`` (one person on their own machine) any
+folder loads; in the team modes (any other value) only folders under the model roots
+(``COMPRESSLAB_MODEL_ROOTS``, ``os.pathsep``-separated; default: the data folder and the
+bundled models in ``core/zoo``), compared after ``realpath`` so that symlinks and ``..``
+cannot escape. A refused folder gets one message whether or not it exists.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +27,16 @@ from core.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-DEMO_DIR = Path(__file__).resolve().parent / "zoo" / "demo"
+ZOO_DIR = Path(__file__).resolve().parent / "zoo"  # the bundled models
+DEMO_DIR = ZOO_DIR / "demo"
+AUTH_ENV = "COMPRESSLAB_AUTH"  # none | password | proxy (read here, set up elsewhere)
+ROOTS_ENV = "COMPRESSLAB_MODEL_ROOTS"
+DATA_ENV = "COMPRESSLAB_DATA"  # the data folder, as db.session reads it
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+FOLDER_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")  # a path, never a hub id
+# A hub id: "name" or "org/name" of letters, digits, "-", "_", "."; no "--" or "..".
+HUB_ID_RE = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$", re.ASCII)
+HUB_ID_MAX = 96
 TINY_RANDOM = "tiny-random"  # a Llama built in code with random weights (tests, smoke runs)
 
 # Presets the UI offers: id -> (parameters, short note).
@@ -200,9 +217,63 @@ def load_model(
     return loaded
 
 
+def auth_mode() -> str:
+    """``COMPRESSLAB_AUTH``: 'none' (the default), 'password', 'proxy', ...; lower case."""
+    return os.environ.get(AUTH_ENV, "").strip().lower() or "none"
+
+
+def folders_restricted() -> bool:
+    """Whether local model folders must lie under the model roots (every team mode)."""
+    return auth_mode() != "none"
+
+
+def model_roots() -> list[Path]:
+    """The folders local models may come from in a team mode, resolved (realpath)."""
+    raw = [r.strip() for r in os.environ.get(ROOTS_ENV, "").split(os.pathsep) if r.strip()]
+    if not raw:
+        raw = [os.environ.get(DATA_ENV, "").strip() or str(DEFAULT_DATA_DIR), str(ZOO_DIR)]
+    return [Path(os.path.realpath(Path(r).expanduser())) for r in raw]
+
+
+def roots_text() -> str:
+    roots = ", ".join(str(r) for r in model_roots())
+    return f"local models must be folders under the model roots ({roots}; set {ROOTS_ENV})"
+
+
+def looks_like_path(spec: str) -> bool:
+    """Written as a path (absolute, ./, ../, ~): a folder, never a hub id."""
+    return spec.startswith(FOLDER_PREFIXES) or spec in (".", "..")
+
+
+def allowed_folder(spec: str) -> Path | None:
+    """The resolved folder ``spec`` names if it is a folder under a model root, else None
+    (symlinks and ``..`` are resolved first, so neither can leave a root)."""
+    real = Path(os.path.realpath(Path(spec.strip()).expanduser()))
+    inside = any(real == root or root in real.parents for root in model_roots())
+    return real if inside and real.is_dir() else None
+
+
+def folder_refused(spec: str) -> ModelLoadError:
+    """The one message for a folder outside the roots, whether it exists or not."""
+    return ModelLoadError(f"model folder {spec!r} is not allowed: {roots_text()}")
+
+
+def _hub_id(spec: str) -> str:
+    """``spec`` if it is well-formed as a hub id ('name' or 'org/name'), else ModelLoadError."""
+    ok = len(spec) <= HUB_ID_MAX and HUB_ID_RE.match(spec) and ".." not in spec
+    if not ok or "--" in spec or spec.endswith((".", "-")):
+        hint = f"; {roots_text()}" if folders_restricted() else ""
+        raise ModelLoadError(
+            f"model not found: {spec!r} is neither a folder nor a hub id "
+            f"(a hub id is 'name' or 'org/name'){hint}"
+        )
+    return spec
+
+
 def model_source(spec: str) -> str | Path:
     """Where ``spec`` points: ``tiny-random``, a folder (the demo model's included), or a hub
-    id. Raises ModelLoadError for what can be neither."""
+    id. Raises ModelLoadError for what can be neither, or a folder outside the model roots
+    in a team mode. Never touches the network."""
     spec = spec.strip()
     if not spec:
         raise ModelLoadError("no model given: use 'demo', a local folder, or a hub id")
@@ -212,13 +283,72 @@ def model_source(spec: str) -> str | Path:
         if not (DEMO_DIR / "config.json").is_file():
             raise ModelLoadError(f"the bundled demo model is missing from {DEMO_DIR}")
         return DEMO_DIR
+    if folders_restricted():
+        folder = allowed_folder(spec)
+        if folder is not None:
+            return folder
+        if looks_like_path(spec):
+            raise folder_refused(spec)
+        return _hub_id(spec)
     if Path(spec).expanduser().is_dir():
         return Path(spec).expanduser()
-    if spec.startswith(("/", "./", "~", "../")):
+    if looks_like_path(spec):
         raise ModelLoadError(f"model not found: folder {spec!r} does not exist")
-    if spec.count("/") > 1 or " " in spec:
-        raise ModelLoadError(f"model not found: {spec!r} is neither a folder nor a hub id")
-    return spec
+    return _hub_id(spec)
+
+
+def is_folder_spec(spec: str) -> bool:
+    """Whether ``spec`` means a local folder (without revealing folders outside the roots)."""
+    spec = spec.strip()
+    if looks_like_path(spec):
+        return True
+    if folders_restricted():
+        return allowed_folder(spec) is not None
+    return Path(spec).expanduser().is_dir()
+
+
+def in_hub_cache(model_id: str) -> bool:
+    """Whether the config of hub model ``model_id`` is in the local cache (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(model_id, "config.json"), str)
+    except Exception:  # an unreadable cache, an id the library refuses
+        return False
+
+
+def hub_lacks(model_id: str) -> bool:
+    """True when the reachable hub says ``model_id`` has no config.json (a metadata request,
+    nothing downloaded); False when it has one or the hub cannot tell (gated, errors)."""
+    try:
+        from huggingface_hub import file_exists
+
+        return not file_exists(model_id, "config.json")
+    except Exception:  # gated or private repos, timeouts: the worker reports them
+        return False
+
+
+def check_model(spec: str) -> None:
+    """Refuse, without downloading anything, a model no worker could load: what
+    :func:`model_source` refuses, a folder without config.json, a hub id that is not in
+    the local cache while the hub is unreachable, or one the hub does not know."""
+    source = model_source(spec)
+    if source == TINY_RANDOM:
+        return
+    if isinstance(source, Path):
+        if not (source / "config.json").is_file():
+            raise ModelLoadError(
+                f"model folder {spec.strip()!r} has no config.json: not a Transformers model"
+            )
+        return
+    why_offline = hub.probe()
+    if why_offline is not None and not in_hub_cache(source):
+        raise ModelLoadError(
+            f"hub unreachable (offline?): {why_offline}; {source!r} is not in the local "
+            "Hugging Face cache; use the demo model, a local folder, or a cached model"
+        )
+    if why_offline is None and hub_lacks(source):
+        raise ModelLoadError(f"model not found: {source!r} is not a hub id or folder")
 
 
 def model_skeleton(spec: str) -> nn.Module:

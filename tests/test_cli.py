@@ -108,7 +108,7 @@ def test_run_json_prints_a_result_and_records_it(db_url, tmp_path) -> None:
     assert (saved / "compresslab_quant.json").is_file() and (saved / "model.safetensors").is_file()
 
 
-def test_missing_model_fails_with_a_readable_line(db_url, tmp_path) -> None:
+def test_missing_model_is_refused_before_queueing(db_url, tmp_path) -> None:
     p = _cli(
         "run",
         "--model",
@@ -119,10 +119,12 @@ def test_missing_model_fails_with_a_readable_line(db_url, tmp_path) -> None:
         db_url=db_url,
         data=tmp_path,
     )
-    assert p.returncode == 1
-    assert json.loads(p.stdout.strip().splitlines()[-1])["status"] == "failed"
-    assert "model not found: folder './no/such/folder' does not exist" in p.stderr
-    assert "Traceback" not in p.stderr
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.strip() == "error: model not found: folder './no/such/folder' does not exist"
+    from db import queue
+    from db.session import session_factory
+
+    assert queue.queue_counts(session_factory(db_url)) == {}
 
 
 def test_list_methods_json_has_params_ranges_and_cards(db_url, tmp_path) -> None:

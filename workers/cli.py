@@ -1,4 +1,9 @@
-"""Headless interface: ``python -m workers serve | run | recover | list-methods``."""
+"""Headless interface: ``python -m workers serve | run | recover | list-methods``.
+
+Exit status of ``run``: 0 when every job succeeded; 2 for bad input (one ``error:``
+line on stderr, nothing queued or loaded, and no database opened for input that can be
+refused without one); 1 for a failure at run time (a failed job, an interrupted run).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,10 @@ from typing import Any
 
 class UsageError(Exception):
     """Bad input: printed as one line, exit status 2."""
+
+
+class RunFailure(Exception):
+    """A failure at run time (interrupted, stuck, taken by another worker): one line, exit 1."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -130,6 +139,41 @@ def build_spec(args: argparse.Namespace, exists: Callable[[str], bool]) -> tuple
         raise UsageError(str(e)) from None
 
 
+def check_model_arg(model: str) -> None:
+    """Refuse a model no worker could load, without downloading anything (UsageError)."""
+    from core.errors import ModelLoadError
+    from core.models import check_model
+
+    try:
+        check_model(model)
+    except ModelLoadError as e:
+        raise UsageError(str(e)) from None
+
+
+def validate_run(args: argparse.Namespace) -> tuple[Any, str, list[str]]:
+    """Every check that needs no database: the JobSpec, its label and the uploaded text
+    sets it names (checked later, in the database, by :func:`open_checked`)."""
+    uploads: list[str] = []
+
+    def later(name: str) -> bool:
+        uploads.append(name)
+        return True
+
+    spec, label = build_spec(args, later)
+    check_model_arg(spec.model)
+    return spec, label, uploads
+
+
+def open_checked(args: argparse.Namespace, uploads: list[str]) -> Any:
+    """The session factory of ``--db``, once the uploads the job names are found there."""
+    from db.session import session_factory
+
+    sf = session_factory(args.db)
+    if uploads:  # the builder again, now asking the database: its message if one is missing
+        build_spec(args, text_exists(sf))
+    return sf
+
+
 @contextmanager
 def local_worker(sf: Any, interrupted: str, args: argparse.Namespace) -> Iterator[Any]:
     """A worker in this process for the jobs this command queued; on SIGINT / SIGTERM its
@@ -144,9 +188,9 @@ def local_worker(sf: Any, interrupted: str, args: argparse.Namespace) -> Iterato
         yield runner
     except WorkerShutdown as e:
         queue.requeue_worker_jobs(sf, runner.worker_id, f"requeued: worker stopped ({e})")
-        raise UsageError(f"interrupted ({e}); {interrupted}") from None
+        raise RunFailure(f"interrupted ({e}); {interrupted}") from None
     except WorkerStuck as e:
-        raise UsageError(str(e)) from None
+        raise RunFailure(str(e)) from None
     finally:
         queue.worker_stopped(sf, runner.worker_id)
 
@@ -168,17 +212,16 @@ def _print_run(out: dict[str, Any], as_json: bool) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from db import queue
-    from db.session import session_factory
 
     if args.sweep:
         return cmd_run_sweep(args)
-    sf = session_factory(args.db)
-    spec, label = build_spec(args, text_exists(sf))
+    spec, label, uploads = validate_run(args)
+    sf = open_checked(args, uploads)
     job_id = queue.submit(sf, model=spec.model, recipe_label=label, spec_json=spec.to_json())
     with local_worker(sf, f"job {job_id} was put back in the queue", args) as runner:
         job = queue.claim(sf, runner.worker_id, job_id=job_id)
         if job is None:  # a serving worker took it first; it runs there
-            raise UsageError(f"job {job_id} was claimed by another worker")
+            raise RunFailure(f"job {job_id} was claimed by another worker")
         status = runner.run_claimed(job)
     job = queue.get_job(sf, job_id)
     assert job is not None
@@ -216,16 +259,15 @@ def cmd_run_sweep(args: argparse.Namespace) -> int:
     one line per run (the last stdout line with --json: every run in one object)."""
     from core.registry import ConfigError
     from db import queue
-    from db.session import session_factory
     from runs.sweep import parse_sweep_arg, sweep_specs
 
-    sf = session_factory(args.db)
-    spec, label = build_spec(args, text_exists(sf))
+    spec, label, uploads = validate_run(args)
     try:
         param, values = parse_sweep_arg(args.sweep)
         specs = sweep_specs(spec, label, args.sweep_step, param, values)
     except ConfigError as e:
         raise UsageError(str(e)) from None
+    sf = open_checked(args, uploads)
     jobs = [(name, one.to_json()) for name, one in specs]
     sweep_id = queue.submit_sweep(sf, model=spec.model, jobs=jobs)
     runs = []
@@ -319,8 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return COMMANDS[args.cmd](args)
-    except UsageError as e:
+    except (UsageError, RunFailure) as e:
         if args.verbose:
             raise
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(e, UsageError) else 1
