@@ -168,3 +168,18 @@ def test_the_worker_enforces_the_roots_when_it_loads(team, tmp_path) -> None:
 
     with pytest.raises(ModelLoadError, match="is not allowed"):
         load_model(str(_model(tmp_path / "outside")))
+
+
+def test_the_new_run_folder_field_reveals_nothing_outside_the_roots(
+    team, tmp_path, monkeypatch
+) -> None:
+    from ui.forms import _model_keys, folder_note
+
+    outside = _model(tmp_path / "outside")
+    notes = {folder_note(str(p))[0].replace(repr(str(p)), "X") for p in (outside, tmp_path / "no")}
+    assert len(notes) == 1 and "is not allowed" in notes.pop()
+    note, ok = folder_note(str(_model(team / "m")))
+    assert ok and note.startswith("Found config.json")
+    _model(tmp_path / "org" / "name")  # a relative folder elsewhere stays a hub id
+    monkeypatch.chdir(tmp_path)
+    assert _model_keys("org/name")["model_kind"] == "hub"

@@ -15,6 +15,7 @@ from typing import Any
 import streamlit as st
 
 from core.data import DataError, list_text_sets, text_from_upload
+from core.errors import ModelLoadError
 from core.metrics import MAX_EVAL_TOKENS
 from core.models import (
     DEMO_DIR,
@@ -22,8 +23,11 @@ from core.models import (
     TINY_RANDOM,
     cached_hub_models,
     estimate_memory_bytes,
+    folders_restricted,
     hub_offline,
     hub_reachable,
+    is_folder_spec,
+    model_source,
 )
 from core.recipe import NAMED_RECIPES
 from core.registry import Method, describe_params, get_method, methods
@@ -94,17 +98,28 @@ def _folder_model(prefix: str = "") -> str:
         key=f"{prefix}folder_path",
     ).strip()
     if path:
-        p = Path(path).expanduser()
-        if not p.is_dir():
-            st.warning(f"{path} is not a folder on this machine (the worker must see it too).")
-        elif not (p / "config.json").is_file():
-            st.warning(f"{path} has no config.json: it does not look like a Transformers model.")
-        else:
-            files = sorted(f.name for f in p.glob("*.safetensors")) or sorted(
-                f.name for f in p.glob("*.bin")
-            )
-            st.caption(f"Found config.json and {len(files)} weight file(s).")
+        note, ok = folder_note(path)
+        (st.caption if ok else st.warning)(note)
     return path
+
+
+def folder_note(path: str) -> tuple[str, bool]:
+    """What the folder field says about ``path``, and whether it looks loadable. In a team
+    mode a folder outside the model roots gets one message whether it exists or not."""
+    try:
+        source: str | Path | None = model_source(path)
+    except ModelLoadError as e:
+        if folders_restricted():
+            return str(e), False
+        source = None
+    if not isinstance(source, Path):
+        return f"{path} is not a folder on this machine (the worker must see it too).", False
+    if not (source / "config.json").is_file():
+        return f"{path} has no config.json: it does not look like a Transformers model.", False
+    files = sorted(f.name for f in source.glob("*.safetensors")) or sorted(
+        f.name for f in source.glob("*.bin")
+    )
+    return f"Found config.json and {len(files)} weight file(s).", True
 
 
 def model_picker(prefix: str = "") -> str:
@@ -418,7 +433,7 @@ def prefill_new_run(
 def _model_keys(model: str) -> dict[str, Any]:
     if model in ("demo", TINY_RANDOM):
         return {"model_kind": model}
-    if model.startswith(("/", "./", "../", "~")) or Path(model).expanduser().is_dir():
+    if is_folder_spec(model):
         return {"model_kind": "folder", "folder_path": model}
     return {"model_kind": "hub", "hub_choice": OTHER_ID, "hub_other": model}
 
