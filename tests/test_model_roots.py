@@ -183,3 +183,16 @@ def test_the_new_run_folder_field_reveals_nothing_outside_the_roots(
     _model(tmp_path / "org" / "name")  # a relative folder elsewhere stays a hub id
     monkeypatch.chdir(tmp_path)
     assert _model_keys("org/name")["model_kind"] == "hub"
+
+
+def test_trust_remote_code_stays_off() -> None:
+    """No code outside the tests opts in to running a model repository's own code."""
+    import inspect
+
+    from core.models import load_model
+
+    assert inspect.signature(load_model).parameters["trust_remote_code"].default is False
+    root = Path(__file__).resolve().parent.parent
+    for pkg in ("core", "runs", "ui", "app_pages", "workers", "db"):
+        for path in (root / pkg).rglob("*.py"):
+            assert "trust_remote_code=True" not in path.read_text(), path
