@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from db import queue
-from ui import bundle, sensitivity_view, shell, tables
+from ui import auth, bundle, sensitivity_view, shell, tables
 from ui.frames import LEADERBOARD_SHOWN, PARETO, PERPLEXITY, leaderboard_frame, pareto_mask
 
 sf = shell.session()
@@ -29,14 +29,15 @@ def _import() -> None:
         done = st.session_state.setdefault("lb_imported", {})
         if up.file_id not in done:  # the uploader keeps its file across reruns: import once
             try:
-                rep = bundle.import_bundle(sf, up.getvalue())
+                rep = bundle.import_bundle(sf, up.getvalue(), owner=auth.current_user())
             except bundle.BundleError as e:
-                done[up.file_id] = ("error", str(e))
+                done[up.file_id] = ("error", shell.md_text(e))
             else:
-                origins = ", ".join(f"{n} from {o}" for o, n in rep.origins.items()) or "none new"
+                origins = ", ".join(f"{n} from {shell.md_text(o)}" for o, n in rep.origins.items())
                 done[up.file_id] = (
                     "ok",
-                    f"Imported {len(rep.added)} run(s) exported by {rep.exporter} ({origins}); "
+                    f"Imported {len(rep.added)} run(s) exported by {shell.md_text(rep.exporter)} "
+                    f"({origins or 'none new'}); "
                     f"{rep.duplicates} already here were skipped.",
                 )
         kind, msg = done[up.file_id]

@@ -56,7 +56,7 @@ layer_rows = {j.id: {r.name: r.data for r in queue.layer_stats(sf, j.id)} for j 
 if len(jobs) == 1:
     job = jobs[0]
     if (job.origin or "local") != "local":
-        st.caption(f"Imported: measured by **{job.origin}**.")
+        st.caption(f"Imported: measured by **{shell.md_text(job.origin)}**.")
     compare_view.run_details(job)
     rows = layer_rows[job.id]
     table = layers_frame(rows.values())

@@ -31,6 +31,7 @@ from runs.records import RunResult
 BUNDLE_FORMAT = "compresslab-bundle"
 BUNDLE_VERSION = 1
 LOCAL = "local"  # the origin of runs measured by this installation's workers
+UNKNOWN_ORIGIN = "unknown (the bundle claimed this installation)"
 MAX_RUNS = 5000  # a bundle larger than this is refused: nobody shares that many by hand
 
 
@@ -260,7 +261,8 @@ def origin_of(run: dict[str, Any], exporter: str) -> str:
     """Where a run was first measured: its recorded origin, or the exporter's when it was
     local to them."""
     o = str(run.get("origin") or LOCAL)
-    return exporter if o == LOCAL else o
+    o = exporter if o == LOCAL else o
+    return o if o.strip() and o != LOCAL else UNKNOWN_ORIGIN  # never this installation's
 
 
 @dataclass
@@ -302,8 +304,12 @@ class ImportReport:
     origins: dict[str, int]  # origin -> runs added
 
 
-def import_bundle(sf: queue.Factory, raw: bytes | str | dict[str, Any]) -> ImportReport:
-    """Add a bundle's new runs as finished jobs (one transaction: all or nothing)."""
+def import_bundle(
+    sf: queue.Factory, raw: bytes | str | dict[str, Any], owner: str = LOCAL
+) -> ImportReport:
+    """Add a bundle's new runs as finished jobs of ``owner`` (the importer), in one
+    transaction: all or nothing. A kept model's path is dropped: it names a folder on
+    the exporter's machine, never one this server should offer for download."""
     exporter, runs = parse_bundle(raw)
     plan = plan_import(runs, exporter, existing_hashes(sf))
     added: list[int] = []
@@ -322,10 +328,11 @@ def import_bundle(sf: queue.Factory, raw: bytes | str | dict[str, Any]) -> Impor
                 attempts=0,
                 started_at=r.get("started_at"),
                 finished_at=float(r.get("finished_at") or t),
-                result_json=json.dumps(r["result"]),
+                result_json=json.dumps(_without_path(r["result"])),
                 fingerprint_json=json.dumps(r["fingerprint"]),
                 fingerprint_hash=r["fingerprint_hash"],
                 origin=str(r["origin"])[:200],
+                owner=owner,
                 sweep_id=r.get("sweep_id"),
             )
             s.add(job)
@@ -338,6 +345,10 @@ def import_bundle(sf: queue.Factory, raw: bytes | str | dict[str, Any]) -> Impor
                         LayerStat(job_id=job.id, name=str(row["name"]), data_json=json.dumps(row))
                     )
     return ImportReport(exporter, added, len(plan.duplicates), origins)
+
+
+def _without_path(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k != "saved_model"}
 
 
 def runs_csv(df: pd.DataFrame) -> bytes:

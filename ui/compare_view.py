@@ -13,6 +13,7 @@ from core.save import QUANT_CONFIG, archive, folder_bytes
 from db.models import Job
 from runs import catalogue as cat
 from ui.frames import eval_label, fmt_bytes, fmt_duration, recipe_steps
+from ui.shell import md_text
 
 definition = cat.definition
 
@@ -84,6 +85,9 @@ def slower_message(result: dict[str, Any], device: str) -> str:
 def saved_model_download(job: Job) -> None:
     """The run's compressed model as a .zip, where this machine has the worker's folder."""
     folder = (job.result or {}).get(cat.SAVED_MODEL.key)
+    if (getattr(job, "origin", None) or "local") != "local":  # imported: never a path here
+        st.caption(f"The compressed model stays with {md_text(job.origin)}, who measured this run.")
+        return
     if not folder:
         if job.fingerprint and recipe_steps(job):
             st.caption(
@@ -92,11 +96,9 @@ def saved_model_download(job: Job) -> None:
             )
         return
     path = Path(folder)
-    if (getattr(job, "origin", None) or "local") != "local":  # an imported bundle's path
-        st.caption(f"The compressed model stays with {job.origin}, who measured this run.")
-        return
     if not (path / QUANT_CONFIG).is_file():
-        st.caption(f"The compressed model was saved on its worker's machine at `{folder}`.")
+        st.caption("The compressed model was saved on its worker's machine at:")
+        st.code(str(folder), language=None)
         return
     st.download_button(
         f"Download the compressed model (.zip, {fmt_bytes(folder_bytes(path))})",
@@ -116,9 +118,10 @@ def saved_model_download(job: Job) -> None:
 def run_details(job: Job) -> None:
     """Recipe, settings, every metric with its definition, and the fingerprint of one run."""
     spec, fp, result = job.spec, job.fingerprint, job.result
-    st.subheader(f"Run #{job.id}: {job.model} · {job.recipe_label}")
+    st.subheader(f"Run #{job.id}: {md_text(job.model, 300)} · {md_text(job.recipe_label, 300)}")
+    st.caption(f"Queued by {md_text(getattr(job, 'owner', 'local'))}")
     if result.get(cat.MODEL_NOTE.key):
-        st.caption(f"Model note: {result[cat.MODEL_NOTE.key]}")
+        st.caption(f"Model note: {md_text(result[cat.MODEL_NOTE.key])}")
     if result.get(cat.SMALLER_BUT_SLOWER.key):
         st.warning(slower_message(result, fp.get("device", "this device")), icon=":material/speed:")
     t_metrics, t_recipe, t_settings, t_fp = st.tabs(

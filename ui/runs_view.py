@@ -7,7 +7,7 @@ import streamlit as st
 
 from db import queue
 from db.models import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job
-from ui import shell, tables
+from ui import auth, shell, tables
 from ui.frames import elapsed_s, fmt_duration, jobs_frame
 
 STATUS_ICON = {
@@ -20,43 +20,53 @@ STATUS_ICON = {
 
 
 def _cancel(job_id: int) -> None:
-    outcome = queue.request_cancel(shell.session(), job_id)
-    st.toast(f"Job #{job_id}: {outcome}")
+    outcome = queue.request_cancel(shell.session(), job_id, user=auth.current_user())
+    st.toast(f"Job #{job_id}: {shell.md_text(outcome)}")
 
 
-def _job_card(job: Job, position: int | None, now: float) -> None:
+def _cancel_button(job: Job, allowed: bool) -> None:
+    """Cancel, for the job's owner or an admin; for anyone else disabled, saying why."""
+    if job.cancel_requested:
+        st.button("Cancelling...", key=f"cancel{job.id}", disabled=True)
+        return
+    st.button(
+        "Cancel",
+        key=f"cancel{job.id}",
+        on_click=_cancel,
+        args=(job.id,),
+        icon=":material/stop_circle:",
+        disabled=not allowed,
+        help=None if allowed else f"Only {shell.md_text(job.owner)} or an admin may cancel it.",
+    )
+
+
+def _job_status(job: Job, position: int | None, now: float) -> None:
+    if job.status == RUNNING:
+        st.progress(
+            min(max(job.progress or 0.0, 0.0), 1.0),
+            text=f"{job.progress:.0%} · {shell.md_text(job.message, 300)}",
+        )
+        st.caption(
+            f"running for {fmt_duration(elapsed_s(job, now))} on "
+            f"{shell.md_text(job.worker_id)} (attempt {job.attempts})"
+        )
+    else:
+        waited = fmt_duration(now - job.created_at)
+        st.caption(
+            f"position {position} in the queue, waiting for {waited} · "
+            f"{shell.md_text(job.message, 300)}"
+        )
+
+
+def _job_card(job: Job, position: int | None, now: float, allowed: bool) -> None:
     with st.container(border=True):
         left, right = st.columns([5, 1], vertical_alignment="center")
         with left:
-            st.markdown(
-                f"{STATUS_ICON[job.status]} **#{job.id}** `{job.model}` · {job.recipe_label} "
-                f"— **{job.status}**"
-            )
-            if job.status == RUNNING:
-                st.progress(
-                    min(max(job.progress or 0.0, 0.0), 1.0),
-                    text=f"{job.progress:.0%} · {job.message}",
-                )
-                st.caption(
-                    f"running for {fmt_duration(elapsed_s(job, now))} on {job.worker_id} "
-                    f"(attempt {job.attempts})"
-                )
-            else:
-                waited = fmt_duration(now - job.created_at)
-                st.caption(
-                    f"position {position} in the queue, waiting for {waited} · {job.message}"
-                )
+            st.markdown(f"{STATUS_ICON[job.status]} **#{job.id}** — **{job.status}**")
+            st.text(f"{job.model} · {job.recipe_label} · by {job.owner}")  # never markdown
+            _job_status(job, position, now)
         with right:
-            if job.cancel_requested:
-                st.button("Cancelling...", key=f"cancel{job.id}", disabled=True)
-            else:
-                st.button(
-                    "Cancel",
-                    key=f"cancel{job.id}",
-                    on_click=_cancel,
-                    args=(job.id,),
-                    icon=":material/stop_circle:",
-                )
+            _cancel_button(job, allowed)
 
 
 @st.fragment(run_every=2)
@@ -69,10 +79,11 @@ def active_jobs() -> None:
     st.subheader(f"Active ({len(running)} running, {len(queued)} queued)")
     if not running and not queued:
         st.caption("Nothing queued or running. Queue a job on New run.")
+    user = auth.current_user()
     for job in running:
-        _job_card(job, None, now)
+        _job_card(job, None, now, queue.may_change(sf, job, user))
     for i, job in enumerate(queued, start=1):
-        _job_card(job, i, now)
+        _job_card(job, i, now, queue.may_change(sf, job, user))
     if queued and not queue.alive_workers(sf):
         st.warning("No worker is alive: start one with `python -m workers serve`.")
 
@@ -102,12 +113,17 @@ def history() -> None:
         return
     failed = [j for j in jobs if j.status == FAILED][:5]
     for job in failed:
-        st.error(f"Job #{job.id} ({job.model} · {job.recipe_label}) failed: {job.error}")
+        st.error(
+            f"Job #{job.id} ({shell.md_text(job.model, 300)} · "
+            f"{shell.md_text(job.recipe_label, 300)}) failed: {shell.md_text(job.error)}"
+        )
     statuses = st.multiselect(
         "Show",
         [SUCCEEDED, FAILED, CANCELLED],
         default=[SUCCEEDED, FAILED, CANCELLED],
         key="hist_status",
     )
-    df = jobs_frame(j for j in jobs if j.status in statuses).drop(columns=["progress"])
+    shown = [j for j in jobs if j.status in statuses]
+    df = jobs_frame(shown).drop(columns=["progress"])
+    df.insert(2, "owner", [j.owner for j in shown])
     tables.jobs_table(df, key="jobs_history")

@@ -151,7 +151,9 @@ def live_results(sweep_id: str) -> None:
     if counts[QUEUED] and not queue.alive_workers(shell.session()):
         st.warning("No worker is alive: start one with `python -m workers serve`.")
     for j in [j for j in jobs if j.status == FAILED][:3]:
-        st.error(f"Job #{j.id} ({j.recipe_label}) failed: {j.error}")
+        st.error(
+            f"Job #{j.id} ({shell.md_text(j.recipe_label, 300)}) failed: {shell.md_text(j.error)}"
+        )
     points = points_of(jobs)
     keep = st.session_state.get("sens_keep", 3)
     st.plotly_chart(

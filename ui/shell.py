@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import streamlit as st
 
 from db import queue
 from db.session import default_url, session_factory
+from ui import auth
 from ui.frames import fmt_duration
 from ui.worker import LocalWorker, maybe_recover
 
@@ -49,13 +51,38 @@ def pages() -> list[st.Page]:
     ]
 
 
+MAX_QUERY_IDS = 20  # runs a link may open side by side
+MAX_QUERY_CHARS = 1000  # a longer query parameter is ignored whole
+_ID = re.compile(r"[0-9]{1,12}")  # ASCII digits only: "²".isdigit() is True, int("²") fails
+
+
 def query_ids(value: str | None) -> list[int]:
-    """Run ids from a query parameter such as ``?run=12`` or ``?run=12,15`` (junk skipped)."""
+    """Run ids from a query parameter such as ``?run=12`` or ``?run=12,15``: junk skipped,
+    at most ``MAX_QUERY_IDS`` of them, nothing from an over-long value."""
+    value = value or ""
+    if len(value) > MAX_QUERY_CHARS:
+        return []
     out: list[int] = []
-    for part in (value or "").replace(" ", ",").split(","):
-        if part.strip().isdigit() and int(part) not in out:
+    for part in value.replace(" ", ",").split(","):
+        part = part.strip()
+        if _ID.fullmatch(part) and int(part) not in out:
             out.append(int(part))
+            if len(out) == MAX_QUERY_IDS:
+                break
     return out
+
+
+# Markdown that could turn stored text into links, images, HTML, colours, maths or layout.
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]()!<>#$~|{}])")
+
+
+def md_text(value: object, limit: int = 2000) -> str:
+    """Stored, user-controlled text (labels, model ids, errors, hosts, origins) made safe
+    to put inside markdown (captions, alerts, toasts): every markdown symbol escaped, one
+    line, at most ``limit`` characters. Where no markdown is needed, use ``st.text``."""
+    text = " ".join(str(value).split())
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return _MD_SPECIAL.sub(r"\\\1", text)
 
 
 def run_page_link(ids: list[int], label: str | None = None, *, where: Any = st) -> None:
@@ -105,7 +132,10 @@ def _live_status(url: str) -> None:
             f":green[●] **{len(alive)} worker{'s' * (len(alive) != 1)} alive** ({busy} busy)"
         )
         for w in alive:
-            st.caption(f"`{w['host']}` · {w['device']} · {w['job']} · beat {w['heartbeat']}")
+            st.caption(
+                f"{md_text(w['host'])} · {md_text(w['device'])} · {w['job']} · "
+                f"beat {w['heartbeat']}"
+            )
     else:
         st.markdown(":red[●] **no worker alive**")
         st.caption("Start one with `python -m workers serve`; queued jobs wait until then.")
@@ -117,7 +147,8 @@ def _live_status(url: str) -> None:
 def sidebar(local: LocalWorker) -> None:
     url = db_url()
     with st.sidebar:
+        auth.account(session())
         _live_status(url)
         if local.state in ("started", "starting", "stuck", "failed"):
             st.caption(local.message)
-        st.caption(f"Database: {_short_url(url)}")
+        st.caption(f"Database: {md_text(_short_url(url))}")
