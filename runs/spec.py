@@ -16,7 +16,9 @@ from typing import Any, TypeVar
 
 from core.calib import CalibSettings
 from core.data import DataError, list_text_sets
+from core.errors import ModelLoadError
 from core.metrics import EvalSettings
+from core.models import model_source
 from core.recipe import NO_STEPS, Recipe, loads_json, recipe_from_steps
 from core.registry import ConfigError
 
@@ -132,6 +134,15 @@ def _recipe(recipe: Recipe | Sequence[dict[str, Any]], name: str) -> Recipe:
     return recipe_from_steps(list(recipe), name=name)  # ConfigError says what is allowed
 
 
+def _check_model_source(model: str) -> None:
+    """Refuse at submission what no worker may load (a missing folder, one outside the
+    model roots in a team mode), without touching the network."""
+    try:
+        model_source(model)
+    except ModelLoadError as e:
+        raise ConfigError(str(e)) from None
+
+
 def build_spec(
     model: str,
     recipe: Recipe | Sequence[dict[str, Any]],
@@ -151,6 +162,7 @@ def build_spec(
     model = (model or "").strip()
     if not model:
         raise ConfigError("choose a model: the demo model, a Hugging Face id, or a local folder")
+    _check_model_source(model)
     parsed = _recipe(recipe, recipe_name)
     ev = _settings(EvalSettings, eval_settings, "evaluation settings")
     cs = _settings(CalibSettings, calib_settings, "calibration settings")

@@ -196,3 +196,15 @@ def test_trust_remote_code_stays_off() -> None:
     for pkg in ("core", "runs", "ui", "app_pages", "workers", "db"):
         for path in (root / pkg).rglob("*.py"):
             assert "trust_remote_code=True" not in path.read_text(), path
+
+
+def test_the_one_builder_refuses_a_folder_outside_the_roots_at_submission(team, tmp_path) -> None:
+    from core.registry import ConfigError
+    from runs.spec import build_spec
+
+    outside = _model(tmp_path / "outside")
+    with pytest.raises(ConfigError, match="is not allowed"):
+        build_spec(str(outside), [{"method": "rtn"}], text_exists=lambda n: False)
+    inside = _model(team / "m")
+    spec, _ = build_spec(str(inside), [{"method": "rtn"}], text_exists=lambda n: False)
+    assert spec.model == str(inside)
