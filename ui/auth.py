@@ -139,7 +139,12 @@ def _login_form(sf: queue.Factory) -> None:
     st.caption("Sign in with the account an administrator made for you.")
     with st.form("login"):
         name = st.text_input("User name", max_chars=100, autocomplete="username")
-        password = st.text_input("Password", type="password", max_chars=users.MAX_PASSWORD)
+        password = st.text_input(
+            "Password",
+            type="password",
+            max_chars=users.MAX_PASSWORD,
+            autocomplete="current-password",
+        )
         submitted = st.form_submit_button("Sign in", icon=":material/login:")
     if submitted:
         user = users.authenticate(sf, name.strip(), password)
