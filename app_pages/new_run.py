@@ -44,7 +44,7 @@ estimate_view.show(model, estimate_steps, cs)
 
 keep = st.checkbox(
     "Keep the compressed model for download",
-    value=True,
+    value=False,
     key="save_model",
     help="Saved by the worker in its data folder (safetensors in the real storage format, "
     "plus a config describing the quantization); the run's page offers it as a .zip.",

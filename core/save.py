@@ -20,9 +20,10 @@ file (strictly: a missing or unexpected tensor is an error).
 from __future__ import annotations
 
 import importlib
-import io
 import json
 import logging
+import os
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -96,25 +97,61 @@ def _unshared_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def temp_path(target: Path, suffix: str = "") -> Path:
+    """A temporary name beside ``target`` that names its writer's process:
+    ``.<name>.<pid>.<random>[suffix].tmp``. A cleaner removes such a name only when that
+    process is gone or the entry is old (see ``workers.gc``)."""
+    return target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}{suffix}.tmp")
+
+
 def save_compressed(
     model: nn.Module, folder: str | Path, recipe: Recipe | None = None, tokenizer: Any = None
 ) -> Path:
-    """Write ``model`` (compressed in place by ``apply_recipe``) to ``folder``; returns it."""
+    """Write ``model`` (compressed in place by ``apply_recipe``) to ``folder``; returns it.
+
+    Everything is written under a temporary name beside ``folder`` and renamed into place
+    at the end, so a killed save leaves no folder that loads as a model (only a temporary
+    one, removed by the next worker start or ``python -m workers gc``)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(folder)
+    try:
+        n_modules = _write_folder(model, tmp, recipe, tokenizer)
+        _publish(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("saved %d compressed modules to %s", n_modules, folder)
+    return folder
+
+
+def _publish(tmp: Path, folder: Path) -> None:
+    """Move a completely written ``tmp`` folder to ``folder``: one rename when ``folder``
+    does not exist; else file by file with the quant config last, after the old one was
+    removed (so ``folder`` never loads as a half-replaced model)."""
+    if not folder.exists():
+        os.replace(tmp, folder)
+        return
+    (folder / QUANT_CONFIG).unlink(missing_ok=True)
+    for f in sorted(tmp.iterdir(), key=lambda f: f.name == QUANT_CONFIG):
+        os.replace(f, folder / f.name)
+
+
+def _write_folder(model: nn.Module, folder: Path, recipe: Recipe | None, tokenizer: Any) -> int:
+    """Write the saved files into ``folder`` (created); the number of compressed modules."""
     from safetensors.torch import save_file
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True)
     qcfg = quant_config(model, recipe)
     save_file(_unshared_state_dict(model), str(folder / WEIGHTS), metadata={"format": "pt"})
-    (folder / QUANT_CONFIG).write_text(json.dumps(qcfg, indent=1, sort_keys=True))
     if hasattr(model, "config"):
         model.config.save_pretrained(folder)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
-    log.info("saved %d compressed modules to %s", len(qcfg["modules"]), folder)
-    return folder
+    # Last: a folder is a saved model only once its quant config is there.
+    (folder / QUANT_CONFIG).write_text(json.dumps(qcfg, indent=1, sort_keys=True))
+    return len(qcfg["modules"])
 
 
 def folder_bytes(folder: str | Path) -> int:
@@ -122,15 +159,34 @@ def folder_bytes(folder: str | Path) -> int:
     return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
 
 
-def archive(folder: str | Path) -> bytes:
-    """A zip of a saved folder, files at its top level (the download of a run's model)."""
+def archive_path(folder: str | Path) -> Path:
+    """Where :func:`archive` keeps the zip of a saved folder: beside it, ``<name>.zip``."""
     folder = Path(folder)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for f in sorted(folder.rglob("*")):
-            if f.is_file():
+    return folder.with_name(f"{folder.name}.zip")
+
+
+def archive(folder: str | Path) -> Path:
+    """A zip of a saved folder, files at its top level (the download of a run's model),
+    written to disk file by file (never built in memory) beside the folder; returns its
+    path. An existing zip newer than every file of the folder is reused."""
+    folder = Path(folder)
+    files = sorted(f for f in folder.rglob("*") if f.is_file())
+    if not files:
+        raise SaveError(f"{folder} holds no files to archive")
+    dest = archive_path(folder)
+    newest = max(f.stat().st_mtime for f in files)
+    if dest.is_file() and dest.stat().st_mtime >= newest:
+        return dest
+    tmp = temp_path(dest)
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+            for f in files:
                 z.write(f, f.relative_to(folder).as_posix())
-    return buf.getvalue()
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest
 
 
 def load_compressed(folder: str | Path, device: torch.device | str = "cpu") -> LoadedModel:

@@ -35,7 +35,7 @@ from core.recipe import Recipe
 from core.save import save_compressed
 from core.walk import apply_recipe
 from runs import assemble, baseline_cache
-from runs.preflight import check_cache_room
+from runs.preflight import check_cache_quota, check_cache_room, quota_problem
 from runs.progress import STAGES, Progress, StageProgress
 from runs.records import LayerRow, RunResult
 from runs.spec import JobSpec
@@ -92,6 +92,7 @@ class Job:
     kernel_paths: list[Any] = field(default_factory=list)
     mem: WeightMemory | None = None
     saved: Path | None = None
+    notes: list[str] = field(default_factory=list)  # in the result's extra "notes"
     out: JobResult | None = None
 
     @property
@@ -101,6 +102,11 @@ class Job:
     @property
     def prompt(self) -> torch.Tensor:
         return torch.cat(self.windows)
+
+    @property
+    def data_folders(self) -> list[Path]:
+        """The folders under the data quota: baseline caches and kept models."""
+        return [self.cache_dir] + ([self.save_dir.parent] if self.save_dir is not None else [])
 
 
 def pick_device() -> torch.device:
@@ -129,6 +135,7 @@ def load(job: Job, report: Progress) -> None:
         job.cache_dir, job.loaded, job.eval_text, job.spec.eval, len(job.windows)
     )
     check_cache_room(job.logprobs, job.cache_dir)
+    check_cache_quota(job.logprobs, job.data_folders)
 
 
 def baseline(job: Job, report: Progress) -> None:
@@ -199,16 +206,38 @@ def measure_speed(job: Job, report: Progress) -> None:
 
 
 def store(job: Job, report: Progress) -> None:
-    """Keep the compressed model when the spec asks, and write the run's records (the
-    runner puts them in the database)."""
+    """Keep the compressed model when the spec asks and the data quota has room (else a
+    note says why not), and write the run's records (the runner puts them in the
+    database)."""
     assert job.loaded is not None
     if job.spec.save_model and job.compresses and job.save_dir is not None:
-        report(0.0, "saving the compressed model")
-        job.saved = save_compressed(
-            job.loaded.model.cpu(), job.save_dir, job.recipe, job.loaded.tokenizer
+        problem = quota_problem(
+            job.data_folders, state_bytes(job.loaded.model), "keeping the compressed model"
         )
+        if problem:
+            job.notes.append(f"the compressed model was not kept: {problem}")
+        else:
+            report(0.0, "saving the compressed model")
+            job.saved = save_compressed(
+                job.loaded.model.cpu(), job.save_dir, job.recipe, job.loaded.tokenizer
+            )
     rows = assemble.layer_rows(job)
-    job.out = JobResult(assemble.run_result(job, rows), rows, assemble.fingerprint(job))
+    result = assemble.run_result(job, rows)
+    if job.notes:
+        result.extra["notes"] = list(job.notes)
+    job.out = JobResult(result, rows, assemble.fingerprint(job))
+
+
+def state_bytes(model: torch.nn.Module) -> int:
+    """About what saving ``model`` writes: its state dict's bytes (tied tensors once)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for t in model.state_dict().values():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset())
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    return total
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[Job, Progress], None]] = {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import signal
 import subprocess
@@ -114,7 +113,7 @@ def test_a_kept_model_downloads_and_loads_back_with_the_same_perplexity(
     folder = Path(result["saved_model"])
     assert folder == tmp_path / "models" / f"run-{job_id}"
     assert result["saved_model_bytes"] == folder_bytes(folder)
-    with zipfile.ZipFile(io.BytesIO(archive(folder))) as z:
+    with zipfile.ZipFile(archive(folder)) as z:
         z.extractall(tmp_path / "download")
     loaded = load_compressed(tmp_path / "download")
     windows = eval_windows(loaded.tokenizer, get_text_set(spec.eval_set).text, spec.eval)

@@ -23,6 +23,7 @@ from db.models import CANCELLED, FAILED, SUCCEEDED, Job
 from db.session import data_dir
 from runs.pipeline import JobResult, run_job
 from runs.spec import JobSpec, unknown_keys
+from workers.gc import remove_stale_temps
 from workers.lifecycle import (
     Shutdown,
     WorkerShutdown,
@@ -264,6 +265,7 @@ class Runner:
         (WorkerShutdown, after the running job went back to the queue)."""
         stop = stop or threading.Event()
         self.register()
+        remove_stale_temps([self.cache_dir, self.models_dir])  # a killed job's partial files
         done = 0
         try:
             while not stop.is_set() and (max_jobs is None or done < max_jobs):
