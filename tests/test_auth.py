@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,21 @@ def test_only_the_owner_or_an_admin_can_cancel_on_the_runs_page(db_url, sf, monk
     assert QUEUED not in {j.status for j in queue.list_jobs(sf)}
 
 
+def test_only_own_finished_jobs_are_offered_for_deletion(db_url, sf, monkeypatch):
+    users.add_user(sf, "alice", "alice-password")
+    mine, theirs = (
+        queue.submit(sf, model="m", recipe_label="r", spec_json="{}", owner=o)
+        for o in ("alice", "bob")
+    )
+    for job_id in (mine, theirs):
+        queue.request_cancel(sf, job_id, user=queue.get_job(sf, job_id).owner)
+    at = _runs_page_as(monkeypatch, "alice")
+    assert at.selectbox(key="del_job").options == [f"#{mine}"]
+    at.selectbox(key="del_job").set_value(mine).run()
+    at.button(key="del_button").click().run()
+    assert queue.get_job(sf, mine) is None and queue.get_job(sf, theirs) is not None
+
+
 def _bundle(origin: str, exported_by: str) -> dict:
     fp = {"model": "m", "recipe": [], "device": "cpu"}
     run = {
@@ -188,3 +204,30 @@ def test_workers_users_add_list_remove(db_url, sf, monkeypatch, capsys) -> None:
     assert "alice  admin  password" in capsys.readouterr().out
     assert _cli(["users", "remove", "alice"], monkeypatch, db_url) == 0
     assert _cli(["users", "remove", "alice"], monkeypatch, db_url) == 2
+
+
+def _download_script() -> None:
+    import streamlit as st
+
+    from db.models import Job
+    from ui.compare_view import saved_model_download
+
+    st.session_state["auth_user"] = st.session_state["who"]
+    st.session_state["auth_admin"] = st.session_state["who"] == "root"
+    job = Job(id=7, owner="alice", origin="local", result_json=st.session_state["result"])
+    saved_model_download(job)
+
+
+@pytest.mark.parametrize(("who", "offered"), [("alice", True), ("bob", False), ("root", True)])
+def test_a_kept_model_is_offered_to_its_owner_or_an_admin(tmp_path, who, offered) -> None:
+    from core.save import QUANT_CONFIG
+
+    (tmp_path / QUANT_CONFIG).write_text("{}")
+    at = AppTest.from_function(_download_script)
+    at.session_state["who"] = who
+    at.session_state["result"] = json.dumps({"saved_model": str(tmp_path)})
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert bool(at.get("download_button")) is offered
+    if not offered:
+        assert "Only alice, who queued this run, or an admin" in at.caption[0].value

@@ -12,6 +12,7 @@ import streamlit as st
 from core.save import QUANT_CONFIG, archive, folder_bytes
 from db.models import Job
 from runs import catalogue as cat
+from ui import auth
 from ui.frames import eval_label, fmt_bytes, fmt_duration, recipe_steps
 from ui.shell import md_text
 
@@ -99,6 +100,10 @@ def saved_model_download(job: Job) -> None:
     if not (path / QUANT_CONFIG).is_file():
         st.caption("The compressed model was saved on its worker's machine at:")
         st.code(str(folder), language=None)
+        return
+    who, owner = auth.current_identity(), getattr(job, "owner", "local")
+    if who.name != owner and not who.admin:  # a teammate's model may be private
+        st.caption(f"Only {md_text(owner)}, who queued this run, or an admin may download it.")
         return
     st.download_button(
         f"Download the compressed model (.zip, {fmt_bytes(folder_bytes(path))})",

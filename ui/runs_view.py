@@ -24,6 +24,31 @@ def _cancel(job_id: int) -> None:
     st.toast(f"Job #{job_id}: {shell.md_text(outcome)}")
 
 
+def _delete(job_id: int) -> None:
+    outcome = queue.delete_job(shell.session(), job_id, user=auth.current_user())
+    st.toast(f"Job #{job_id}: {shell.md_text(outcome)}")
+
+
+def _delete_control(jobs: list[Job]) -> None:
+    """Delete one finished job: only those the user owns (an admin: any)."""
+    who = auth.current_identity()
+    mine = [j.id for j in jobs if who.admin or j.owner == who.name]
+    with st.expander("Delete a finished job", icon=":material/delete:"):
+        if not mine:
+            st.caption("Only a job's owner or an admin may delete it; none here is yours.")
+            return
+        choice = st.selectbox("Job", mine, index=None, format_func=lambda i: f"#{i}", key="del_job")
+        st.button(
+            "Delete",
+            key="del_button",
+            on_click=_delete,
+            args=(choice,),
+            disabled=choice is None,
+            icon=":material/delete:",
+            help="Its result and layer rows are removed for everyone.",
+        )
+
+
 def _cancel_button(job: Job, allowed: bool) -> None:
     """Cancel, for the job's owner or an admin; for anyone else disabled, saying why."""
     if job.cancel_requested:
@@ -127,3 +152,4 @@ def history() -> None:
     df = jobs_frame(shown).drop(columns=["progress"])
     df.insert(2, "owner", [j.owner for j in shown])
     tables.jobs_table(df, key="jobs_history")
+    _delete_control(jobs)
