@@ -107,7 +107,8 @@ def saved_model_download(job: Job) -> None:
         return
     st.download_button(
         f"Download the compressed model (.zip, {fmt_bytes(folder_bytes(path))})",
-        data=lambda: archive(path),
+        # The zip is written to disk beside the model (reused); Streamlit serves its bytes.
+        data=lambda: archive(path).read_bytes(),
         file_name=f"compresslab-run-{job.id}.zip",
         mime="application/zip",
         on_click="ignore",
