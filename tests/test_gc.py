@@ -267,3 +267,19 @@ def test_the_zip_is_written_to_disk_and_reused(tmp_path: Path) -> None:
     mtime = path.stat().st_mtime_ns
     assert archive(folder) == path and path.stat().st_mtime_ns == mtime  # reused
     assert sorted(p.name for p in tmp_path.iterdir()) == ["download", "run-3", "run-3.zip"]
+
+
+def test_new_run_does_not_keep_the_model_unless_asked(sf: object, db_url: str) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from db import queue
+
+    root = Path(__file__).resolve().parent.parent
+    at = AppTest.from_file(str(root / "app.py"), default_timeout=90)
+    at.run()
+    at.switch_page("app_pages/new_run.py").run()
+    assert at.checkbox(key="save_model").value is False
+    at.radio(key="model_kind").set_value("tiny-random").run()
+    next(b for b in at.button if b.label == "Queue run").click().run()
+    (job,) = queue.list_jobs(sf)  # type: ignore[arg-type]
+    assert job.spec["save_model"] is False
