@@ -3,7 +3,6 @@ quota on kept models and caches, atomic saves, and the model's .zip written to d
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 import zipfile
@@ -107,10 +106,10 @@ def _add_runs(sf: object, n: int) -> None:
 
 
 def _gc(db_url: str, *argv: str) -> int:
-    p = argparse.ArgumentParser()
-    gc.add_parser(p.add_subparsers(dest="cmd"))
-    args = p.parse_args(["gc", "--db", db_url, *argv])
-    return int(args.func(args))
+    """``python -m workers gc ...`` through the CLI's own entry point."""
+    from workers.cli import main
+
+    return main(["gc", "--db", db_url, *argv])
 
 
 def test_gc_command_dry_run_then_remove(

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from workers import gc as gc_cmd
+
 
 class UsageError(Exception):
     """Bad input: printed as one line, exit status 2."""
@@ -30,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     _serve_parsers(sub)
+    gc_cmd.add_parser(sub)
 
     r = sub.add_parser("run", help="run one job now, record it, print the result")
     r.add_argument("--model", required=True, help="'demo', a local folder, or a hub id")
@@ -349,6 +352,7 @@ COMMANDS = {
     "run": cmd_run,
     "recover": cmd_recover,
     "list-methods": cmd_list_methods,
+    "gc": gc_cmd.run_gc,
 }
 
 
