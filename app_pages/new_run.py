@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import estimate_view, forms, shell, sweep_view
+from ui import auth, estimate_view, forms, shell, sweep_view
 from ui.submit import steps_from_json, submit_run, submit_sweep_run
 
 sf = shell.session()
@@ -52,7 +52,9 @@ keep = st.checkbox(
 if st.button("Queue run", type="primary", icon=":material/play_arrow:"):
     try:
         steps = steps_from_json(recipe) if mode == "JSON" else recipe
-        job_id = submit_run(sf, model, steps, recipe_name, calib, eval_set, ev, cs, keep)
+        job_id = submit_run(
+            sf, model, steps, recipe_name, calib, eval_set, ev, cs, keep, owner=auth.current_user()
+        )
     except ValueError as e:  # ConfigError, DataError and bad settings: say what is allowed
         st.error(f"Not queued: {e}")
     else:
@@ -78,6 +80,7 @@ with st.expander("Sweep one parameter instead (one run per value, compared on Co
                 cs,
                 step_index=index,
                 param=param,
+                owner=auth.current_user(),
                 values=values,
             )
         except ValueError as e:

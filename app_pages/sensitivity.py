@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from db import queue
-from ui import forms, sensitivity_view, shell
+from ui import auth, forms, sensitivity_view, shell
 from ui.sensitivity_view import (
     DEFAULT_HIGH_STEP,
     PlanError,
@@ -36,7 +36,9 @@ def _queue(model: str, step: dict, units: list, data: tuple) -> str | None:
     if not st.button("Queue sensitivity sweep", type="primary", icon=":material/play_arrow:"):
         return None
     try:
-        sweep_id, n_jobs = submit_sensitivity_sweep(sf, model, step, units, *data)
+        sweep_id, n_jobs = submit_sensitivity_sweep(
+            sf, model, step, units, *data, owner=auth.current_user()
+        )
     except ValueError as e:
         st.error(f"Not queued: {e}")
         return None

@@ -231,3 +231,13 @@ def test_a_kept_model_is_offered_to_its_owner_or_an_admin(tmp_path, who, offered
     assert bool(at.get("download_button")) is offered
     if not offered:
         assert "Only alice, who queued this run, or an admin" in at.caption[0].value
+
+
+def test_a_run_queued_on_new_run_belongs_to_the_signed_in_user(db_url, sf, monkeypatch):
+    users.add_user(sf, "alice", "alice-password")
+    at = _login(_app(monkeypatch, "password"), "alice", "alice-password")
+    at.switch_page("app_pages/new_run.py").run()
+    next(b for b in at.button if b.label == "Queue run").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    (job,) = queue.list_jobs(sf)
+    assert job.owner == "alice"

@@ -128,3 +128,20 @@ def test_only_the_owner_or_an_admin_may_delete_a_finished_job(sf) -> None:
     assert queue.delete_job(sf, done, user="root") == "no such job"
     assert queue.request_cancel(sf, active, user="alice") == "cancel requested"
     assert queue.get_job(sf, active).status != CANCELLED  # the worker ends it
+
+
+def test_users_command_through_the_cli(db_url, monkeypatch, capsys) -> None:
+    """``python -m workers users ...`` as a person types it: add, list, refuse, remove."""
+    import io
+
+    from workers.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret-pass-1\n"))
+    assert main(["users", "--db", db_url, "add", "carol", "--admin", "--password-stdin"]) == 0
+    assert main(["users", "--db", db_url, "list"]) == 0
+    assert "carol" in capsys.readouterr().out
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert main(["users", "--db", db_url, "add", "dave", "--password-stdin"]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert main(["users", "--db", db_url, "remove", "carol"]) == 0
+    assert main(["users", "--db", db_url, "remove", "carol"]) == 2

@@ -33,6 +33,7 @@ from core.recipe import NAMED_RECIPES
 from core.registry import Method, describe_params, get_method, methods
 from db import queue
 from runs.spec import DEFAULT_CALIB, DEFAULT_EVAL
+from ui import auth
 from ui.frames import fmt_bytes
 
 UPLOAD_TYPES = ["txt", "jsonl", "csv", "parquet"]
@@ -326,7 +327,7 @@ def _handle_upload(sf: queue.Factory, key: str) -> None:
     except DataError as e:
         st.error(str(e))
         return
-    name = queue.store_text(sf, up.name, text)
+    name = queue.store_text(sf, up.name, text, owner=auth.current_user())
     st.success(f"Stored {up.name} as {name} ({len(text):,} characters).")
     marker = f"{key}:uploaded"
     if st.session_state.get(marker) != up.file_id:  # select it once, then leave the choice free

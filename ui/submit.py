@@ -13,6 +13,7 @@ from typing import Any
 from core.calib import CalibSettings
 from core.metrics import EvalSettings
 from db import queue
+from db.models import LOCAL_OWNER
 from runs import spec as run_spec
 from runs.sensitivity import Unit, sensitivity_recipes
 from runs.spec import JobSpec, recipe_label, steps_from_json
@@ -68,13 +69,17 @@ def submit_run(
     eval_settings: EvalSettings | dict[str, Any] | None,
     calib_settings: CalibSettings | dict[str, Any] | None,
     save_model: bool = False,
+    *,
+    owner: str = LOCAL_OWNER,
 ) -> int:
     """Validate and queue one run; returns the job id. Raises ValueError and queues nothing
     when anything is wrong (the message says what is allowed)."""
     spec, label = build_spec(
         sf, model, steps, recipe_name, calib, eval_set, eval_settings, calib_settings, save_model
     )
-    return queue.submit(sf, model=spec.model, recipe_label=label, spec_json=spec.to_json())
+    return queue.submit(
+        sf, model=spec.model, recipe_label=label, spec_json=spec.to_json(), owner=owner
+    )
 
 
 def submit_sweep_run(
@@ -90,6 +95,7 @@ def submit_sweep_run(
     step_index: int,
     param: str,
     values: list[float],
+    owner: str = LOCAL_OWNER,
 ) -> tuple[str, int]:
     """Queue one run per value of ``steps[step_index][param]`` under one sweep id; returns
     (sweep id, number of runs). Every recipe is validated first: nothing is queued if one
@@ -100,7 +106,7 @@ def submit_sweep_run(
     jobs = [
         (name, one.to_json()) for name, one in sweep_specs(spec, label, step_index, param, values)
     ]
-    return queue.submit_sweep(sf, model=spec.model, jobs=jobs), len(jobs)
+    return queue.submit_sweep(sf, model=spec.model, jobs=jobs, owner=owner), len(jobs)
 
 
 def submit_sensitivity_sweep(
@@ -112,6 +118,8 @@ def submit_sensitivity_sweep(
     eval_set: str,
     eval_settings: EvalSettings | dict[str, Any] | None,
     calib_settings: CalibSettings | dict[str, Any] | None,
+    *,
+    owner: str = LOCAL_OWNER,
 ) -> tuple[str, int]:
     """Queue one job per unit, each applying ``step`` to that unit only, under one sweep
     id; returns (sweep id, number of jobs). Nothing is queued if one spec is refused."""
@@ -121,4 +129,4 @@ def submit_sensitivity_sweep(
             sf, model, steps, "", calib, eval_set, eval_settings, calib_settings
         )
         jobs.append((f"{label} only {u.label}", spec.to_json()))
-    return queue.submit_sweep(sf, model=model, jobs=jobs), len(jobs)
+    return queue.submit_sweep(sf, model=model, jobs=jobs, owner=owner), len(jobs)

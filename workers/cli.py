@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from workers import gc as gc_cmd
+from workers import users as users_cmd
 
 
 class UsageError(Exception):
@@ -33,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _serve_parsers(sub)
     gc_cmd.add_parser(sub)
+    users_cmd.add_parser(sub)
 
     r = sub.add_parser("run", help="run one job now, record it, print the result")
     r.add_argument("--model", required=True, help="'demo', a local folder, or a hub id")
@@ -353,6 +355,7 @@ COMMANDS = {
     "recover": cmd_recover,
     "list-methods": cmd_list_methods,
     "gc": gc_cmd.run_gc,
+    "users": users_cmd.run_users,
 }
 
 
