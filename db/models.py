@@ -56,6 +56,11 @@ class Job(Base):
     fingerprint_json: Mapped[str | None] = mapped_column(Text, nullable=True)
     fingerprint_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     origin: Mapped[str] = mapped_column(String(200), default="local")
+    # An imported run's fingerprint hash (NULL for runs made here): imported once, by the
+    # unique index, even when two imports of the same bundle race
+    import_key: Mapped[str | None] = mapped_column(
+        String(64), nullable=True, index=True, unique=True
+    )
     sweep_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     # Who queued (or imported) it: a user name, or "local" without logins
     owner: Mapped[str] = mapped_column(

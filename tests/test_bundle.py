@@ -185,3 +185,46 @@ def test_a_bad_run_imports_nothing(sf) -> None:
         bundle.import_bundle(sf, json.dumps(b))
     assert queue.finished_runs(sf) == []
     assert len(bundle.import_bundle(sf, json.dumps(_valid_bundle())).added) == 2
+
+
+def test_concurrent_imports_of_one_bundle_add_each_run_once(sf, monkeypatch) -> None:
+    """Two imports race: both plan before either writes (the old check ran outside the
+    write transaction); the unique import key refuses the second write and its re-plan
+    finds the run already there."""
+    import threading
+
+    from db.models import Job
+
+    job = queue.get_job(sf, _finished(sf, "rtn-int8", 12.3))
+    b = bundle.make_bundle([job], None, origin="alice@lab")
+    b["runs"][0]["fingerprint"]["device"] = "cuda"  # not in this database yet
+    planned = threading.Barrier(2, timeout=30)
+    real_plan = bundle.plan_import
+    calls: list[int] = []
+
+    def plan_then_wait(*args, **kwargs):
+        plan = real_plan(*args, **kwargs)
+        calls.append(len(plan.new))
+        if len(calls) <= 2:  # the first plan of each import: both see the run as new
+            planned.wait()
+        return plan
+
+    monkeypatch.setattr(bundle, "plan_import", plan_then_wait)
+    reports: list[bundle.ImportReport] = []
+    threads = [threading.Thread(target=lambda: reports.append(bundle.import_bundle(sf, b)))]
+    threads.append(threading.Thread(target=lambda: reports.append(bundle.import_bundle(sf, b))))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(len(r.added) for r in reports) == [0, 1]
+    assert sorted(r.duplicates for r in reports) == [0, 1]
+    with sf() as s:
+        imported = s.query(Job).filter(Job.origin == "alice@lab").count()
+    assert imported == 1
+
+
+def test_local_reruns_of_one_recipe_are_never_refused(sf) -> None:
+    a, b = _finished(sf, "rtn-int8", 12.3), _finished(sf, "rtn-int8", 12.4)
+    ja, jb = queue.get_job(sf, a), queue.get_job(sf, b)
+    assert ja.fingerprint_hash == jb.fingerprint_hash and ja.import_key is None

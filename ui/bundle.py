@@ -23,6 +23,8 @@ from typing import Any
 
 import pandas as pd
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from db import queue
 from db.models import SUCCEEDED, Job, LayerStat
@@ -286,14 +288,17 @@ def plan_import(runs: Sequence[dict[str, Any]], exporter: str, existing: set[str
     return plan
 
 
-def existing_hashes(sf: queue.Factory) -> set[str]:
-    with sf() as s:
-        rows = s.scalars(
-            select(Job.fingerprint_hash).where(
-                Job.status == SUCCEEDED, Job.fingerprint_hash.is_not(None)
-            )
+IMPORT_ATTEMPTS = 3  # a concurrent import of the same runs makes the next plan skip them
+
+
+def existing_hashes(s: Session) -> set[str]:
+    """Fingerprint hashes of the finished runs, read inside the import's transaction."""
+    rows = s.scalars(
+        select(Job.fingerprint_hash).where(
+            Job.status == SUCCEEDED, Job.fingerprint_hash.is_not(None)
         )
-        return set(rows)
+    )
+    return set(rows)
 
 
 @dataclass(frozen=True)
@@ -308,43 +313,55 @@ def import_bundle(
     sf: queue.Factory, raw: bytes | str | dict[str, Any], owner: str = LOCAL
 ) -> ImportReport:
     """Add a bundle's new runs as finished jobs of ``owner`` (the importer), in one
-    transaction: all or nothing. A kept model's path is dropped: it names a folder on
-    the exporter's machine, never one this server should offer for download."""
+    transaction: all or nothing. Duplicates are found inside that transaction, and the
+    unique ``import_key`` refuses a run a concurrent import added meanwhile (the import is
+    then planned again). A kept model's path is dropped: it names a folder on the
+    exporter's machine, never one this server should offer for download."""
     exporter, runs = parse_bundle(raw)
-    plan = plan_import(runs, exporter, existing_hashes(sf))
-    added: list[int] = []
-    origins: dict[str, int] = {}
-    t = time.time()
-    with sf.begin() as s:
+    for attempt in range(IMPORT_ATTEMPTS):
+        try:
+            with sf.begin() as s:
+                plan = plan_import(runs, exporter, existing_hashes(s))
+                added = [_add_run(s, r, owner) for r in plan.new]
+        except IntegrityError:
+            if attempt + 1 == IMPORT_ATTEMPTS:
+                raise
+            continue
+        origins: dict[str, int] = {}
         for r in plan.new:
-            job = Job(
-                created_at=float(r.get("created_at") or t),
-                status=SUCCEEDED,
-                model=str(r["model"])[:300],
-                recipe_label=str(r["recipe_label"])[:300],
-                spec_json=json.dumps(r["spec"]),
-                progress=1.0,
-                message=f"imported from {r['origin']}",
-                attempts=0,
-                started_at=r.get("started_at"),
-                finished_at=float(r.get("finished_at") or t),
-                result_json=json.dumps(_without_path(r["result"])),
-                fingerprint_json=json.dumps(r["fingerprint"]),
-                fingerprint_hash=r["fingerprint_hash"],
-                origin=str(r["origin"])[:200],
-                owner=owner,
-                sweep_id=r.get("sweep_id"),
-            )
-            s.add(job)
-            s.flush()
-            added.append(job.id)
-            origins[job.origin] = origins.get(job.origin, 0) + 1
-            for row in r.get("layers") or []:
-                if isinstance(row, dict) and "name" in row:
-                    s.add(
-                        LayerStat(job_id=job.id, name=str(row["name"]), data_json=json.dumps(row))
-                    )
-    return ImportReport(exporter, added, len(plan.duplicates), origins)
+            origins[r["origin"]] = origins.get(r["origin"], 0) + 1
+        return ImportReport(exporter, added, len(plan.duplicates), origins)
+    raise AssertionError("unreachable")
+
+
+def _add_run(s: Session, r: dict[str, Any], owner: str) -> int:
+    """One imported run and its layer rows; returns its new job id."""
+    t = time.time()
+    job = Job(
+        created_at=float(r.get("created_at") or t),
+        status=SUCCEEDED,
+        model=str(r["model"])[:300],
+        recipe_label=str(r["recipe_label"])[:300],
+        spec_json=json.dumps(r["spec"]),
+        progress=1.0,
+        message=f"imported from {r['origin']}",
+        attempts=0,
+        started_at=r.get("started_at"),
+        finished_at=float(r.get("finished_at") or t),
+        result_json=json.dumps(_without_path(r["result"])),
+        fingerprint_json=json.dumps(r["fingerprint"]),
+        fingerprint_hash=r["fingerprint_hash"],
+        import_key=r["fingerprint_hash"],
+        origin=str(r["origin"])[:200],
+        owner=owner,
+        sweep_id=r.get("sweep_id"),
+    )
+    s.add(job)
+    s.flush()
+    for row in r.get("layers") or []:
+        if isinstance(row, dict) and "name" in row:
+            s.add(LayerStat(job_id=job.id, name=str(row["name"]), data_json=json.dumps(row)))
+    return job.id
 
 
 def _without_path(result: dict[str, Any]) -> dict[str, Any]:
