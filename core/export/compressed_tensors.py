@@ -1,0 +1,336 @@
+"""Export a compressed model as a compressed-tensors checkpoint (vLLM, SGLang, transformers).
+
+The folder holds ``model.safetensors``, ``config.json`` with a ``quantization_config``
+of ``quant_method: "compressed-tensors"``, the tokenizer and a README (recipe, metrics,
+fingerprint). Each stored format maps to one of the library's formats:
+
+- ``AffineLinear`` (int-N weight-only, per group or per channel, symmetric or with zero
+  points: RTN, GPTQ, AWQ) -> ``pack-quantized``: ``weight_packed`` int32 (signed codes
+  plus ``2**(bits-1)``, a dense little-endian bit stream along each row: element ``i``
+  of a run of 32 starts at bit ``i * bits``), ``weight_scale`` (N, G),
+  ``weight_shape`` [N, K], and for zero points ``weight_zero_point`` (N, G) signed,
+  packed the same way along the output dimension.
+- ``W8A8Linear`` with dynamic per-token activations -> ``int-quantized``: ``weight``
+  int8 (N, K), ``weight_scale`` (N, 1); input activations int8, per token, dynamic.
+- ``FP8Linear`` E4M3 -> ``float-quantized``: ``weight`` float8_e4m3fn, ``weight_scale``
+  (N, 1) per channel or (1,) per tensor; activations stay in float (weight-only).
+
+Every other layer format is refused with :class:`ExportError`, naming the layer, its
+format and the supported ones. The layout follows compressed-tensors 0.20.0, read from
+its source; nothing here imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.storage import AffineLinear, CompressedLinear, FP8Linear, W8A8Linear
+
+QUANT_METHOD = "compressed-tensors"
+PACK, INT, FLOAT = "pack-quantized", "int-quantized", "float-quantized"
+SUPPORTED_FORMATS = (
+    "affine-int int2..int8 weight-only per group or channel, symmetric or asymmetric "
+    f"(RTN, GPTQ, AWQ) -> {PACK}",
+    f"W8A8 int8 with dynamic per-token activations -> {INT}",
+    f"FP8 E4M3 weights, per tensor or per channel -> {FLOAT}",
+)
+WEIGHTS_FILE = "model.safetensors"
+
+
+class ExportError(ValueError):
+    """The model holds a layer no compressed-tensors format can represent."""
+
+
+@dataclass(frozen=True)
+class LayerExport:
+    """One layer in the library's terms: its scheme (JSON), format and tensors."""
+
+    scheme: dict[str, Any]
+    fmt: str
+    tensors: dict[str, torch.Tensor]
+
+
+# ---------------------------------------------------------------------- packing
+
+
+def pack_int32(values: torch.Tensor, bits: int, dim: int = 1) -> torch.Tensor:
+    """Pack signed ``bits``-bit integers (a 2-D tensor) into int32 words along ``dim``.
+
+    Each value is offset by ``2**(bits-1)`` to an unsigned code; the codes of a row form
+    a little-endian bit stream (value ``i`` at bits ``i*bits .. i*bits+bits-1``, a value
+    may straddle two words), padded with zero codes to whole runs of 32 values, then cut
+    to ``ceil(cols * bits / 32)`` words."""
+    if values.dim() != 2 or dim not in (0, 1):
+        raise ValueError("pack_int32 packs a 2-D tensor along dim 0 or 1")
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits={bits}: packing holds 1..8 bits")
+    v = values.t() if dim == 0 else values
+    codes = v.to(torch.int64) + (1 << (bits - 1))
+    if codes.min() < 0 or codes.max() >= (1 << bits):
+        raise ValueError(f"values outside the signed {bits}-bit range")
+    rows, cols = codes.shape
+    padded = math.ceil(cols / 32) * 32
+    codes = torch.nn.functional.pad(codes, (0, padded - cols))
+    bit_idx = torch.arange(bits, dtype=torch.int64)
+    stream = (codes.unsqueeze(-1) >> bit_idx) & 1  # (rows, padded, bits), LSB first
+    stream = stream.reshape(rows, padded * bits // 32, 32)
+    words = (stream << torch.arange(32, dtype=torch.int64)).sum(dim=-1)
+    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+    words = words[:, : math.ceil(cols * bits / 32)]
+    return (words.t() if dim == 0 else words).contiguous()
+
+
+# ---------------------------------------------------------------------- layers
+
+
+def _args(bits: int, kind: str, strategy: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "num_bits": bits,
+        "type": kind,
+        "symmetric": extra.pop("symmetric", True),
+        "group_size": extra.pop("group_size", None),
+        "strategy": strategy,
+        "dynamic": extra.pop("dynamic", False),
+    }
+
+
+def _affine(mod: AffineLinear, dtype: torch.dtype) -> LayerExport:
+    n, k = mod.out_features, mod.in_features
+    groups = mod.scale.shape[1]
+    channel = groups == 1
+    if not channel and k % mod.group_size:
+        raise ExportError(
+            f"group size {mod.group_size} does not divide in_features {k}: only whole "
+            "groups are exported"
+        )
+    strategy = "channel" if channel else "group"
+    weights = _args(
+        mod.bits,
+        "int",
+        strategy,
+        symmetric=mod.symmetric,
+        group_size=None if channel else mod.group_size,
+    )
+    tensors = {
+        "weight_packed": pack_int32(mod.int_weight().to(torch.int8), mod.bits),
+        "weight_scale": mod.scale.to(dtype).contiguous(),
+        "weight_shape": torch.tensor([n, k], dtype=torch.int64),
+    }
+    if not mod.symmetric:
+        zp = mod.zero.to(torch.int16) - (1 << (mod.bits - 1))
+        tensors["weight_zero_point"] = pack_int32(zp.to(torch.int8), mod.bits, dim=0)
+    return LayerExport(_scheme(weights, None, PACK), PACK, tensors)
+
+
+def _w8a8(mod: W8A8Linear, dtype: torch.dtype) -> LayerExport:
+    weights = _args(8, "int", "channel")
+    acts = _args(8, "int", "token", dynamic=True)
+    tensors = {
+        "weight": mod.w_int8.contiguous(),
+        "weight_scale": mod.w_scale.reshape(-1, 1).to(dtype).contiguous(),
+    }
+    return LayerExport(_scheme(weights, acts, INT), INT, tensors)
+
+
+def _fp8(mod: FP8Linear, dtype: torch.dtype) -> LayerExport:
+    channel = mod.weight_scale.numel() > 1
+    weights = _args(8, "float", "channel" if channel else "tensor")
+    scale = mod.weight_scale.reshape(-1, 1) if channel else mod.weight_scale.reshape(1)
+    tensors = {"weight": mod.weight.contiguous(), "weight_scale": scale.to(dtype).contiguous()}
+    return LayerExport(_scheme(weights, None, FLOAT), FLOAT, tensors)
+
+
+def _scheme(weights: dict, acts: dict | None, fmt: str) -> dict[str, Any]:
+    return {
+        "weights": weights,
+        "input_activations": acts,
+        "output_activations": None,
+        "format": fmt,
+    }
+
+
+def _refusal(name: str, mod: nn.Module, why: str) -> ExportError:
+    fmt = mod.format_name if isinstance(mod, CompressedLinear) else type(mod).__name__
+    scheme = mod.scheme() if isinstance(mod, CompressedLinear) else "?"
+    return ExportError(
+        f"{name}: format {fmt} ({scheme}) cannot be exported to compressed-tensors ({why}); "
+        f"supported: {'; '.join(SUPPORTED_FORMATS)}"
+    )
+
+
+def export_layer(name: str, mod: CompressedLinear, dtype: torch.dtype) -> LayerExport:
+    """The layer in compressed-tensors terms, or :class:`ExportError`."""
+    if type(mod) is AffineLinear:
+        try:
+            return _affine(mod, dtype)
+        except ExportError as e:
+            raise _refusal(name, mod, str(e)) from None
+    if type(mod) is W8A8Linear:
+        if mod.act_mode != "dynamic":
+            raise _refusal(name, mod, "static activation scales are not exported")
+        return _w8a8(mod, dtype)
+    if type(mod) is FP8Linear:
+        if mod.weight.dtype != torch.float8_e4m3fn:
+            raise _refusal(name, mod, "only E4M3 weights are exported")
+        return _fp8(mod, dtype)
+    raise _refusal(name, mod, "no equivalent format")
+
+
+def export_layers(model: nn.Module, dtype: torch.dtype) -> dict[str, LayerExport]:
+    """Every compressed layer of ``model``, exported; the first refusal raises."""
+    out = {
+        name: export_layer(name, mod, dtype)
+        for name, mod in model.named_modules()
+        if isinstance(mod, CompressedLinear)
+    }
+    if not out:
+        raise ExportError("the model holds no compressed layer: nothing to export")
+    return out
+
+
+# ---------------------------------------------------------------------- config
+
+
+def quantization_config(model: nn.Module, layers: dict[str, LayerExport]) -> dict[str, Any]:
+    """The ``quantization_config`` of config.json: one group per distinct scheme, whose
+    targets are the exact layer names; every plain ``nn.Linear`` is ignored."""
+    groups: dict[str, dict[str, Any]] = {}
+    for name, layer in layers.items():
+        key = json.dumps(layer.scheme, sort_keys=True)
+        groups.setdefault(key, {"targets": [], **layer.scheme})["targets"].append(name)
+    formats = {layer.fmt for layer in layers.values()}
+    ignore = [n for n, m in model.named_modules() if type(m) is nn.Linear]
+    return {
+        "quant_method": QUANT_METHOD,
+        "format": formats.pop() if len(formats) == 1 else "mixed-precision",
+        "quantization_status": "compressed",
+        "config_groups": {f"group_{i}": g for i, g in enumerate(groups.values())},
+        "ignore": ignore,
+        "kv_cache_scheme": None,
+        "global_compression_ratio": None,
+    }
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def export_state_dict(model: nn.Module, layers: dict[str, LayerExport]) -> dict[str, torch.Tensor]:
+    """Plain tensors as they are (each storage once: tied embeddings) and each compressed
+    layer's tensors (plus its bias) under the layer's name."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, int, tuple[int, ...]]] = set()
+    for key, t in model.state_dict().items():
+        owner = key.rsplit(".", 1)[0]
+        if owner in layers:
+            if key.endswith(".bias"):
+                out[key] = t.detach().contiguous().cpu()
+            continue
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if t.numel() and ident in seen:
+            continue
+        seen.add(ident)
+        out[key] = t.detach().contiguous().cpu()
+    for name, layer in layers.items():
+        for suffix, t in layer.tensors.items():
+            out[f"{name}.{suffix}"] = t.detach().contiguous().cpu()
+    return out
+
+
+# ---------------------------------------------------------------------- README
+
+
+def _json_block(value: Any) -> str:
+    return "```json\n" + json.dumps(value, indent=1, sort_keys=True, default=str) + "\n```\n"
+
+
+def readme_text(
+    qcfg: dict[str, Any],
+    recipe: Any,
+    metrics: dict[str, Any] | None,
+    fingerprint: dict[str, Any] | None,
+) -> str:
+    """The README: what the folder is, how to load it, and the run it came from."""
+    groups = qcfg["config_groups"].values()
+    lines = [
+        "# Compressed model (compressed-tensors)\n",
+        "Exported by CompressLab. Load with `transformers.AutoModelForCausalLM."
+        "from_pretrained(folder)` (needs the `compressed-tensors` package) or serve with "
+        "vLLM / SGLang.\n",
+        f"- format: `{qcfg['format']}`",
+        f"- quantized layers: {sum(len(g['targets']) for g in groups)}",
+        f"- layers kept in float: {', '.join(qcfg['ignore']) or 'none'}\n",
+        "## Recipe\n",
+        _json_block(recipe),
+        "## Metrics\n",
+        _json_block(metrics or {}),
+        "## Fingerprint\n",
+        _json_block(fingerprint or {}),
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- export
+
+
+def export_compressed_tensors(
+    model: nn.Module,
+    out: str | Path,
+    *,
+    tokenizer: Any = None,
+    recipe: Any = None,
+    metrics: dict[str, Any] | None = None,
+    fingerprint: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` (its linears in core.storage formats) to the folder ``out`` as a
+    compressed-tensors checkpoint; returns the folder. Raises :class:`ExportError` before
+    writing anything when a layer's format cannot be exported."""
+    from safetensors.torch import save_file
+
+    dtype = _model_dtype(model)
+    layers = export_layers(model, dtype)
+    qcfg = quantization_config(model, layers)
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.export.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save_file(export_state_dict(model, layers), str(tmp / WEIGHTS_FILE), {"format": "pt"})
+        _write_config(model, tmp, qcfg)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        (tmp / "README.md").write_text(readme_text(qcfg, recipe, metrics, fingerprint))
+        _publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write_config(model: nn.Module, folder: Path, qcfg: dict[str, Any]) -> None:
+    model.config.save_pretrained(folder)
+    path = folder / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg["quantization_config"] = qcfg
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(folder)
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move the written folder into place (replacing the files of an older export)."""
+    if not out.exists():
+        tmp.rename(out)
+        return
+    for f in tmp.iterdir():
+        f.replace(out / f.name)
