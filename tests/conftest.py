@@ -28,6 +28,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["COMPRESSLAB_NO_AUTOWORKER"] = "1"
+os.environ.setdefault("COMPRESSLAB_NO_AUTOTUNE", "1")  # kernel tuning only where a test asks
 
 
 PG_ENV = "COMPRESSLAB_TEST_PG_URL"

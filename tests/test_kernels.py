@@ -31,6 +31,16 @@ needs_native = pytest.mark.skipif(not NATIVE, reason="no C++ compiler or no AVX2
 SHAPES = [(1, 64, 32), (3, 100, 17), (1, 257, 40), (16, 130, 70), (37, 96, 33), (6, 2100, 9)]
 
 
+@pytest.fixture(autouse=True)
+def _no_tuned_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Path choices here come from the committed table or the heuristic, never from a
+    table some earlier run measured in ./data."""
+    monkeypatch.setenv("COMPRESSLAB_DATA", str(tmp_path))
+    ops.forget_tuned_table()
+    yield
+    ops.forget_tuned_table()
+
+
 def _w8(n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     w = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
@@ -179,8 +189,44 @@ def test_path_log_records_every_call() -> None:
         ("int8_linear", "dequant", 1, 1),
         ("int8_linear", "dequant", 512, 1),
     ]
+    assert {r["table"] for r in log} == {"forced"}
     ops.reset_path_log()
     assert ops.path_log() == []
+
+
+def test_int_mm_quantization_is_the_reference_bit_for_bit() -> None:
+    for m, k in [(1, 100), (3, 257), (37, 4096)]:
+        x = _x(m, k, seed=k)
+        x[0] = 0.0  # a zero row keeps scale 1
+        q, s = cpu.quantize_per_token_fast(x)
+        q_ref, s_ref = quantize_per_token(x)
+        assert torch.equal(q, q_ref) and torch.equal(s, s_ref)
+
+
+@pytest.mark.parametrize("pad", [False, True])
+@pytest.mark.parametrize("shape", [(1, 100, 17), (3, 257, 40), (5, 64, 8), (20, 130, 9)])
+def test_int_mm_is_exact_with_and_without_padding(
+    monkeypatch: pytest.MonkeyPatch, pad: bool, shape: tuple
+) -> None:
+    """torch._int_mm on CPU takes odd shapes in this torch; where a build does not, the
+    zero padding to M >= 17 and K, N multiples of 8 must not change a single sum."""
+    if pad:
+        monkeypatch.setattr(cpu, "int_mm_takes_any_shape", lambda: False)
+    m, k, n = shape
+    w, _, _ = _w8(n, k, seed=k)
+    q = torch.randint(-127, 128, (m, k), dtype=torch.int8)
+    got = cpu._int_mm_padded(q, w)
+    assert got.shape == (m, n) and got.dtype == torch.int32
+    assert torch.equal(got.long(), q.long() @ w.long().t())
+
+
+def test_int_mm_path_keeps_bfloat16_inputs_and_batches() -> None:
+    w, ws, b = _w8(24, 100, seed=9)
+    x = _x(6, 100, seed=2).to(torch.bfloat16).reshape(2, 3, 100)
+    with ops.use_path("int_mm"):
+        got = ops.int8_linear(x, w, ws, b, "dynamic")
+    assert got.shape == (2, 3, 24) and got.dtype == torch.bfloat16
+    _close(got, ref.int8_linear(x, w, ws, b, "dynamic"), 1e-2)  # bf16 output rounding
 
 
 def test_dispatch_table_lookup_and_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -331,7 +331,43 @@ def dequantize_int4_native(
 
 # ---------------------------------------------------------------- torch._int_mm
 
-INT_MM_MIN_M = 17  # CUDA's _int_mm needs M > 16; padding here keeps one code path
+INT_MM_MIN_M = 17  # CUDA's _int_mm needs M > 16 and K, N multiples of 8
+INT_MM_MULTIPLE = 8
+
+
+@functools.cache
+def int_mm_takes_any_shape() -> bool:
+    """Whether this torch's CPU ``_int_mm`` takes M = 1, 3 and K, N not multiples of 8
+    exactly (torch >= 2.2 does; older builds had CUDA's limits); probed once."""
+    a = torch.arange(-9, 12, dtype=torch.int8).reshape(3, 7)
+    b = torch.arange(-17, 18, dtype=torch.int8).reshape(7, 5)
+    try:
+        got = torch._int_mm(a[:1], b)
+        return bool(torch.equal(got.long(), a[:1].long() @ b.long()))
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+def _int_mm_padded(q: torch.Tensor, w_int8: torch.Tensor) -> torch.Tensor:
+    """q (M, K) int8 @ w_int8 (N, K).T -> int32 (M, N); zero rows and columns are added
+    where this ``_int_mm`` needs them (zeros add nothing to the exact sums)."""
+    m, k = q.shape
+    n = w_int8.shape[0]
+    if q.device.type == "cpu" and int_mm_takes_any_shape():
+        return torch._int_mm(q, w_int8.t())
+    kp = -k % INT_MM_MULTIPLE
+    q = torch.nn.functional.pad(q, (0, kp, 0, max(INT_MM_MIN_M - m, 0) + (-m % INT_MM_MULTIPLE)))
+    w = torch.nn.functional.pad(w_int8, (0, kp, 0, -n % INT_MM_MULTIPLE))
+    return torch._int_mm(q, w.t())[:m, :n]
+
+
+def quantize_per_token_fast(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """core.quant.actquant.quantize_per_token, bit for bit, with fewer temporaries."""
+    x = x2 if x2.dtype == torch.float32 else x2.float()
+    scale = torch.linalg.vector_norm(x, float("inf"), dim=-1, keepdim=True).div_(127.0)
+    scale = torch.where(scale > 0, scale, 1.0)
+    q = torch.div(x, scale).round_().clamp_(-127, 127).to(torch.int8)
+    return q, scale
 
 
 def w8a8_linear_int_mm(
@@ -342,17 +378,17 @@ def w8a8_linear_int_mm(
     act_mode: str,
     x_scale: torch.Tensor | None,
 ) -> torch.Tensor:
-    """int8 x int8 -> int32 through ``torch._int_mm`` (oneDNN / MKL, VNNI where the CPU
-    has it), activation quantization and epilogue in torch."""
+    """int8 x int8 -> int32 through ``torch._int_mm`` (oneDNN, VNNI / AMX where the CPU
+    has them): per-token (or static) activation quantization before, and the
+    ``acc * x_scale * w_scale + bias`` epilogue after, in place on the one float buffer."""
     if act_mode == "static":
         assert x_scale is not None
         q = quantize_per_tensor_static(x2, x_scale)
         s = x_scale.float().reshape(1, 1)
+    elif x2.device.type == "cpu":
+        q, s = quantize_per_token_fast(x2)
     else:
         q, s = quantize_per_token(x2)
-    m = q.shape[0]
-    if m < INT_MM_MIN_M:
-        q = torch.nn.functional.pad(q, (0, 0, 0, INT_MM_MIN_M - m))
-    acc = torch._int_mm(q, w_int8.t())[:m]
-    y = acc.float() * s * w_scale.float().reshape(1, -1)
-    return y if bias is None else y + bias.float()
+    y = _int_mm_padded(q, w_int8).float()
+    y.mul_(s).mul_(w_scale.float().reshape(1, -1))
+    return y if bias is None else y.add_(bias.float())

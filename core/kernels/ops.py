@@ -17,10 +17,12 @@ Paths that compute the same function (see core/kernels/ref.py) and where they ru
 - ``triton``: the CUDA kernel in core/kernels/triton_int8.py.
 - ``ref``: the plain-torch reference (exact int accumulation in float64; slow).
 
-The CPU choice is data: ``dispatch_cpu.json`` (written by ``bench/int8_gemm.py
---write-dispatch`` from timings on this kind of CPU) maps (op, M, K) to the fastest
-path measured; a CPU it does not describe gets a fixed heuristic. Every call records
-the path it took (:func:`path_log`), so a run can say what really executed.
+The CPU choice is data, in this order: a table measured on this very machine (by
+core/kernels/tune.py on first use of an op, or by ``python -m workers tune-kernels``,
+kept in the data folder and keyed by CPU model, flags, cores and torch version); the
+committed ``dispatch_cpu.json`` (written by ``bench/int8_gemm.py --write-dispatch``,
+keyed by ISA name); then a fixed heuristic. Every call records the path it took and
+which of those chose it (:func:`path_log`), so a run can say what really executed.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from core.kernels import cpu, ref, triton_int8
+from core.kernels import cpu, ref, triton_int8, tune
 from core.quant.actquant import quantize_per_tensor_static, quantize_per_token
 
 log = logging.getLogger(__name__)
@@ -259,27 +262,92 @@ def use_path(name: str | None) -> Iterator[None]:
 
 
 def choose_cpu_path(op: str, m: int, k: int) -> str:
+    return choose_cpu_path_and_source(op, m, k)[0]
+
+
+def choose_cpu_path_and_source(op: str, m: int, k: int) -> tuple[str, str]:
+    """(path, source): source is "forced", "measured" (a table tuned on this machine),
+    "committed" (dispatch_cpu.json) or "heuristic"."""
     paths = CPU_PATHS[op]
     forced = getattr(_forced, "name", None)
     if forced is not None:
         if forced not in paths or not paths[forced].available():
             raise RuntimeError(f"path {forced!r} is not available for {op} here")
-        return forced
-    chosen = table_path(_table(), op, m, k)
-    if chosen in paths and paths[chosen].available():
-        return chosen
-    return heuristic_path(op, m, k)
+        return forced, "forced"
+    for source, table in (("measured", _tuned_table(op)), ("committed", _table())):
+        chosen = table_path(table, op, m, k)
+        if chosen in paths and paths[chosen].available():
+            return chosen, source
+    return heuristic_path(op, m, k), "heuristic"
+
+
+# ---------------------------------------------------------------- the table tuned here
+
+_TUNED: dict | None = None
+_TUNED_LOADED = False
+_TUNE_LOCK = threading.RLock()
+
+
+def tuned_table() -> dict | None:
+    """The table measured on this machine (from the data folder), or None."""
+    global _TUNED, _TUNED_LOADED
+    if not _TUNED_LOADED:
+        with _TUNE_LOCK:
+            if not _TUNED_LOADED:
+                _TUNED, _TUNED_LOADED = tune.load_tuned(), True
+    return _TUNED
+
+
+def forget_tuned_table() -> None:
+    """Read the tuned table from the data folder again at the next call (tests)."""
+    global _TUNED, _TUNED_LOADED
+    with _TUNE_LOCK:
+        _TUNED, _TUNED_LOADED = None, False
+
+
+def _tuned_table(op: str) -> dict | None:
+    """The tuned table if it has ``op``; tunes ``op`` first where auto-tuning is on."""
+    table = tuned_table()
+    if (table is None or op not in table["rules"]) and tune.autotune_enabled():
+        table = tune_ops([op])
+    return table if table is not None and op in table["rules"] else None
+
+
+def tuning_paths(op: str) -> dict[str, Callable[..., torch.Tensor]]:
+    """The paths worth timing for ``op`` here (the float64 reference never wins)."""
+    return {p: kp.fn for p, kp in CPU_PATHS[op].items() if p != "ref" and kp.available()}
+
+
+def tune_ops(
+    names: tuple[str, ...] | list[str] = OPS, budget_s: float = tune.BUDGET_S, force: bool = False
+) -> dict:
+    """Time the paths of each op (those not yet measured here, or all with ``force``),
+    store the table in the data folder and use it from now on."""
+    global _TUNED, _TUNED_LOADED
+    with _TUNE_LOCK:
+        table = tuned_table() or tune.new_table()
+        for op in names:
+            if force or op not in table["rules"]:
+                t0 = time.perf_counter()
+                table["rules"][op] = tune.tune_op(op, tuning_paths(op), budget_s)
+                log.info("tuned %s in %.1fs", op, time.perf_counter() - t0)
+        try:
+            tune.save_tuned(table)
+        except OSError as e:
+            log.warning("could not store the tuned kernel table: %s", e)
+        _TUNED, _TUNED_LOADED = table, True
+    return table
 
 
 # ---------------------------------------------------------------- the path log
 
-_LOG: Counter[tuple[str, str, str, int]] = Counter()
+_LOG: Counter[tuple[str, str, str, int, str]] = Counter()
 _LOG_LOCK = threading.Lock()
 
 
-def _record(op: str, device: str, path: str, m: int) -> None:
+def _record(op: str, device: str, path: str, m: int, source: str = "fixed") -> None:
     with _LOG_LOCK:
-        _LOG[(op, device, path, m_bucket(m))] += 1
+        _LOG[(op, device, path, m_bucket(m), source)] += 1
 
 
 def reset_path_log() -> None:
@@ -288,12 +356,14 @@ def reset_path_log() -> None:
 
 
 def path_log() -> list[dict]:
-    """Which path each op took since the last reset: op, device, path, M bucket, calls."""
+    """Which path each op took since the last reset: op, device, path, M bucket, calls,
+    and ``table``: what chose the path ("measured" on this machine, "committed",
+    "heuristic", "forced" by :func:`use_path`, or "fixed" off the CPU)."""
     with _LOG_LOCK:
         items = sorted(_LOG.items())
     return [
-        {"op": op, "device": dev, "path": path, "m_le": m, "calls": n}
-        for (op, dev, path, m), n in items
+        {"op": op, "device": dev, "path": path, "m_le": m, "calls": n, "table": src}
+        for (op, dev, path, m, src), n in items
     ]
 
 
@@ -317,10 +387,10 @@ def _finish(y: torch.Tensor, lead: tuple[int, ...] | None, dtype: torch.dtype) -
 def _cpu_impl(op: str) -> Callable[..., torch.Tensor]:
     def impl(x: torch.Tensor, *args):
         x2, lead = _flatten(x)
-        path = choose_cpu_path(op, x2.shape[0], x2.shape[1])
+        path, source = choose_cpu_path_and_source(op, x2.shape[0], x2.shape[1])
         if not CPU_PATHS[op][path].serves(x2, *args):
             path = "dequant"
-        _record(op, "cpu", path, x2.shape[0])
+        _record(op, "cpu", path, x2.shape[0], source)
         y = CPU_PATHS[op][path].fn(x2, *args)
         return _finish(y, lead, x.dtype)
 

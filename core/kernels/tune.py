@@ -1,0 +1,208 @@
+"""Dispatch tables measured on the machine that runs them.
+
+On first use of an op on a CPU (or by ``python -m workers tune-kernels``) every available
+path of the op is timed briefly for each (M bucket, K bucket) cell, and the fastest is
+stored in the data folder (``$COMPRESSLAB_DATA``, default ``./data``) under
+``kernels/dispatch_<key>.json``. The key is a hash of what decides which path is
+fastest: the CPU model, its feature flags, the core count and the torch version. A
+table whose stored key differs from this machine's is ignored; the committed table
+(core/kernels/dispatch_cpu.json) and then a fixed heuristic are the fallbacks.
+
+Tuning is bounded: each op gets ``budget_s`` seconds in all; large cells time fewer
+output columns; a path far slower than the best at one M whose time extrapolated to
+the next M is long is not timed again (paths scale differently with M, so fast-but-
+fixed-cost paths stay); cells the budget does not reach are left out (the fallbacks
+decide there). ``COMPRESSLAB_NO_AUTOTUNE=1`` turns
+the automatic tuning off (tests set it); an explicit :func:`tune` still runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+from core.kernels import cpu
+
+TUNE_M = (1, 16, 128, 512, 2048)  # the dispatch's M buckets
+TUNE_K = (1024, 4096)  # K buckets: a cell serves every K up to its own
+TUNE_N = 1024  # output width timed: weights of 1-4 MiB, larger than L2
+MAX_MACS = 1 << 31  # big cells time fewer output columns (compute-bound there anyway)
+BUDGET_S = 4.0  # per op
+SLOW_FACTOR = 3.0  # a path this much slower than the best ...
+SLOW_CALL_S = 0.05  # ... and predicted slower than this is not timed at larger M
+NO_AUTOTUNE_ENV = "COMPRESSLAB_NO_AUTOTUNE"
+DATA_ENV = "COMPRESSLAB_DATA"
+TABLE_VERSION = 1
+
+
+def autotune_enabled() -> bool:
+    return os.environ.get(NO_AUTOTUNE_ENV, "").lower() not in {"1", "true", "yes"}
+
+
+def data_dir() -> Path:
+    """The app's data folder, read from the environment (core does not import db)."""
+    return Path(os.environ.get(DATA_ENV) or "data")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_key() -> dict:
+    """What a measured table is valid for."""
+    return {
+        "cpu": cpu_model(),
+        "flags": sorted(cpu.cpu_flags()),
+        "cores": os.cpu_count() or 1,
+        "torch": torch.__version__,
+    }
+
+
+def key_hash(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def table_file(key: dict | None = None) -> Path:
+    return data_dir() / "kernels" / f"dispatch_{key_hash(key or machine_key())}.json"
+
+
+def load_tuned(path: Path | None = None, key: dict | None = None) -> dict | None:
+    """The table measured on this machine, or None (missing, unreadable, other key)."""
+    key = key or machine_key()
+    path = path or table_file(key)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, dict) or data.get("key") != key or "rules" not in data:
+        return None
+    return data
+
+
+def save_tuned(table: dict, path: Path | None = None) -> Path:
+    """Write atomically (a temporary name, then rename): readers never see half a file."""
+    path = path or table_file(table["key"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(table, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+# ---------------------------------------------------------------- timing
+
+
+def _op_args(op: str, m: int, k: int, n: int) -> tuple:
+    """Representative arguments of ``op`` for an (m, k) cell, weights N x K."""
+    g = torch.Generator().manual_seed(m * 31 + k)
+    x = torch.randn(m, k, generator=g)
+    w8 = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+    ws = torch.rand(n, generator=g) * 0.01 + 1e-3
+    if op == "int8_linear":
+        return (x, w8, ws, None, "dynamic", None)
+    if op == "int8_weight_only_linear":
+        return (x, w8, ws, None)
+    group = 128
+    packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=g)
+    scale = (torch.rand(n, k // group, generator=g) * 0.01).to(torch.float16)
+    zero = torch.full((n, k // group), 8, dtype=torch.uint8)
+    return (x, packed, scale, zero, group, None)
+
+
+def time_call(fn: Callable[[], object], deadline: float, repeats: int = 3) -> float:
+    """Best of up to ``repeats`` timed calls after one warm-up, in ms (one timed call for
+    slow ones; stops at the deadline)."""
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        fn()
+        if time.perf_counter() - t0 > SLOW_CALL_S:
+            repeats = 1
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+            if time.perf_counter() > deadline:
+                break
+    return min(times) * 1000
+
+
+def tune_op(
+    op: str,
+    paths: dict[str, Callable[..., torch.Tensor]],
+    budget_s: float = BUDGET_S,
+    ms: Iterable[int] | None = None,
+    ks: Iterable[int] | None = None,
+    n: int | None = None,
+) -> list[dict]:
+    """Rules ``{"m", "k", "path", "ms": {path: ms}}`` for the cells reached in ``budget_s``.
+
+    ``paths`` maps a path name to a callable taking the op's arguments with x (M, K)."""
+    ms, ks, n = ms or TUNE_M, ks or TUNE_K, n or TUNE_N
+    deadline = time.perf_counter() + budget_s
+    rules: list[dict] = []
+    for k in ks:
+        last: dict[str, tuple[int, float]] = {}  # path -> (M x N, ms) at the previous M
+        for m in ms:
+            if time.perf_counter() > deadline:
+                return rules
+            size = m * cell_n(m, k, n)
+            args = _op_args(op, m, k, cell_n(m, k, n))
+            alive = {p: f for p, f in paths.items() if not _drop(last, p, size)}
+            t = {p: time_call(lambda f=f, a=args: f(*a), deadline) for p, f in alive.items()}
+            best = min(t, key=t.__getitem__)
+            rules.append(
+                {"m": m, "k": k, "path": best, "ms": {p: round(v, 4) for p, v in t.items()}}
+            )
+            last = {p: (size, v if v > SLOW_FACTOR * t[best] else 0.0) for p, v in t.items()}
+    return rules
+
+
+def cell_n(m: int, k: int, n: int = TUNE_N) -> int:
+    return max(64, min(n, MAX_MACS // (m * k)))
+
+
+def _drop(last: dict[str, tuple[int, float]], path: str, size: int) -> bool:
+    """Not timed at this M: far slower than the best at the previous M (its time was
+    kept non-zero) and, extrapolated linearly in M x N, slower than SLOW_CALL_S."""
+    if path not in last:
+        return len(last) > 0
+    prev_size, prev_ms = last[path]
+    return prev_ms > 0 and prev_ms / 1000 * size / prev_size > SLOW_CALL_S
+
+
+def new_table(key: dict | None = None) -> dict:
+    return {
+        "version": TABLE_VERSION,
+        "key": key or machine_key(),
+        "threads": torch.get_num_threads(),
+        "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "rules": {},
+    }
+
+
+def summarize(table: dict) -> str:
+    lines = [f"table for {table['key']['cpu']} ({table['key']['cores']} cores)"]
+    for op, rules in sorted(table["rules"].items()):
+        cells = ", ".join(f"M<={r['m']} K<={r['k']}: {r['path']}" for r in rules)
+        lines.append(f"  {op}: {cells or 'none measured'}")
+    return "\n".join(lines)

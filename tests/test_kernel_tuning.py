@@ -1,0 +1,120 @@
+"""The dispatch table measured on this machine (core/kernels/tune.py): written on first
+use (or on request), reused by later runs, ignored when the machine key differs, bounded
+in time, and recorded in the path log. Tuning is off in tests (tests/conftest.py) except
+where a test turns it on; cells here are tiny so each test tunes in well under a second.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.kernels import ops, ref, tune
+
+
+@pytest.fixture
+def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("COMPRESSLAB_DATA", str(tmp_path))
+    monkeypatch.setattr(tune, "TUNE_M", (1, 16))
+    monkeypatch.setattr(tune, "TUNE_K", (64, 256))
+    monkeypatch.setattr(tune, "TUNE_N", 32)
+    ops.forget_tuned_table()
+    yield tmp_path
+    ops.forget_tuned_table()
+
+
+def _w8() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(-127, 128, (24, 100), dtype=torch.int8, generator=g), torch.rand(24)
+
+
+def test_tuning_writes_a_keyed_table_that_later_runs_reuse(data: Path) -> None:
+    table = ops.tune_ops(["int8_linear"], budget_s=5.0)
+    path = tune.table_file()
+    assert path.parent == data / "kernels" and path.is_file()
+    stored = json.loads(path.read_text())
+    assert stored["key"] == tune.machine_key()
+    assert stored["key"]["torch"] == torch.__version__ and stored["key"]["cores"] >= 1
+    rules = stored["rules"]["int8_linear"]
+    assert [(r["m"], r["k"]) for r in rules] == [(1, 64), (16, 64), (1, 256), (16, 256)]
+    for r in rules:
+        assert r["path"] in ops.tuning_paths("int8_linear")
+        assert r["ms"][r["path"]] == min(r["ms"].values())
+    assert table["rules"] == stored["rules"]
+    # a later run (a fresh process: the in-memory table forgotten) reads it, tunes nothing
+    ops.forget_tuned_table()
+    calls: list[str] = []
+    original = tune.tune_op
+    tune.tune_op = lambda op, *a, **k: calls.append(op) or original(op, *a, **k)  # type: ignore[assignment]
+    try:
+        assert ops.tuned_table() == stored
+        ops.tune_ops(["int8_linear"])
+    finally:
+        tune.tune_op = original  # type: ignore[assignment]
+    assert calls == []
+
+
+def test_a_table_for_another_machine_is_ignored(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ops.tune_ops(["int8_linear"], budget_s=5.0)
+    path = tune.table_file()
+    other = {**tune.machine_key(), "cpu": "Some Other CPU"}
+    assert tune.load_tuned(path, key=other) is None  # same file read for another key
+    stored = json.loads(path.read_text())
+    stored["key"]["torch"] = "0.0.0"  # stale: written under another torch
+    path.write_text(json.dumps(stored))
+    ops.forget_tuned_table()
+    assert ops.tuned_table() is None
+    assert ops.choose_cpu_path_and_source("int8_linear", 1, 64)[1] in {"committed", "heuristic"}
+
+
+def test_first_use_tunes_when_allowed_and_the_log_says_measured(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w, ws = _w8()
+    x = torch.randn(3, 100)
+    ops.reset_path_log()
+    ops.int8_linear(x, w, ws, None, "dynamic")  # auto-tuning off (conftest): no table
+    assert not tune.table_file().exists()
+    assert ops.path_log()[0]["table"] in {"committed", "heuristic"}
+    monkeypatch.setenv("COMPRESSLAB_NO_AUTOTUNE", "0")
+    ops.reset_path_log()
+    got = ops.int8_linear(x, w, ws, None, "dynamic")
+    assert tune.table_file().is_file()
+    (entry,) = ops.path_log()
+    assert entry["table"] == "measured"
+    assert entry["path"] == ops.table_path(ops.tuned_table(), "int8_linear", 3, 100)
+    want = ref.int8_linear(x, w, ws, None, "dynamic")
+    assert ((got - want).norm() / want.norm()).item() <= 1e-4  # any path: the same function
+    # only the op that was used was tuned
+    assert set(json.loads(tune.table_file().read_text())["rules"]) == {"int8_linear"}
+
+
+def test_tuning_is_bounded_in_time(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tune, "TUNE_M", (1, 16, 128, 512, 2048))
+    monkeypatch.setattr(tune, "TUNE_K", (1024, 4096))
+    monkeypatch.setattr(tune, "TUNE_N", 1024)
+    t0 = time.perf_counter()
+    rules = tune.tune_op(
+        "int8_weight_only_linear", ops.tuning_paths("int8_weight_only_linear"), 0.3
+    )
+    # the budget is checked between cells; one cell (a warm-up and a timed call of each
+    # path at most) may run past it
+    assert time.perf_counter() - t0 < 3.0
+    assert 1 <= len(rules) < 10
+
+
+def test_an_unwritable_data_folder_keeps_the_table_in_memory(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = data / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("COMPRESSLAB_DATA", str(blocker))  # kernels/ cannot be made under it
+    table = ops.tune_ops(["int8_linear"], budget_s=5.0)
+    assert "int8_linear" in table["rules"]
+    assert ops.choose_cpu_path_and_source("int8_linear", 1, 64)[1] == "measured"
