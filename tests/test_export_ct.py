@@ -17,8 +17,8 @@ from core.export import ExportError, export_compressed_tensors, pack_int32
 from core.models import byte_tokenizer, tiny_llama
 from core.recipe import recipe_from_steps
 from core.save import save_compressed
-from core.storage import CompressedLinear
-from core.walk import apply_recipe, find_linears
+from core.storage import CompressedLinear, W8A8Linear
+from core.walk import apply_recipe, find_linears, replace_module
 
 ct = pytest.importorskip("compressed_tensors")
 from compressed_tensors.compressors.naive_quantized.base import (  # noqa: E402
@@ -37,6 +37,8 @@ RTN3_CHANNEL_ASYM = {"method": "rtn", "bits": 3, "granularity": "channel", "symm
 W8A8 = {"method": "w8a8", "act_mode": "dynamic"}
 FP8 = {"method": "fp8", "format": "e4m3", "granularity": "channel"}
 FP8_TENSOR = {"method": "fp8", "format": "e4m3", "granularity": "tensor"}
+GPTQ4 = {"method": "gptq", "bits": 4, "group_size": 32}
+AWQ4_SYM = {"method": "awq", "bits": 4, "group_size": 32, "symmetric": True}
 
 # (step, compressed-tensors format, tensors each quantized layer holds)
 CASES = {
@@ -56,6 +58,8 @@ CASES = {
         "pack-quantized",
         {"weight_packed", "weight_scale", "weight_shape", "weight_zero_point"},
     ),
+    "gptq4-g32": (GPTQ4, "pack-quantized", {"weight_packed", "weight_scale", "weight_shape"}),
+    "awq4-g32": (AWQ4_SYM, "pack-quantized", {"weight_packed", "weight_scale", "weight_shape"}),
     "w8a8-dynamic": (W8A8, "int-quantized", {"weight", "weight_scale"}),
     "fp8-e4m3-channel": (FP8, "float-quantized", {"weight", "weight_scale"}),
     "fp8-e4m3-tensor": (FP8_TENSOR, "float-quantized", {"weight", "weight_scale"}),
@@ -79,8 +83,13 @@ IDS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
 
 def _compressed(step: dict) -> torch.nn.Module:
     model = tiny_llama()
+    calib = [torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(1))]
     apply_recipe(
-        model, recipe_from_steps([step]), on_progress=lambda f, m: None, should_cancel=lambda: False
+        model,
+        recipe_from_steps([step]),
+        on_progress=lambda f, m: None,
+        should_cancel=lambda: False,
+        calib_batches=calib,
     )
     return model
 
@@ -215,6 +224,17 @@ def test_unsupported_formats_are_refused_before_writing(
     assert mod.format_name in msg and mod.scheme() in msg
     assert "pack-quantized" in msg and "int-quantized" in msg and "float-quantized" in msg
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_static_w8a8_is_refused(tmp_path: Path) -> None:
+    model = _compressed(W8A8)
+    name = "model.layers.1.mlp.down_proj"
+    lin = find_linears(model)[name]
+    static = W8A8Linear.build(lin.dequantized_weight(), None, act_mode="static", act_absmax=4.0)
+    replace_module(model, name, static)
+    with pytest.raises(ExportError, match=f"{name}: format int8-rows \\(w8a8-static\\)"):
+        export_compressed_tensors(model, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
 
 
 def test_model_without_compressed_layers_is_refused(tmp_path: Path) -> None:

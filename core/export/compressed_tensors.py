@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.save import temp_path
 from core.storage import AffineLinear, CompressedLinear, FP8Linear, W8A8Linear
 
 QUANT_METHOD = "compressed-tensors"
@@ -302,8 +303,7 @@ def export_compressed_tensors(
     layers = export_layers(model, dtype)
     qcfg = quantization_config(model, layers)
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.export.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_path(out, ".export")  # names this process: workers.gc cleans a killed one
     tmp.mkdir(parents=True)
     try:
         save_file(export_state_dict(model, layers), str(tmp / WEIGHTS_FILE), {"format": "pt"})
