@@ -118,3 +118,19 @@ def test_an_unwritable_data_folder_keeps_the_table_in_memory(
     table = ops.tune_ops(["int8_linear"], budget_s=5.0)
     assert "int8_linear" in table["rules"]
     assert ops.choose_cpu_path_and_source("int8_linear", 1, 64)[1] == "measured"
+
+
+def test_tune_kernels_command(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from workers import tune as tune_cmd
+
+    parser = argparse.ArgumentParser()
+    tune_cmd.add_parser(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(["tune-kernels", "--op", "int8_linear", "--budget-s", "5"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "int8_linear" in out and str(tune.table_file()) in out
+    assert set(json.loads(tune.table_file().read_text())["rules"]) == {"int8_linear"}
+    args = parser.parse_args(["tune-kernels", "--budget-s", "0"])
+    assert args.func(args) == 2

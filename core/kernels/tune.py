@@ -2,7 +2,7 @@
 
 On first use of an op on a CPU (or by ``python -m workers tune-kernels``) every available
 path of the op is timed briefly for each (M bucket, K bucket) cell, and the fastest is
-stored in the data folder (``$COMPRESSLAB_DATA``, default ``./data``) under
+stored in the data folder (``$COMPRESSLAB_DATA``, default the repository's ``data/``) under
 ``kernels/dispatch_<key>.json``. The key is a hash of what decides which path is
 fastest: the CPU model, its feature flags, the core count and the torch version. A
 table whose stored key differs from this machine's is ignored; the committed table
@@ -40,6 +40,7 @@ SLOW_FACTOR = 3.0  # a path this much slower than the best ...
 SLOW_CALL_S = 0.05  # ... and predicted slower than this is not timed at larger M
 NO_AUTOTUNE_ENV = "COMPRESSLAB_NO_AUTOTUNE"
 DATA_ENV = "COMPRESSLAB_DATA"
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 TABLE_VERSION = 1
 
 
@@ -48,8 +49,8 @@ def autotune_enabled() -> bool:
 
 
 def data_dir() -> Path:
-    """The app's data folder, read from the environment (core does not import db)."""
-    return Path(os.environ.get(DATA_ENV) or "data")
+    """The app's data folder as db.session.data_dir finds it (core does not import db)."""
+    return Path(os.environ.get(DATA_ENV, REPO_ROOT / "data")).expanduser()
 
 
 def cpu_model() -> str:
