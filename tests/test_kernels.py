@@ -194,13 +194,37 @@ def test_path_log_records_every_call() -> None:
     assert ops.path_log() == []
 
 
-def test_int_mm_quantization_is_the_reference_bit_for_bit() -> None:
-    for m, k in [(1, 100), (3, 257), (37, 4096)]:
+@pytest.mark.parametrize("native", [True, False])
+def test_int_mm_quantization_is_the_reference_bit_for_bit(
+    monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    if native and not NATIVE:
+        pytest.skip("no native kernels here")
+    monkeypatch.setattr(cpu, "native_available", lambda: native)
+    for m, k in [(1, 100), (3, 257), (2, 7), (37, 4096)]:
         x = _x(m, k, seed=k)
         x[0] = 0.0  # a zero row keeps scale 1
         q, s = cpu.quantize_per_token_fast(x)
         q_ref, s_ref = quantize_per_token(x)
         assert torch.equal(q, q_ref) and torch.equal(s, s_ref)
+
+
+@needs_native
+@pytest.mark.parametrize("bias", [True, False])
+def test_int32_epilogue_native_equals_torch_bit_for_bit(
+    monkeypatch: pytest.MonkeyPatch, bias: bool
+) -> None:
+    """Same float32 operations in the same order as ref.int8_linear: identical bits."""
+    g = torch.Generator().manual_seed(3)
+    acc = torch.randint(-(2**24), 2**24, (5, 37), dtype=torch.int32, generator=g)
+    s, ws = torch.rand(5, 1, generator=g), torch.rand(37, generator=g)
+    b = torch.randn(37, generator=g) if bias else None
+    got = cpu.int32_epilogue(acc, s, ws, b)
+    monkeypatch.setattr(cpu, "native_available", lambda: False)
+    assert torch.equal(got, cpu.int32_epilogue(acc, s, ws, b))
+    assert torch.equal(
+        cpu.int32_epilogue(acc, s[:1], ws, b), cpu.int32_epilogue(acc, s[0].expand(5, 1), ws, b)
+    )
 
 
 @pytest.mark.parametrize("pad", [False, True])

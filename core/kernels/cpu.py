@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("int8_cpu.cpp")
 FLAGS = ("-O3", "-std=c++17", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC")
-ABI_VERSION = 1
+ABI_VERSION = 2
 _REQUIRED_CPU_FLAGS = ("avx2", "fma", "f16c")
 
 _i64, _f32, _int = ctypes.c_int64, ctypes.c_float, ctypes.c_int
@@ -88,6 +88,8 @@ def _compile(cxx: str, target: Path) -> None:
 def _declare(lib: ctypes.CDLL) -> None:
     lib.cl_abi_version.restype = _int
     lib.cl_quantize_rows.argtypes = [_p, _i64, _i64, _f32, _p, _p, _int]
+    lib.cl_quantize_rows_i8.argtypes = [_p, _i64, _i64, _f32, _p, _p, _int]
+    lib.cl_int32_epilogue.argtypes = [_p, _p, _p, _p, _p, _i64, _i64, _int]
     lib.cl_w8a8_linear.argtypes = [_p, _p, _p, _p, _p, _p, _p, _i64, _i64, _i64, _int]
     lib.cl_w8a8_linear_f32.argtypes = [_p, _f32, _p, _p, _p, _p, _i64, _i64, _i64, _int, _int]
     lib.cl_w8a8_scratch_needed.argtypes = [_i64, _i64]
@@ -362,12 +364,46 @@ def _int_mm_padded(q: torch.Tensor, w_int8: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_per_token_fast(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """core.quant.actquant.quantize_per_token, bit for bit, with fewer temporaries."""
+    """core.quant.actquant.quantize_per_token, bit for bit: int8 codes (M, K) and float32
+    scales (M, 1), in one native pass where it runs, else torch with fewer temporaries."""
+    if native_available():
+        x = _f32c(x2)
+        m, k = x.shape
+        q = torch.empty((m, k), dtype=torch.int8)
+        s = torch.empty((m, 1), dtype=torch.float32)
+        _lib().cl_quantize_rows_i8(
+            x.data_ptr(), m, k, 0.0, q.data_ptr(), s.data_ptr(), _threads(16 * m * k)
+        )
+        return q, s
     x = x2 if x2.dtype == torch.float32 else x2.float()
     scale = torch.linalg.vector_norm(x, float("inf"), dim=-1, keepdim=True).div_(127.0)
     scale = torch.where(scale > 0, scale, 1.0)
     q = torch.div(x, scale).round_().clamp_(-127, 127).to(torch.int8)
     return q, scale
+
+
+def int32_epilogue(
+    acc: torch.Tensor, s: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """float(acc) * s (per row or one) * w_scale (per column) + bias, in ref's order."""
+    m, n = acc.shape
+    ws, b = _f32c(w_scale), _f32c(bias)
+    if native_available() and acc.device.type == "cpu":
+        xs = _f32c(s.reshape(-1).expand(m).contiguous())
+        out = torch.empty((m, n), dtype=torch.float32)
+        _lib().cl_int32_epilogue(
+            acc.contiguous().data_ptr(),
+            xs.data_ptr(),
+            ws.data_ptr(),
+            _ptr(b),
+            out.data_ptr(),
+            m,
+            n,
+            _threads(8 * m * n),
+        )
+        return out
+    y = acc.float().mul_(s).mul_(ws.reshape(1, -1))
+    return y if b is None else y.add_(b)
 
 
 def w8a8_linear_int_mm(
@@ -379,8 +415,8 @@ def w8a8_linear_int_mm(
     x_scale: torch.Tensor | None,
 ) -> torch.Tensor:
     """int8 x int8 -> int32 through ``torch._int_mm`` (oneDNN, VNNI / AMX where the CPU
-    has them): per-token (or static) activation quantization before, and the
-    ``acc * x_scale * w_scale + bias`` epilogue after, in place on the one float buffer."""
+    has them): per-token (or static) activation quantization before (one native pass),
+    and the ``acc * x_scale * w_scale + bias`` epilogue after (one native pass)."""
     if act_mode == "static":
         assert x_scale is not None
         q = quantize_per_tensor_static(x2, x_scale)
@@ -389,6 +425,4 @@ def w8a8_linear_int_mm(
         q, s = quantize_per_token_fast(x2)
     else:
         q, s = quantize_per_token(x2)
-    y = _int_mm_padded(q, w_int8).float()
-    y.mul_(s).mul_(w_scale.float().reshape(1, -1))
-    return y if bias is None else y.add_(bias.float())
+    return int32_epilogue(_int_mm_padded(q, w_int8), s, w_scale, bias)

@@ -52,7 +52,8 @@ inline int64_t k_block(int64_t M, int64_t K) { return M <= SMALL_M ? K : std::mi
 // int16 anyway). With static_scale <= 0: scale[m] = max|x_m| / 127 (1 for an all-zero
 // row). q = round-half-even(x / scale) clamped to [-127, 127]: the arithmetic of
 // ref.quantize_per_token, so both give the same integers.
-void quantize_rows_impl(const float* x, int64_t M, int64_t K, float static_scale, int16_t* q,
+template <typename T>
+void quantize_rows_impl(const float* x, int64_t M, int64_t K, float static_scale, T* q,
                         float* scale, int nt) {
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t m = 0; m < M; ++m) {
@@ -75,7 +76,7 @@ void quantize_rows_impl(const float* x, int64_t M, int64_t K, float static_scale
     }
     scale[m] = s;
     const __m256 sv = _mm256_set1_ps(s);
-    int16_t* qrow = q + m * K;
+    T* qrow = q + m * K;
     int64_t k = 0;
     for (; k + 16 <= K; k += 16) {
       __m256 a = _mm256_div_ps(_mm256_loadu_ps(row + k), sv);
@@ -86,11 +87,16 @@ void quantize_rows_impl(const float* x, int64_t M, int64_t K, float static_scale
       b = _mm256_min_ps(hi, _mm256_max_ps(lo, b));
       __m256i p = _mm256_packs_epi32(_mm256_cvtps_epi32(a), _mm256_cvtps_epi32(b));
       p = _mm256_permute4x64_epi64(p, _MM_SHUFFLE(3, 1, 2, 0));  // packs works per 128-bit lane
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(qrow + k), p);
+      if constexpr (sizeof(T) == 2) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(qrow + k), p);
+      } else {  // int8: pack again (values are in [-127, 127]), take the low byte halves
+        __m256i b8 = _mm256_permute4x64_epi64(_mm256_packs_epi16(p, p), _MM_SHUFFLE(3, 1, 2, 0));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(qrow + k), _mm256_castsi256_si128(b8));
+      }
     }
     for (; k < K; ++k) {
       const float v = std::nearbyint(row[k] / s);
-      qrow[k] = static_cast<int16_t>(std::min(127.0f, std::max(-127.0f, v)));
+      qrow[k] = static_cast<T>(std::min(127.0f, std::max(-127.0f, v)));
     }
   }
 }
@@ -395,11 +401,46 @@ void cl_dequantize_int4(const uint8_t* w, const uint16_t* scale, const uint8_t* 
 }
 
 // Bumped whenever an entry point's meaning or arguments change (cpu.py checks it).
-int cl_abi_version() { return 1; }
+int cl_abi_version() { return 2; }
 
 void cl_quantize_rows(const float* x, int64_t M, int64_t K, float static_scale, int16_t* q,
                       float* scale, int nt) {
   quantize_rows_impl(x, M, K, static_scale, q, scale, nt);
+}
+
+void cl_quantize_rows_i8(const float* x, int64_t M, int64_t K, float static_scale, int8_t* q,
+                         float* scale, int nt) {
+  quantize_rows_impl(x, M, K, static_scale, q, scale, nt);
+}
+
+// The W8A8 epilogue around an int32 GEMM done elsewhere (torch._int_mm):
+// out = float(acc) * xs[m] * ws[n] + bias[n], in that order (as ref.int8_linear), one pass;
+// no multiply-add contraction, so the bits are those of the reference's float32 ops.
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("fp-contract=off")))
+#endif
+void cl_int32_epilogue(const int32_t* acc, const float* xs, const float* ws, const float* bias,
+                       float* out, int64_t M, int64_t N, int nt) {
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t m = 0; m < M; ++m) {
+    const int32_t* a = acc + m * N;
+    float* o = out + m * N;
+    const __m256 sv = _mm256_set1_ps(xs[m]);
+    int64_t n = 0;
+    for (; n + 8 <= N; n += 8) {
+      __m256 v = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + n)));
+      v = _mm256_mul_ps(_mm256_mul_ps(v, sv), _mm256_loadu_ps(ws + n));
+      if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + n));
+      _mm256_storeu_ps(o + n, v);
+    }
+    for (; n < N; ++n) {
+      float v = static_cast<float>(a[n]) * xs[m] * ws[n];
+      o[n] = bias ? v + bias[n] : v;
+    }
+  }
 }
 
 void cl_w8a8_linear(const int16_t* xq, const float* xs, const int8_t* w, const float* ws,
