@@ -11,6 +11,12 @@ For M in 1, 16, 128, 512, 2048 rows and K = N in 1024, 4096 it times one forward
   (``w8a8_path``); each candidate path also gets its own column (``w8a8_<path>_ms``);
 - ``int8_weight_only_ms`` / ``int4_weight_only_ms``: our weight-only decode ops, likewise;
 - ``int_mm_ms``: ``torch._int_mm`` alone on already quantized int8 inputs;
+  ``native_gemm_ms``: our AVX2 integer GEMM alone on already quantized codes;
+- the ceilings, in the same run: ``ceiling_int_ms``, the faster of those two (the
+  integer matmul the machine offers), and ``ceiling_bytes_ms`` (``ceiling_bytes_int4_ms``):
+  one read over a buffer the size of the int8 (int4) weight. Each op is also printed as
+  % of its ceiling (``*_pct_ceiling``): W8A8 of the slower of the two ceilings, the
+  weight-only ops of their weight bytes;
 - ``bnb_int8_ms`` / ``bnb_nf4_ms``: bitsandbytes' LLM.int8() and NF4 layers;
 - ``llm_int8_ms`` / ``bnb_int8_outliers_ms``: our LLM.int8() decomposition and
   bitsandbytes' on the same input with OUTLIER_COLUMNS feature columns scaled up 20x (as
@@ -120,19 +126,28 @@ class Cell:
         int4 = QuantSpec(bits=4, symmetric=False, granularity="group", group_size=128)
         self.w4 = AffineLinear.build(quantize(self.lin.weight, int4), self.lin.bias)
         self.bnb = _bnb_layers(self.lin)
+        # float32 buffers of the int8 / int4 weight's byte size: a sum reads each once
+        self.bytes8 = torch.randn(max(1, n * k // 4))
+        self.bytes4 = torch.randn(max(1, n * k // 8))
         self.fbgemm = _fbgemm(self.lin)
 
     def variants(self, x: torch.Tensor) -> dict[str, Callable[[], object]]:
         w8, w4 = self.w8, self.w4
         xb = x.to(torch.bfloat16)
-        xq, _ = quantize_per_token(x)
-        xq = F.pad(xq, (0, 0, 0, max(0, cpu.INT_MM_MIN_M - xq.shape[0])))
+        xq, xs = quantize_per_token(x)
+        xq16 = xq.to(torch.int16)
+        if not cpu.int_mm_takes_any_shape():
+            xq = F.pad(xq, (0, 0, 0, max(0, cpu.INT_MM_MIN_M - xq.shape[0])))
         wt = w8.w_int8.t()
         out: dict[str, Callable[[], object]] = {
             "fp32": lambda: F.linear(x, self.w),
             "bf16": lambda: F.linear(xb, self.wb),
             "int_mm": lambda: torch._int_mm(xq, wt),
+            "stream_i8": lambda: self.bytes8.sum(),
+            "stream_i4": lambda: self.bytes4.sum(),
         }
+        if cpu.native_available():
+            out["native_gemm"] = lambda: cpu.w8a8_gemm_native(xq16, xs, w8.w_int8, w8.w_scale, None)
 
         def forced(op: str, path: str, call: Callable[[], object]) -> Callable[[], object]:
             def run() -> object:
@@ -217,8 +232,8 @@ def _too_slow(prev_m: int, prev_ms: float, m: int, max_call_s: float) -> bool:
 
 def run(args: argparse.Namespace) -> list[dict]:
     rows: list[dict] = []
-    ms = (1, 16, 128) if args.quick else MS
-    ks = (1024,) if args.quick else KS
+    ms = (1, 16, 128) if args.quick else tuple(args.m or MS)
+    ks = (1024,) if args.quick else tuple(args.k or KS)
     for k in ks:
         cell = Cell(k, k)
         last: dict[str, tuple[int, float]] = {}  # variant -> (M, ms) at the previous M
@@ -255,8 +270,26 @@ def make_row(m: int, k: int, n: int, t: dict[str, float], skipped: list[str]) ->
     for key in ("w8a8_ms", "int_mm_ms"):
         if row.get(key):
             row[key.replace("_ms", "_tops")] = round(macs / (row[key] / 1000) / 1e12, 4)
+    add_ceilings(row)
     row["skipped"] = skipped
     return row
+
+
+def add_ceilings(row: dict) -> None:
+    """ceiling_int_ms, ceiling_bytes_ms, ceiling_bytes_int4_ms and each op's % of its
+    ceiling (100 = as fast as the ceiling allows)."""
+    ints = [row[c] for c in ("int_mm_ms", "native_gemm_ms") if row.get(c)]
+    row["ceiling_int_ms"] = min(ints) if ints else None
+    row["ceiling_bytes_ms"] = row.get("stream_i8_ms")
+    row["ceiling_bytes_int4_ms"] = row.get("stream_i4_ms")
+    ceilings = {
+        "w8a8": max((v for v in (row["ceiling_int_ms"], row["ceiling_bytes_ms"]) if v), default=0),
+        "int8_weight_only": row["ceiling_bytes_ms"],
+        "int4_weight_only": row["ceiling_bytes_int4_ms"],
+    }
+    for name, ceiling in ceilings.items():
+        got = row.get(f"{name}_ms")
+        row[f"{name}_pct_ceiling"] = round(100 * ceiling / got, 2) if ceiling and got else None
 
 
 SHOW = (
@@ -284,6 +317,15 @@ def format_row(row: dict) -> str:
             parts.append(f"{name} skipped" if f"{name}_ms" in row else f"{name} n/a")
         else:
             parts.append(f"{name} {v:.3f}ms ({row[f'{name}_x_fp32']:.2f}x)")
+    ceil = " ".join(
+        f"{name} {row[f'{name}_pct_ceiling']:.0f}%"
+        for name in ("w8a8", "int8_weight_only", "int4_weight_only")
+        if row.get(f"{name}_pct_ceiling") is not None
+    )
+    parts.append(
+        f"ceilings int {row['ceiling_int_ms'] or 0:.3f}ms bytes {row['ceiling_bytes_ms'] or 0:.3f}ms"
+        f" int4-bytes {row['ceiling_bytes_int4_ms'] or 0:.3f}ms: {ceil}"
+    )
     paths = "/".join(row[c.replace("_ms", "_path")] for _, c in OP_COLUMNS.values())
     tops = row.get("w8a8_tops")
     parts.append(f"paths {paths}" + (f", w8a8 {tops:.3f} TOPS" if tops else ""))
@@ -322,6 +364,8 @@ def main() -> None:
     p.add_argument("--json", action="store_true", help="last line: a JSON list of rows")
     p.add_argument("--quick", action="store_true", help="M in 1, 16, 128 and K = 1024 only")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds after the warm-up")
+    p.add_argument("--m", type=int, action="append", help="an M to time (repeatable)")
+    p.add_argument("--k", type=int, action="append", help="a K = N to time (repeatable)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument(
         "--max-call-s", type=float, default=2.0, help="skip a variant predicted slower than this"

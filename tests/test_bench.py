@@ -17,6 +17,12 @@ def test_int8_gemm_row_has_every_column_and_the_llm_int8_comparison() -> None:
     for key in ("fp32_ms", "w8a8_ms", "int8_weight_only_ms", "int4_weight_only_ms", "llm_int8_ms"):
         assert row[key] > 0, key
     assert row["w8a8_path"] in int8_gemm.CANDIDATES["int8_linear"]
+    # the ceilings, timed in the same round
+    assert row["ceiling_int_ms"] > 0 and row["ceiling_bytes_ms"] > 0
+    assert row["ceiling_int_ms"] <= row["int_mm_ms"]
+    for name in ("w8a8", "int8_weight_only", "int4_weight_only"):
+        assert row[f"{name}_pct_ceiling"] is not None, name
+    assert "ceilings int" in int8_gemm.format_row(row)
     # outlier features: the decomposition keeps the error at int8 level
     assert 0 < row["llm_int8_rel_err"] < 0.02
     if "bnb_int8_outliers_rel_err" in row:
