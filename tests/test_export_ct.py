@@ -4,7 +4,6 @@ the CPU (compressed-tensors 0.20.0 installed), whose logits match our model's.""
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -265,12 +264,10 @@ def _insert_job(db_url: str, result: dict | None) -> int:
 
 
 def _run(argv: list[str]) -> int:
-    from workers.export import add_parser
+    """``python -m workers ...`` through the CLI's own entry point."""
+    from workers.cli import main
 
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers(dest="cmd"))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)
 
 
 def _saved(step: dict, folder: Path) -> Path:

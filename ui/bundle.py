@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from db import queue
 from db.models import SUCCEEDED, Job, LayerStat
+from runs import catalogue as cat
 from runs.records import RunResult
 
 BUNDLE_FORMAT = "compresslab-bundle"
@@ -162,29 +163,33 @@ def _of_type(d: dict[str, Any], key: str, path: str, kind: type, what: str) -> N
         raise _Bad(f"{path}{key}", what)
 
 
-# RunResult's fields by kind; every other number in a result need only be finite.
-_RESULT_TEXT = ("model_note", "saved_model")
-_RESULT_LISTS = ("nominal_bits", "kernel_paths")
+# Bounds beyond "a finite number >= 0"; every field's kind comes from the catalogue.
 _RESULT_BOUNDS: dict[str, tuple[float, float]] = {
-    "top1_agreement": (0.0, 1.0),
-    "kl_to_baseline": (-0.01, math.inf),  # a baseline's KL to itself may round below 0
+    cat.TOP1_AGREEMENT.key: (0.0, 1.0),
+    cat.KL_TO_BASELINE.key: (-0.01, math.inf),  # a baseline's KL to itself may round below 0
 }
+
+
+def _check_result_field(result: dict[str, Any], key: str) -> None:
+    metric = cat.lookup(key)
+    kind = metric.kind if metric else "number"
+    if kind == "text":
+        _text(result, key, "result.", 4096)
+    elif kind == "list":
+        _of_type(result, key, "result.", list, "a list")
+    elif kind == "flag":
+        _of_type(result, key, "result.", bool, "true or false")
+    else:
+        _number(result, key, "result.", *_RESULT_BOUNDS.get(key, (0.0, math.inf)))
 
 
 def _check_result(result: dict[str, Any]) -> None:
     for f in dataclasses.fields(RunResult):
-        if f.name == "extra":
-            continue
-        if f.name in _RESULT_TEXT:
-            _text(result, f.name, "result.", 4096)
-        elif f.name in _RESULT_LISTS:
-            _of_type(result, f.name, "result.", list, "a list")
-        elif f.name == "smaller_but_slower":
-            _of_type(result, f.name, "result.", bool, "true or false")
-        else:
-            _number(result, f.name, "result.", *_RESULT_BOUNDS.get(f.name, (0.0, math.inf)))
-    for i, b in enumerate(result.get("nominal_bits") or []):
-        _number({"b": b}, "b", f"result.nominal_bits[{i}]", 0.0, 64.0)
+        if f.name != "extra":
+            _check_result_field(result, f.name)
+    bits_key = cat.NOMINAL_BITS.key
+    for i, b in enumerate(result.get(bits_key) or []):
+        _number({"b": b}, "b", f"result.{bits_key}[{i}]", 0.0, 64.0)
 
 
 def _check_layers(layers: Any) -> None:
@@ -365,7 +370,7 @@ def _add_run(s: Session, r: dict[str, Any], owner: str) -> int:
 
 
 def _without_path(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in result.items() if k != "saved_model"}
+    return {k: v for k, v in result.items() if k != cat.SAVED_MODEL.key}
 
 
 def runs_csv(df: pd.DataFrame) -> bytes:

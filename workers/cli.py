@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from workers import export as export_cmd
 from workers import gc as gc_cmd
 from workers import users as users_cmd
 
@@ -35,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     _serve_parsers(sub)
     gc_cmd.add_parser(sub)
     users_cmd.add_parser(sub)
+    export_cmd.add_parser(sub)
 
     r = sub.add_parser("run", help="run one job now, record it, print the result")
     r.add_argument("--model", required=True, help="'demo', a local folder, or a hub id")
@@ -356,6 +358,7 @@ COMMANDS = {
     "list-methods": cmd_list_methods,
     "gc": gc_cmd.run_gc,
     "users": users_cmd.run_users,
+    "export": export_cmd.run_export,
 }
 
 

@@ -48,7 +48,9 @@ def _job(db_url: str | None, run_id: int) -> Any:
 
 
 def _saved_folder(job: Any) -> Path:
-    saved = job.result.get("saved_model")
+    from runs.catalogue import SAVED_MODEL
+
+    saved = job.result.get(SAVED_MODEL.key)
     if not saved:
         raise ExportRefused(
             f"run {job.id} kept no model (queue it with its model kept to export it)"
