@@ -249,3 +249,32 @@ def test_eval_settings_end_in_a_value_error_or_a_spec(ev: dict[str, Any]) -> Non
         assert "\n" not in str(e)
     else:
         assert spec.eval.eval_tokens <= 2**19
+
+
+# --- query parameters ------------------------------------------------------------------
+
+
+@_examples(500)
+@given(st.text(max_size=1200) | st.from_regex(r"[0-9²³¹٣, x-]{0,60}", fullmatch=True))
+def test_query_ids_yield_few_small_ascii_ids(value: str) -> None:
+    from ui.shell import MAX_QUERY_IDS, query_ids
+
+    ids = query_ids(value)
+    assert len(ids) <= MAX_QUERY_IDS and len(set(ids)) == len(ids)
+    assert all(isinstance(i, int) and 0 <= i < 10**12 for i in ids)
+    assert all(str(i) in value for i in ids)
+
+
+@pytest.mark.parametrize("value", ["²", "1,²,3", "9" * 12, "-1", "1e3", "٣", "x" * 5000, ""])
+def test_run_and_outlier_pages_survive_hostile_run_parameters(db_url, value: str) -> None:
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    app = str(Path(__file__).resolve().parent.parent / "app.py")
+    for page in ("app_pages/run.py", "app_pages/outliers.py"):
+        at = AppTest.from_file(app, default_timeout=90)
+        at.run()
+        at.query_params["run"] = value
+        at.switch_page(page).run()
+        assert not at.exception, (page, value, [e.message for e in at.exception])
