@@ -17,6 +17,7 @@ from typing import Any
 
 from workers import export as export_cmd
 from workers import gc as gc_cmd
+from workers import tune as tune_cmd
 from workers import users as users_cmd
 
 
@@ -37,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     gc_cmd.add_parser(sub)
     users_cmd.add_parser(sub)
     export_cmd.add_parser(sub)
+    tune_cmd.add_parser(sub)
 
     r = sub.add_parser("run", help="run one job now, record it, print the result")
     r.add_argument("--model", required=True, help="'demo', a local folder, or a hub id")
@@ -359,6 +361,7 @@ COMMANDS = {
     "gc": gc_cmd.run_gc,
     "users": users_cmd.run_users,
     "export": export_cmd.run_export,
+    "tune-kernels": tune_cmd.run_tune,
 }
 
 
