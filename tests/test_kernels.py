@@ -282,6 +282,17 @@ def test_dispatch_table_lookup_and_fallbacks(monkeypatch: pytest.MonkeyPatch) ->
         ops.choose_cpu_path("int8_linear", 1, 64)
 
 
+def test_heuristic_sends_w8a8_batches_to_int_mm_only_with_int8_dot_products(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ops, "int_mm_has_int8_dot", lambda: True)
+    assert ops.heuristic_path("int8_linear", 128, 4096) == "int_mm"
+    assert ops.heuristic_path("int8_linear", 1, 4096) != "int_mm"
+    assert ops.heuristic_path("int8_weight_only_linear", 128, 4096) != "int_mm"
+    monkeypatch.setattr(ops, "int_mm_has_int8_dot", lambda: False)
+    assert ops.heuristic_path("int8_linear", 128, 4096) != "int_mm"
+
+
 def test_checked_in_dispatch_table_names_real_paths() -> None:
     data = ops.load_dispatch_table()
     if data is None:

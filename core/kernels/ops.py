@@ -27,6 +27,7 @@ which of those chose it (:func:`path_log`), so a run can say what really execute
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -195,9 +196,22 @@ def m_bucket(m: int) -> int:
     return M_BUCKETS[-1]
 
 
+INT_MM_HEURISTIC_MIN_M = 16  # below, our kernel's lower call overhead wins (measured)
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+@functools.cache
+def int_mm_has_int8_dot() -> bool:
+    """Whether oneDNN (torch._int_mm) has int8 dot-product instructions here."""
+    return any(f in cpu.cpu_flags() for f in INT8_DOT_FLAGS)
+
+
 def heuristic_path(op: str, m: int, k: int) -> str:
-    """Used where no measured table describes this CPU: integer kernels for the shapes
-    where they stream fewer bytes, float BLAS where the weights are reused many times."""
+    """Used where no measured table describes this CPU: torch._int_mm for W8A8 batches on
+    CPUs with int8 dot products (VNNI / AMX), integer kernels for the shapes where they
+    stream fewer bytes, float BLAS where the weights are reused many times."""
+    if op == "int8_linear" and m >= INT_MM_HEURISTIC_MIN_M and int_mm_has_int8_dot():
+        return "int_mm"
     if not cpu.native_available():
         return "dequant"
     if op == "int8_linear":

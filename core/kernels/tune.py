@@ -129,22 +129,25 @@ def _op_args(op: str, m: int, k: int, n: int) -> tuple:
     return (x, packed, scale, zero, group, None)
 
 
-def time_call(fn: Callable[[], object], deadline: float, repeats: int = 3) -> float:
-    """Best of up to ``repeats`` timed calls after one warm-up, in ms (one timed call for
-    slow ones; stops at the deadline)."""
+def time_paths(fns: dict[str, Callable[[], object]], deadline: float, repeats: int = 3) -> dict:
+    """Best of up to ``repeats`` timed calls of each, in ms, after one warm-up each; the
+    paths take turns within a round, so a burst of load from elsewhere slows them alike.
+    Slow cells (a warm-up above SLOW_CALL_S) get one round; stops at the deadline."""
+    times: dict[str, list[float]] = {p: [] for p in fns}
     with torch.no_grad():
         t0 = time.perf_counter()
-        fn()
-        if time.perf_counter() - t0 > SLOW_CALL_S:
-            repeats = 1
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
+        for fn in fns.values():
             fn()
-            times.append(time.perf_counter() - t0)
+        if time.perf_counter() - t0 > SLOW_CALL_S * len(fns):
+            repeats = 1
+        for _ in range(repeats):
+            for p, fn in fns.items():
+                t1 = time.perf_counter()
+                fn()
+                times[p].append(time.perf_counter() - t1)
             if time.perf_counter() > deadline:
                 break
-    return min(times) * 1000
+    return {p: min(v) * 1000 for p, v in times.items()}
 
 
 def tune_op(
@@ -169,7 +172,7 @@ def tune_op(
             size = m * cell_n(m, k, n)
             args = _op_args(op, m, k, cell_n(m, k, n))
             alive = {p: f for p, f in paths.items() if not _drop(last, p, size)}
-            t = {p: time_call(lambda f=f, a=args: f(*a), deadline) for p, f in alive.items()}
+            t = time_paths({p: (lambda f=f, a=args: f(*a)) for p, f in alive.items()}, deadline)
             best = min(t, key=t.__getitem__)
             rules.append(
                 {"m": m, "k": k, "path": best, "ms": {p: round(v, 4) for p, v in t.items()}}
