@@ -66,6 +66,10 @@ def test_a_table_for_another_machine_is_ignored(
     other = {**tune.machine_key(), "cpu": "Some Other CPU"}
     assert tune.load_tuned(path, key=other) is None  # same file read for another key
     stored = json.loads(path.read_text())
+    stored["version"] = tune.TABLE_VERSION - 1  # measured by an older tuner: ignored
+    path.write_text(json.dumps(stored))
+    assert tune.load_tuned() is None
+    stored["version"] = tune.TABLE_VERSION
     stored["key"]["torch"] = "0.0.0"  # stale: written under another torch
     path.write_text(json.dumps(stored))
     ops.forget_tuned_table()

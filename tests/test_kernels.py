@@ -220,6 +220,7 @@ def test_int32_epilogue_native_equals_torch_bit_for_bit(
     s, ws = torch.rand(5, 1, generator=g), torch.rand(37, generator=g)
     b = torch.randn(37, generator=g) if bias else None
     got = cpu.int32_epilogue(acc, s, ws, b)
+    assert torch.equal(cpu.int32_epilogue(acc.clone(), s, ws, b, in_place=True), got)
     monkeypatch.setattr(cpu, "native_available", lambda: False)
     assert torch.equal(got, cpu.int32_epilogue(acc, s, ws, b))
     assert torch.equal(

@@ -383,16 +383,24 @@ def quantize_per_token_fast(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 def int32_epilogue(
-    acc: torch.Tensor, s: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None
+    acc: torch.Tensor,
+    s: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_place: bool = False,
 ) -> torch.Tensor:
-    """float(acc) * s (per row or one) * w_scale (per column) + bias, in ref's order."""
+    """float(acc) * s (per row or one) * w_scale (per column) + bias, in ref's order;
+    ``in_place``: the result reuses acc's memory (acc is consumed)."""
     m, n = acc.shape
     ws, b = _f32c(w_scale), _f32c(bias)
     if native_available() and acc.device.type == "cpu":
         xs = _f32c(s.reshape(-1).expand(m).contiguous())
-        out = torch.empty((m, n), dtype=torch.float32)
+        acc = acc.contiguous()
+        # in place: each float32 result overwrites the int32 sum it came from (same size),
+        # so no second (M, N) buffer is allocated and first touched
+        out = acc.view(torch.float32) if in_place else torch.empty((m, n), dtype=torch.float32)
         _lib().cl_int32_epilogue(
-            acc.contiguous().data_ptr(),
+            acc.data_ptr(),
             xs.data_ptr(),
             ws.data_ptr(),
             _ptr(b),
@@ -425,4 +433,5 @@ def w8a8_linear_int_mm(
         q, s = quantize_per_token_fast(x2)
     else:
         q, s = quantize_per_token(x2)
-    return int32_epilogue(_int_mm_padded(q, w_int8), s, w_scale, bias)
+    acc = _int_mm_padded(q, w_int8)
+    return int32_epilogue(acc, s, w_scale, bias, in_place=acc.is_contiguous())

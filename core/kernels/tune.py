@@ -33,7 +33,7 @@ from core.kernels import cpu
 
 TUNE_M = (1, 16, 128, 512, 2048)  # the dispatch's M buckets
 TUNE_K = (1024, 4096)  # K buckets: a cell serves every K up to its own
-TUNE_N = 1024  # output width timed: weights of 1-4 MiB, larger than L2
+TUNE_N = 4096  # output width timed: weights of 4-16 MiB, as LLM layers (beyond L2)
 MAX_MACS = 1 << 31  # big cells time fewer output columns (compute-bound there anyway)
 BUDGET_S = 4.0  # per op
 SLOW_FACTOR = 3.0  # a path this much slower than the best ...
@@ -41,7 +41,7 @@ SLOW_CALL_S = 0.05  # ... and predicted slower than this is not timed at larger 
 NO_AUTOTUNE_ENV = "COMPRESSLAB_NO_AUTOTUNE"
 DATA_ENV = "COMPRESSLAB_DATA"
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # bumped when what is timed changes: older tables are measured again
 
 
 def autotune_enabled() -> bool:
@@ -90,6 +90,8 @@ def load_tuned(path: Path | None = None, key: dict | None = None) -> dict | None
     except (OSError, json.JSONDecodeError):
         return None
     if not isinstance(data, dict) or data.get("key") != key or "rules" not in data:
+        return None
+    if data.get("version") != TABLE_VERSION:
         return None
     return data
 
