@@ -138,3 +138,15 @@ def test_tune_kernels_command(data: Path, capsys: pytest.CaptureFixture[str]) ->
     assert set(json.loads(tune.table_file().read_text())["rules"]) == {"int8_linear"}
     args = parser.parse_args(["tune-kernels", "--budget-s", "0"])
     assert args.func(args) == 2
+
+
+def test_background_tuning_measures_missing_ops_once(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert ops.tune_in_background() is None  # auto-tuning off (conftest)
+    monkeypatch.setenv("COMPRESSLAB_NO_AUTOTUNE", "0")
+    thread = ops.tune_in_background(("int8_linear",))
+    assert thread is not None
+    thread.join(timeout=30)
+    assert set(json.loads(tune.table_file().read_text())["rules"]) == {"int8_linear"}
+    assert ops.tune_in_background(("int8_linear",)) is None  # already measured

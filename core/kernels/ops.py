@@ -10,7 +10,9 @@ per-device implementations that pick a path per shape:
 Paths that compute the same function (see core/kernels/ref.py) and where they run:
 
 - ``native``: our AVX2 C++ (core/kernels/int8_cpu.cpp), integer GEMM / streamed weights.
-- ``int_mm``: ``torch._int_mm`` (oneDNN / MKL; fast only with VNNI or AMX).
+- ``int_mm``: W8A8 only: ``torch._int_mm`` (oneDNN; fast only with VNNI or AMX) between
+  our one-pass native per-token quantization and one-pass dequantize + bias epilogue
+  (written over the int32 sums); exact int32 sums, bit-identical epilogue.
 - ``dequant``: float emulation: integers turned back into float32 (by our C++ in one
   pass where it runs, else by torch) and one BLAS call. Exact up to float32 rounding;
   no integer math runs. Best where the weights are reused by many rows.
@@ -351,6 +353,19 @@ def tune_ops(
             log.warning("could not store the tuned kernel table: %s", e)
         _TUNED, _TUNED_LOADED = table, True
     return table
+
+
+def tune_in_background(names: tuple[str, ...] = OPS) -> threading.Thread | None:
+    """Tune the ops not yet measured here in a daemon thread (a worker calls this at
+    start so no job pays for tuning); None where there is nothing to do or auto-tuning
+    is off. Ops used meanwhile wait for the table (one lock) instead of tuning twice."""
+    table = tuned_table()
+    missing = [op for op in names if table is None or op not in table["rules"]]
+    if not missing or not tune.autotune_enabled():
+        return None
+    thread = threading.Thread(target=tune_ops, args=(missing,), name="tune-kernels", daemon=True)
+    thread.start()
+    return thread
 
 
 # ---------------------------------------------------------------- the path log
