@@ -150,3 +150,17 @@ def test_background_tuning_measures_missing_ops_once(
     thread.join(timeout=30)
     assert set(json.loads(tune.table_file().read_text())["rules"]) == {"int8_linear"}
     assert ops.tune_in_background(("int8_linear",)) is None  # already measured
+
+
+def test_tables_from_two_processes_merge(data: Path) -> None:
+    ops.tune_ops(["int8_linear"], budget_s=5.0)
+    path = tune.table_file()
+    theirs = path.read_text()
+    path.unlink()
+    ops.forget_tuned_table()
+    ours = ops.tune_ops(["int8_weight_only_linear"], budget_s=5.0)  # this process: wo8 only
+    assert set(ours["rules"]) == {"int8_weight_only_linear"}
+    path.write_text(theirs)  # another process stored int8_linear meanwhile
+    table = ops.tune_ops(["int8_weight_only_linear"])  # nothing to measure; saves merged
+    assert set(table["rules"]) == {"int8_linear", "int8_weight_only_linear"}
+    assert set(json.loads(path.read_text())["rules"]) == set(table["rules"])

@@ -347,6 +347,9 @@ def tune_ops(
                 t0 = time.perf_counter()
                 table["rules"][op] = tune.tune_op(op, tuning_paths(op), budget_s)
                 log.info("tuned %s in %.1fs", op, time.perf_counter() - t0)
+        on_disk = tune.load_tuned()  # another process may have measured other ops
+        for op, rules in (on_disk or {}).get("rules", {}).items():
+            table["rules"].setdefault(op, rules)
         try:
             tune.save_tuned(table)
         except OSError as e:
