@@ -17,6 +17,7 @@ from pathlib import Path
 
 from core.data import DataError, TextSet, get_text_set, text_set_from_text
 from core.errors import Cancelled, ModelLoadError
+from core.kernels.ops import tune_in_background
 from core.registry import ConfigError
 from db import queue
 from db.models import CANCELLED, FAILED, SUCCEEDED, Job
@@ -266,6 +267,7 @@ class Runner:
         stop = stop or threading.Event()
         self.register()
         remove_stale_temps([self.cache_dir, self.models_dir])  # a killed job's partial files
+        tune_in_background()  # kernel paths timed on this machine before a job needs them
         done = 0
         try:
             while not stop.is_set() and (max_jobs is None or done < max_jobs):
