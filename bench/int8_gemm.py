@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -56,6 +55,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.kernels import cpu, ops  # noqa: E402
+from core.kernels.tune import cpu_model  # noqa: E402
 from core.quant.actquant import quantize_per_token  # noqa: E402
 from core.quant.rtn import QuantSpec, quantize  # noqa: E402
 from core.storage import AffineLinear, LLMInt8Linear, W8A8Linear  # noqa: E402
@@ -73,16 +73,6 @@ CANDIDATES = {  # paths that compute the same function (ref: float64, never a co
     "int8_weight_only_linear": ("native", "dequant"),
     "int4_weight_only_linear": ("native", "dequant"),
 }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _bnb_layers(lin: nn.Linear) -> dict[str, nn.Module]:
@@ -386,7 +376,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     meta = {
-        "cpu": cpu_name(),
+        "cpu": cpu_model(),
         "isa": ops.cpu_description(),
         "native_kernels": cpu.native_available(),
         "threads": torch.get_num_threads(),

@@ -24,6 +24,7 @@ from torch import nn
 
 from core import hub
 from core.errors import ModelLoadError
+from core.paths import data_dir
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,6 @@ ZOO_DIR = Path(__file__).resolve().parent / "zoo"  # the bundled models
 DEMO_DIR = ZOO_DIR / "demo"
 AUTH_ENV = "COMPRESSLAB_AUTH"  # none | password | proxy (read here, set up elsewhere)
 ROOTS_ENV = "COMPRESSLAB_MODEL_ROOTS"
-DATA_ENV = "COMPRESSLAB_DATA"  # the data folder, as db.session reads it
-DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 FOLDER_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")  # a path, never a hub id
 # A hub id: "name" or "org/name" of letters, digits, "-", "_", "."; no "--" or "..".
 HUB_ID_RE = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$", re.ASCII)
@@ -231,7 +230,7 @@ def model_roots() -> list[Path]:
     """The folders local models may come from in a team mode, resolved (realpath)."""
     raw = [r.strip() for r in os.environ.get(ROOTS_ENV, "").split(os.pathsep) if r.strip()]
     if not raw:
-        raw = [os.environ.get(DATA_ENV, "").strip() or str(DEFAULT_DATA_DIR), str(ZOO_DIR)]
+        raw = [str(data_dir()), str(ZOO_DIR)]
     return [Path(os.path.realpath(Path(r).expanduser())) for r in raw]
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from core.kernels import cpu
+from core.paths import data_dir
 
 TUNE_M = (1, 16, 128, 512, 2048)  # the dispatch's M buckets
 TUNE_K = (1024, 4096)  # K buckets: a cell serves every K up to its own
@@ -39,18 +40,11 @@ BUDGET_S = 4.0  # per op
 SLOW_FACTOR = 3.0  # a path this much slower than the best ...
 SLOW_CALL_S = 0.05  # ... and predicted slower than this is not timed at larger M
 NO_AUTOTUNE_ENV = "COMPRESSLAB_NO_AUTOTUNE"
-DATA_ENV = "COMPRESSLAB_DATA"
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 TABLE_VERSION = 2  # bumped when what is timed changes: older tables are measured again
 
 
 def autotune_enabled() -> bool:
     return os.environ.get(NO_AUTOTUNE_ENV, "").lower() not in {"1", "true", "yes"}
-
-
-def data_dir() -> Path:
-    """The app's data folder as db.session.data_dir finds it (core does not import db)."""
-    return Path(os.environ.get(DATA_ENV, REPO_ROOT / "data")).expanduser()
 
 
 def cpu_model() -> str:
