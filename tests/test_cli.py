@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.tiny import workers_cli
+
 JSON_KEYS = {
     "run_id",
     "status",
@@ -28,15 +27,7 @@ JSON_KEYS = {
 
 
 def _cli(*args: str, db_url: str, data: Path) -> subprocess.CompletedProcess:
-    env = os.environ | {"DATABASE_URL": db_url, "COMPRESSLAB_DATA": str(data)}
-    return subprocess.run(
-        [sys.executable, "-m", "workers", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return workers_cli(*args, env={"DATABASE_URL": db_url, "COMPRESSLAB_DATA": str(data)})
 
 
 @pytest.mark.parametrize(

@@ -10,12 +10,11 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.tiny import workers_cli
 
 
 def _run(tmp: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -27,14 +26,7 @@ def _run(tmp: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
         "COMPRESSLAB_AUTH": "none",
     }
     clean = {k: v for k, v in os.environ.items() if k != "COMPRESSLAB_MODEL_ROOTS"}
-    return subprocess.run(
-        [sys.executable, "-m", "workers", "run", *args],
-        cwd=ROOT,
-        env=clean | base | env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return workers_cli("run", *args, env=base | env, base=clean)
 
 
 def _one_error_line(p: subprocess.CompletedProcess) -> str:

@@ -11,17 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.calib import CalibSettings
 from core.data import get_text_set
-from core.metrics import EvalSettings, LogprobStore
+from core.metrics import LogprobStore
 from core.models import byte_tokenizer, tiny_llama
-from core.recipe import parse_recipe, recipe_from_steps
+from core.recipe import recipe_from_steps
 from core.registry import ConfigError
 from core.save import QUANT_CONFIG, SaveError, archive, load_compressed, save_compressed
 from core.walk import apply_recipe
 from runs.pipeline import run_job
 from runs.preflight import MAX_DATA_ENV, check_cache_quota, data_bytes, quota_problem
 from runs.spec import JobSpec
+from tests.tiny import tiny_spec
 from workers import gc
 
 NOW = 1_800_000_000.0
@@ -173,15 +173,7 @@ def test_a_new_baseline_cache_over_the_quota_is_refused_with_the_numbers(
 
 
 def _spec(save: bool) -> JobSpec:
-    r = parse_recipe("rtn-int8")
-    return JobSpec(
-        model="tiny-random",
-        recipe=r.to_list(),
-        recipe_name=r.name,
-        eval=EvalSettings(ctx=32, eval_tokens=64, prompt_len=8, decode_tokens=2, repeats=1),
-        calib_settings=CalibSettings(n_samples=2, seq_len=32),
-        save_model=save,
-    )
+    return tiny_spec(save_model=save)
 
 
 def test_a_kept_model_over_the_quota_is_not_saved_and_the_notes_say_why(

@@ -6,15 +6,12 @@ allowed, given before any expensive work."""
 from __future__ import annotations
 
 import io
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from core.calib import CalibSettings
 from core.data import DataError, TextSet, get_text_set, text_from_upload
 from core.metrics import EvalSettings
 from core.recipe import MAX_PATTERN_CHARS, NAMED_RECIPES, parse_recipe, recipe_from_steps
@@ -24,24 +21,14 @@ from runs.preflight import MAX_CACHE_ENV
 from runs.sensitivity import MAX_SENSITIVITY_JOBS, Unit, sensitivity_recipes
 from runs.spec import JobSpec, build_spec, steps_from_json
 from runs.sweep import parse_sweep_arg
+from tests.tiny import tiny_spec, workers_cli
 
-ROOT = Path(__file__).resolve().parent.parent
 RTN8 = {"method": "rtn", "bits": 8}
 
 
 def _cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    env = os.environ | {
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}",
-        "COMPRESSLAB_DATA": str(tmp_path),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "workers", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", "COMPRESSLAB_DATA": str(tmp_path)}
+    return workers_cli(*args, env=env)
 
 
 def _one_error_line(p: subprocess.CompletedProcess, message: str) -> None:
@@ -168,15 +155,7 @@ def _must_not_load(*args: object, **kwargs: object) -> None:
 
 
 def _small_spec(**kw: object) -> JobSpec:
-    r = parse_recipe("rtn-int8")
-    return JobSpec(
-        model="tiny-random",
-        recipe=r.to_list(),
-        recipe_name=r.name,
-        eval=EvalSettings(ctx=32, eval_tokens=64, prompt_len=8, decode_tokens=2, repeats=1),
-        calib_settings=CalibSettings(n_samples=2, seq_len=32),
-        **kw,  # type: ignore[arg-type]
-    )
+    return tiny_spec(**kw)
 
 
 def test_baseline_cache_over_the_cap_is_refused_with_the_numbers(monkeypatch, tmp_path) -> None:

@@ -10,29 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from core.calib import CalibSettings
 from core.data import get_text_set
-from core.metrics import EvalSettings
-from core.recipe import parse_recipe
 from runs import catalogue as cat
 from runs.pipeline import STAGE_FUNCTIONS, run_job
 from runs.progress import STAGES, StageProgress, stage_spans
 from runs.records import LayerRow, RunResult, bits_label
 from runs.spec import JobSpec
+from tests.tiny import tiny_spec
 
 V0_DB = Path(__file__).resolve().parent / "data" / "compresslab_v0.db.gz"
 NAMES = ("load", "baseline", "calibrate", "compress", "evaluate", "measure speed", "store")
 
 
 def _spec(recipe: str) -> JobSpec:
-    r = parse_recipe(recipe)
-    return JobSpec(
-        model="tiny-random",
-        recipe=r.to_list(),
-        recipe_name=r.name,
-        eval=EvalSettings(ctx=32, eval_tokens=64, prompt_len=8, decode_tokens=2, repeats=1),
-        calib_settings=CalibSettings(n_samples=2, seq_len=32),
-    )
+    return tiny_spec(recipe)
 
 
 def test_the_stages_are_declared_once_with_weights_summing_to_one() -> None:
