@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.errors import Cancelled
+from core.paths import temp_path
 from core.storage import CompressedLinear, module_storage_bytes
 
 MAX_EVAL_TOKENS = 2**19  # 524288: a full WikiText-2 test split fits (about 300k tokens)
@@ -121,12 +122,9 @@ class LogprobStore:
     def exists(self) -> bool:
         return self.path.is_file() and self.path.with_suffix(".json").is_file()
 
-    def _temp_name(self, suffix: str) -> Path:
-        return self.path.with_name(f"{self.path.stem}.{os.getpid()}.{os.urandom(4).hex()}{suffix}")
-
     def writer(self) -> np.memmap:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self._temp_name(".f16.tmp")
+        self._tmp = temp_path(self.path)
         return np.memmap(self._tmp, np.float16, "w+", shape=self.shape)
 
     def commit(self, mm: np.memmap, summary: dict) -> None:
@@ -134,7 +132,7 @@ class LogprobStore:
         mm.flush()
         os.replace(self._tmp, self.path)
         self._tmp = None
-        tmp_json = self._temp_name(".json.tmp")
+        tmp_json = temp_path(self.path.with_suffix(".json"))
         tmp_json.write_text(json.dumps(summary))
         os.replace(tmp_json, self.path.with_suffix(".json"))
 
@@ -145,7 +143,7 @@ class LogprobStore:
             self._tmp = None
 
     def stale_temps(self) -> list[Path]:
-        return sorted(self.path.parent.glob(f"{self.path.stem}.*.tmp"))
+        return sorted(self.path.parent.glob(f".{self.path.stem}.*.tmp"))
 
     @contextmanager
     def locked(

@@ -1,5 +1,5 @@
-"""Where the app's data folder is, as ``db.session.data_dir`` finds it (core does not import
-db): ``$COMPRESSLAB_DATA``, else ``data/`` beside the code."""
+"""Where the app's files go: the data folder, as ``db.session.data_dir`` finds it (core does
+not import db), and the one naming scheme of temporary files that ``workers.gc`` cleans."""
 
 from __future__ import annotations
 
@@ -13,3 +13,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def data_dir() -> Path:
     """The data folder (not created here)."""
     return Path(os.environ.get(DATA_ENV, "").strip() or REPO_ROOT / "data").expanduser()
+
+
+def temp_path(target: Path, suffix: str = "") -> Path:
+    """A temporary name beside ``target`` that names its writer's process:
+    ``.<name>.<pid>.<random>[suffix].tmp``. A cleaner removes such a name only when that
+    process is gone or the entry is old (see ``workers.gc``)."""
+    return target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}{suffix}.tmp")

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from core.models import LoadedModel, content_hash, linearize_conv1d
+from core.paths import temp_path
 from core.recipe import Recipe
 from core.storage import CompressedLinear
 from core.storage.legacy import LEGACY_VERSION, LegacyLayoutError, convert_legacy
@@ -95,13 +96,6 @@ def _unshared_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         seen[key] = k
         out[k] = t.detach().contiguous().cpu()
     return out
-
-
-def temp_path(target: Path, suffix: str = "") -> Path:
-    """A temporary name beside ``target`` that names its writer's process:
-    ``.<name>.<pid>.<random>[suffix].tmp``. A cleaner removes such a name only when that
-    process is gone or the entry is old (see ``workers.gc``)."""
-    return target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}{suffix}.tmp")
 
 
 def save_compressed(

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.save import temp_path
+from core.paths import temp_path
 from core.storage import AffineLinear, CompressedLinear, FP8Linear, W8A8Linear
 
 QUANT_METHOD = "compressed-tensors"
