@@ -634,6 +634,12 @@ def get_text(sf: Factory, name: str) -> TextBlob | None:
         return s.get(TextBlob, name)
 
 
+def text_exists(sf: Factory) -> Callable[[str], bool]:
+    """The job builder's upload check (``runs.spec.build_spec(text_exists=...)``) against
+    this database: whether an uploaded text set is stored here."""
+    return lambda name: get_text(sf, name) is not None
+
+
 def list_texts(sf: Factory) -> list[TextBlob]:
     with sf() as s:
         return list(s.scalars(select(TextBlob).order_by(TextBlob.created_at.desc())))

@@ -7,7 +7,6 @@ text is stored, and the queue.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from core.calib import CalibSettings
@@ -29,11 +28,6 @@ __all__ = [
 ]
 
 
-def text_exists(sf: queue.Factory) -> Callable[[str], bool]:
-    """Whether an uploaded text set is stored in this database."""
-    return lambda name: queue.get_text(sf, name) is not None
-
-
 def build_spec(
     sf: queue.Factory,
     model: str,
@@ -49,7 +43,7 @@ def build_spec(
     return run_spec.build_spec(
         model,
         steps,
-        text_exists=text_exists(sf),
+        text_exists=queue.text_exists(sf),
         recipe_name=recipe_name,
         calib=calib,
         eval_set=eval_set,

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from db.queue import text_exists
 from workers import export as export_cmd
 from workers import gc as gc_cmd
 from workers import tune as tune_cmd
@@ -114,13 +115,6 @@ def runner_options(args: argparse.Namespace) -> dict[str, float]:
     """Runner keyword arguments given on the command line (the rest keep their defaults)."""
     names = {"job_timeout": "job_timeout_s", "stale_s": "stale_s", "heartbeat_s": "heartbeat_s"}
     return {kw: v for a, kw in names.items() if (v := getattr(args, a, None)) is not None}
-
-
-def text_exists(sf: Any) -> Callable[[str], bool]:
-    """Whether an uploaded text set is stored in the database ``sf`` opens."""
-    from db import queue
-
-    return lambda name: queue.get_text(sf, name) is not None
 
 
 def build_spec(args: argparse.Namespace, exists: Callable[[str], bool]) -> tuple[Any, str]:
