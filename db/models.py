@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
@@ -66,6 +66,16 @@ class Job(Base):
     owner: Mapped[str] = mapped_column(
         String(100), default=LOCAL_OWNER, server_default=LOCAL_OWNER, index=True
     )
+    # What the user calls it, tags (a JSON list of strings) and notes: editable after the
+    # run (db.queue.annotate); archived runs are hidden from the default lists, restorable
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    tags_json: Mapped[str | None] = mapped_column("tags", Text, nullable=True)
+    notes: Mapped[str | None] = mapped_column(Text, nullable=True)
+    archived: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+    @property
+    def tags(self) -> list[str]:
+        return [str(t) for t in json.loads(self.tags_json)] if self.tags_json else []
 
     @property
     def result(self) -> dict[str, Any]:
