@@ -468,6 +468,86 @@ def delete_job(sf: Factory, job_id: int, user: str = LOCAL_OWNER) -> str:
     return "deleted" if gone == 1 else _why_not(sf, job_id, finished_ok=True)
 
 
+# --- run annotations: name, tags, notes, archive (issue 18) ---------------------------
+
+MAX_NAME = 200  # the column's length
+MAX_TAG, MAX_TAGS = 40, 20
+MAX_NOTES = 20_000
+
+
+class AnnotationError(ValueError):
+    """A name, tag or note the database would not keep as typed; says what to change."""
+
+
+def clean_name(name: str | None) -> str | None:
+    """A run's name, stripped; None (the recipe label stands in) when empty."""
+    text = " ".join((name or "").split())
+    if len(text) > MAX_NAME:
+        raise AnnotationError(f"a run name has at most {MAX_NAME} characters ({len(text)} given)")
+    return text or None
+
+
+def clean_tags(tags: list[str] | str) -> list[str]:
+    """Tags as stored: stripped, lower-cased, without duplicates, in the order given; a
+    string is split at commas."""
+    parts = tags.split(",") if isinstance(tags, str) else list(tags)
+    out: list[str] = []
+    for raw in parts:
+        tag = " ".join(str(raw).split()).lower()
+        if not tag or tag in out:
+            continue
+        if len(tag) > MAX_TAG:
+            raise AnnotationError(f"tag {tag[:20]!r}... is longer than {MAX_TAG} characters")
+        out.append(tag)
+    if len(out) > MAX_TAGS:
+        raise AnnotationError(f"a run has at most {MAX_TAGS} tags ({len(out)} given)")
+    return out
+
+
+def _annotate(sf: Factory, job_id: int, user: str, finished_only: bool, **values: Any) -> str:
+    """One guarded UPDATE of annotation columns: "saved", or why not."""
+    where = [Job.id == job_id, _may_change(user)]
+    if finished_only:
+        where.append(Job.status.in_(FINISHED))
+    with sf.begin() as s:
+        n = s.execute(update(Job).where(*where).values(**values)).rowcount
+    if n == 1:
+        return "saved"
+    if finished_only:
+        return _why_not(sf, job_id, finished_ok=True)
+    job = get_job(sf, job_id)
+    return "no such job" if job is None else refusal(job.owner)
+
+
+def rename_job(sf: Factory, job_id: int, name: str | None, user: str = LOCAL_OWNER) -> str:
+    """Name a run (empty: no name) if ``user`` owns it or is an admin."""
+    return _annotate(sf, job_id, user, False, name=clean_name(name))
+
+
+def set_tags(sf: Factory, job_id: int, tags: list[str] | str, user: str = LOCAL_OWNER) -> str:
+    """Replace a run's tags (see ``clean_tags``) if ``user`` owns it or is an admin."""
+    cleaned = clean_tags(tags)
+    return _annotate(sf, job_id, user, False, tags_json=json.dumps(cleaned) if cleaned else None)
+
+
+def set_notes(sf: Factory, job_id: int, notes: str | None, user: str = LOCAL_OWNER) -> str:
+    """Replace a run's notes if ``user`` owns it or is an admin."""
+    text = (notes or "").strip()
+    if len(text) > MAX_NOTES:
+        raise AnnotationError(f"notes have at most {MAX_NOTES} characters ({len(text)} given)")
+    return _annotate(sf, job_id, user, False, notes=text or None)
+
+
+def archive_job(sf: Factory, job_id: int, user: str = LOCAL_OWNER) -> str:
+    """Hide a finished run from the default lists (kept, restorable): "saved" or why not."""
+    return _annotate(sf, job_id, user, True, archived=True)
+
+
+def restore_job(sf: Factory, job_id: int, user: str = LOCAL_OWNER) -> str:
+    """Bring an archived run back into the default lists: "saved" or why not."""
+    return _annotate(sf, job_id, user, True, archived=False)
+
+
 def _recovery_values(attempts: int, wid: str | None, cancel: bool, stale_s: float) -> dict:
     """What a job whose worker was lost becomes: cancelled if a cancel was pending,
     requeued while it has attempts left, else failed with the reason."""
@@ -575,11 +655,16 @@ def queue_counts(sf: Factory) -> dict[str, int]:
     return {status: n for status, n in rows}
 
 
-def list_jobs(sf: Factory, status: str | None = None, limit: int = 500) -> list[Job]:
+def list_jobs(
+    sf: Factory, status: str | None = None, limit: int = 500, archived: bool | None = None
+) -> list[Job]:
+    """Newest first; ``archived`` False/True keeps only runs (not) archived, None all."""
     with sf() as s:
         q = select(Job).order_by(Job.id.desc()).limit(limit)
         if status:
             q = q.where(Job.status == status)
+        if archived is not None:
+            q = q.where(Job.archived == archived)
         return list(s.scalars(q))
 
 
