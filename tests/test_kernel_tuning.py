@@ -164,3 +164,89 @@ def test_tables_from_two_processes_merge(data: Path) -> None:
     table = ops.tune_ops(["int8_weight_only_linear"])  # nothing to measure; saves merged
     assert set(table["rules"]) == {"int8_linear", "int8_weight_only_linear"}
     assert set(json.loads(path.read_text())["rules"]) == set(table["rules"])
+
+
+# ---------------------------------------------------------------- the float-path guard
+
+
+def _slow_path(monkeypatch: pytest.MonkeyPatch, op: str = "int8_linear") -> list[int]:
+    """A path that computes the right thing but slowly (as a wrong table might pick);
+    returns the list its calls are counted in."""
+    calls: list[int] = []
+
+    def slow(*args):
+        calls.append(1)
+        time.sleep(0.02)
+        return ops.CPU_PATHS[op]["dequant"].fn(*args)
+
+    monkeypatch.setitem(ops.CPU_PATHS[op], "slow", ops.KernelPath(slow, lambda: True))
+    ops.forget_verdicts()
+    return calls
+
+
+def _table_forcing(path: str, op: str = "int8_linear", ms: dict | None = None) -> dict:
+    rules = [{"m": m, "k": k, "path": path} for m in ops.M_BUCKETS for k in (64, 256, 4096)]
+    if ms is not None:
+        rules = [{**r, "ms": ms, "noise": 0.05} for r in rules]
+    return {**tune.new_table(), "rules": {op: rules}}
+
+
+def test_tuning_always_times_the_float_path_and_stores_the_noise(data: Path) -> None:
+    rules = ops.tune_ops(["int4_weight_only_linear"], budget_s=5.0)["rules"]
+    for r in rules["int4_weight_only_linear"]:
+        assert tune.FLOAT_PATH in r["ms"]
+        assert tune.MIN_NOISE <= r["noise"] <= tune.MAX_NOISE
+        assert r["ms"][r["path"]] <= r["ms"][tune.FLOAT_PATH]
+
+
+def test_a_measured_rule_slower_than_float_by_its_own_timings_gives_float(data: Path) -> None:
+    wrong = _table_forcing("native", ms={"native": 2.0, "dequant": 1.0})
+    assert ops.table_path(wrong, "int8_linear", 3, 100) == "dequant"
+    close = _table_forcing("native", ms={"native": 1.04, "dequant": 1.0})  # within noise
+    assert ops.table_path(close, "int8_linear", 3, 100) == "native"
+
+
+@pytest.mark.parametrize("source", ["measured", "committed"])
+def test_a_wrong_table_forcing_a_slow_path_does_not_win_over_float(
+    data: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    calls = _slow_path(monkeypatch)
+    wrong = _table_forcing("slow")  # no timings in it: only a measurement can tell
+    monkeypatch.setattr(ops, "verify_enabled", lambda: True)
+    if source == "measured":
+        tune.save_tuned(wrong)
+        ops.forget_tuned_table()
+    else:
+        monkeypatch.setattr(ops, "_table", lambda: wrong)
+    w, ws = _w8()
+    x = torch.randn(3, 100)
+    assert ops.choose_cpu_path_and_source("int8_linear", 3, 100) == ("slow", source)
+    want = ref.int8_linear(x, w, ws, None, "dynamic")
+    for _ in range(3):
+        ops.reset_path_log()
+        got = ops.int8_linear(x, w, ws, None, "dynamic")
+        assert ((got - want).norm() / want.norm()).item() <= 1e-4
+        (entry,) = ops.path_log()
+        assert entry["path"] == "dequant" and entry["table"] == source
+    assert ops.verdicts() == {("int8_linear", 16, 100, 24, "slow"): "dequant"}
+    n = len(calls)
+    assert n == 2 + ops.VERIFY_ROUNDS  # the call, then the check's warm-up and rounds
+    ops.int8_linear(x, w, ws, None, "dynamic")  # decided once: the slow path never runs again
+    assert len(calls) == n
+
+
+def test_the_guard_is_off_where_tuning_is_off_and_for_forced_paths(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _slow_path(monkeypatch)
+    monkeypatch.setattr(ops, "_table", lambda: _table_forcing("slow"))
+    w, ws = _w8()
+    x = torch.randn(3, 100)
+    ops.reset_path_log()
+    ops.int8_linear(x, w, ws, None, "dynamic")  # conftest: auto-tuning (and checks) off
+    assert ops.path_log()[0]["path"] == "slow" and ops.verdicts() == {}
+    monkeypatch.setattr(ops, "verify_enabled", lambda: True)
+    ops.reset_path_log()
+    with ops.use_path("slow"):
+        ops.int8_linear(x, w, ws, None, "dynamic")
+    assert ops.path_log()[0]["path"] == "slow" and ops.verdicts() == {}

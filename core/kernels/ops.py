@@ -198,6 +198,8 @@ def m_bucket(m: int) -> int:
     return M_BUCKETS[-1]
 
 
+FLOAT_PATH = tune.FLOAT_PATH  # integers back to float32 and one BLAS call: every op has it
+DEFAULT_NOISE = 0.10  # relative timing noise assumed where a table stores none
 INT_MM_HEURISTIC_MIN_M = 16  # below, our kernel's lower call overhead wins (measured)
 INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
@@ -249,8 +251,8 @@ def _table() -> dict | None:
     return _TABLE
 
 
-def table_path(table: dict | None, op: str, m: int, k: int) -> str | None:
-    """The measured fastest path for the nearest (M, K) cell at or above (m, k)."""
+def table_rule(table: dict | None, op: str, m: int, k: int) -> dict | None:
+    """The table's rule for the nearest (M, K) cell at or above (m, k), or None."""
     if not table:
         return None
     rules = table.get("rules", {}).get(op, [])
@@ -259,8 +261,27 @@ def table_path(table: dict | None, op: str, m: int, k: int) -> str | None:
     if not cells:
         return None
     above = [r for r in cells if r["k"] >= k]
-    cell = min(above, key=lambda r: r["k"]) if above else max(cells, key=lambda r: r["k"])
-    return cell["path"]
+    return min(above, key=lambda r: r["k"]) if above else max(cells, key=lambda r: r["k"])
+
+
+def table_path(table: dict | None, op: str, m: int, k: int) -> str | None:
+    """The measured fastest path for the nearest (M, K) cell at or above (m, k); a rule
+    whose own timings show its path slower than the float path by more than the cell's
+    noise (a table edited or merged wrongly) gives the float path instead."""
+    rule = table_rule(table, op, m, k)
+    if rule is None:
+        return None
+    times, path = rule.get("ms") or {}, rule["path"]
+    slow = times.get(path, 0.0) > times.get(FLOAT_PATH, float("inf")) * (1 + _noise(rule))
+    return FLOAT_PATH if slow else path
+
+
+def _noise(rule: dict | None) -> float:
+    try:
+        value = float((rule or {}).get("noise", DEFAULT_NOISE))
+    except (TypeError, ValueError):
+        value = DEFAULT_NOISE
+    return min(tune.MAX_NOISE, max(tune.MIN_NOISE, value))
 
 
 _forced = threading.local()
@@ -371,6 +392,64 @@ def tune_in_background(names: tuple[str, ...] = OPS) -> threading.Thread | None:
     return thread
 
 
+# ---------------------------------------------------------------- the float-path guard
+# Whatever chose a path (a table measured here, the committed fallback, the heuristic),
+# the first call of each (op, M bucket, K, N) cell on a non-float path also times the
+# float path on the same arguments, in turns, and keeps the chosen path only if it is not
+# slower than float by more than the noise. So a wrong, stale or foreign table costs a
+# few extra calls once, never a slow path for good.
+
+VERIFY_ROUNDS = 2  # timed calls of each of the two paths on first use
+_VERDICTS: dict[tuple[str, int, int, int, str], str] = {}
+_VERDICT_LOCK = threading.Lock()
+
+
+def verify_enabled() -> bool:
+    """First-use checks run where automatic tuning does (tests turn both off)."""
+    return tune.autotune_enabled()
+
+
+def forget_verdicts() -> None:
+    with _VERDICT_LOCK:
+        _VERDICTS.clear()
+
+
+def verdicts() -> dict[tuple[str, int, int, int, str], str]:
+    """(op, M bucket, K, N, chosen path) -> the path kept after the first-use check."""
+    with _VERDICT_LOCK:
+        return dict(_VERDICTS)
+
+
+def _guarded(op: str, path: str, x2: torch.Tensor, args: tuple) -> tuple[str, torch.Tensor | None]:
+    """The path to run (``path`` or the float path) and, when the check ran now, its
+    output (so the first call is not computed twice)."""
+    key = (op, m_bucket(x2.shape[0]), x2.shape[1], args[0].shape[0], path)
+    with _VERDICT_LOCK:
+        verdict = _VERDICTS.get(key)
+    if verdict is not None or not verify_enabled():
+        return verdict or path, None
+    fns = {p: CPU_PATHS[op][p].fn for p in (path, FLOAT_PATH)}
+    with torch.no_grad():
+        y = fns[path](x2, *args)  # this call's result
+        times = tune.time_paths_all(
+            {p: (lambda f=f: f(x2, *args)) for p, f in fns.items()},
+            deadline=float("inf"),
+            repeats=VERIFY_ROUNDS,
+        )
+    best = {p: min(v) for p, v in times.items()}
+    noise = min(tune.MAX_NOISE, max(DEFAULT_NOISE, tune.noise(times)))
+    keep = best[path] <= best[FLOAT_PATH] * (1 + noise)
+    verdict = path if keep else FLOAT_PATH
+    if not keep:
+        log.info(
+            "%s %s: %s measured %.3g ms against float %.3g ms: using float",
+            op, key[1:4], path, best[path] * 1e3, best[FLOAT_PATH] * 1e3,
+        )  # fmt: skip
+    with _VERDICT_LOCK:
+        _VERDICTS[key] = verdict
+    return verdict, y if keep else None
+
+
 # ---------------------------------------------------------------- the path log
 
 _LOG: Counter[tuple[str, str, str, int, str]] = Counter()
@@ -421,9 +500,13 @@ def _cpu_impl(op: str) -> Callable[..., torch.Tensor]:
         x2, lead = _flatten(x)
         path, source = choose_cpu_path_and_source(op, x2.shape[0], x2.shape[1])
         if not CPU_PATHS[op][path].serves(x2, *args):
-            path = "dequant"
+            path = FLOAT_PATH
+        y = None
+        if path != FLOAT_PATH and source != "forced":
+            path, y = _guarded(op, path, x2, args)
         _record(op, "cpu", path, x2.shape[0], source)
-        y = CPU_PATHS[op][path].fn(x2, *args)
+        if y is None:
+            y = CPU_PATHS[op][path].fn(x2, *args)
         return _finish(y, lead, x.dtype)
 
     return impl

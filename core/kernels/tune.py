@@ -40,7 +40,9 @@ BUDGET_S = 4.0  # per op
 SLOW_FACTOR = 3.0  # a path this much slower than the best ...
 SLOW_CALL_S = 0.05  # ... and predicted slower than this is not timed at larger M
 NO_AUTOTUNE_ENV = "COMPRESSLAB_NO_AUTOTUNE"
-TABLE_VERSION = 2  # bumped when what is timed changes: older tables are measured again
+TABLE_VERSION = 3  # bumped when what is timed changes: older tables are measured again
+FLOAT_PATH = "dequant"  # every op's plain float path: always timed, never dropped
+MIN_NOISE, MAX_NOISE = 0.05, 0.25  # bounds of the relative noise stored (see noise())
 
 
 def autotune_enabled() -> bool:
@@ -129,6 +131,22 @@ def time_paths(fns: dict[str, Callable[[], object]], deadline: float, repeats: i
     """Best of up to ``repeats`` timed calls of each, in ms, after one warm-up each; the
     paths take turns within a round, so a burst of load from elsewhere slows them alike.
     Slow cells (a warm-up above SLOW_CALL_S) get one round; stops at the deadline."""
+    return {p: min(v) * 1000 for p, v in time_paths_all(fns, deadline, repeats).items()}
+
+
+def noise(times: dict[str, list[float]]) -> float:
+    """The timing noise of a cell: the median over its paths of the relative spread of
+    repeated calls (worst / best - 1), kept within [MIN_NOISE, MAX_NOISE] (one call tells
+    nothing; a burst of load elsewhere must not license a path much slower than float)."""
+    spreads = sorted(max(v) / min(v) - 1 for v in times.values() if len(v) > 1 and min(v) > 0)
+    mid = spreads[len(spreads) // 2] if spreads else MIN_NOISE
+    return round(min(MAX_NOISE, max(MIN_NOISE, mid)), 4)
+
+
+def time_paths_all(
+    fns: dict[str, Callable[[], object]], deadline: float, repeats: int = 3
+) -> dict[str, list[float]]:
+    """Every timed call of each path, in seconds (see :func:`time_paths`)."""
     times: dict[str, list[float]] = {p: [] for p in fns}
     with torch.no_grad():
         t0 = time.perf_counter()
@@ -143,7 +161,7 @@ def time_paths(fns: dict[str, Callable[[], object]], deadline: float, repeats: i
                 times[p].append(time.perf_counter() - t1)
             if time.perf_counter() > deadline:
                 break
-    return {p: min(v) * 1000 for p, v in times.items()}
+    return times
 
 
 def tune_op(
@@ -154,9 +172,12 @@ def tune_op(
     ks: Iterable[int] | None = None,
     n: int | None = None,
 ) -> list[dict]:
-    """Rules ``{"m", "k", "path", "ms": {path: ms}}`` for the cells reached in ``budget_s``.
+    """Rules ``{"m", "k", "path", "ms": {path: ms}, "noise"}`` for the cells reached in
+    ``budget_s``; ``noise`` is the cell's relative timing noise (:func:`noise`).
 
-    ``paths`` maps a path name to a callable taking the op's arguments with x (M, K)."""
+    ``paths`` maps a path name to a callable taking the op's arguments with x (M, K); the
+    float path (FLOAT_PATH) is always among those timed, so a cell's choice is never
+    one measured slower than it."""
     ms, ks, n = ms or TUNE_M, ks or TUNE_K, n or TUNE_N
     deadline = time.perf_counter() + budget_s
     rules: list[dict] = []
@@ -167,12 +188,14 @@ def tune_op(
                 return rules
             size = m * cell_n(m, k, n)
             args = _op_args(op, m, k, cell_n(m, k, n))
-            alive = {p: f for p, f in paths.items() if not _drop(last, p, size)}
-            t = time_paths({p: (lambda f=f, a=args: f(*a)) for p, f in alive.items()}, deadline)
-            best = min(t, key=t.__getitem__)
-            rules.append(
-                {"m": m, "k": k, "path": best, "ms": {p: round(v, 4) for p, v in t.items()}}
+            alive = {p: f for p, f in paths.items() if p == FLOAT_PATH or not _drop(last, p, size)}
+            raw = time_paths_all(
+                {p: (lambda f=f, a=args: f(*a)) for p, f in alive.items()}, deadline
             )
+            t = {p: min(v) * 1000 for p, v in raw.items()}
+            best = min(t, key=t.__getitem__)
+            rule = {"m": m, "k": k, "path": best, "ms": {p: round(v, 4) for p, v in t.items()}}
+            rules.append({**rule, "noise": noise(raw)})
             last = {p: (size, v if v > SLOW_FACTOR * t[best] else 0.0) for p, v in t.items()}
     return rules
 
