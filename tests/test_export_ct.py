@@ -64,18 +64,14 @@ CASES = {
     "fp8-e4m3-tensor": (FP8_TENSOR, "float-quantized", {"weight", "weight_scale"}),
 }
 
-# Why transformers cannot load an asymmetric pack-quantized folder (checked, not assumed:
-# the test expects exactly this failure). transformers 5.23.0 builds the layer through
-# compressed-tensors' compress_model on the meta device, which keeps weight_zero_point
-# unpacked, (out_features, groups) int8; the library's compressor writes it packed along
-# the output dimension, (ceil(out_features * bits / 32), groups) int32 -- the layout its
-# own decompress reads (checked below) -- so from_pretrained refuses the size mismatch.
-ASYM_SKIP = (
-    "transformers 5.23.0 + compressed-tensors 0.20.0 cannot load asymmetric pack-quantized "
-    "folders: loading builds weight_zero_point unpacked (out, groups) while the library's "
-    "compressor writes and its decompress reads it packed (ceil(out*bits/32), groups); "
-    "from_pretrained refuses the size mismatch. Files and library decompression checked."
-)
+# Asymmetric zero points, checked rather than assumed (the test expects exactly this
+# failure): transformers 5.23.0 builds the layer through compressed-tensors'
+# compress_model on the meta device, which keeps weight_zero_point unpacked,
+# (out_features, groups); the library's compressor writes it packed along the output
+# dimension, (ceil(out_features * bits / 32), groups) int32 -- the layout its own
+# decompress (and vLLM) reads -- so from_pretrained refuses the size mismatch. The
+# "padded" layout (same words, (out_features, groups) int32, zero rows after) loads.
+
 
 IDS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
 
@@ -180,10 +176,13 @@ def test_transformers_loads_the_folder_and_matches_logits(exported) -> None:
     from transformers import AutoModelForCausalLM
 
     case, model, out, fmt, _ = exported
-    if "asym" in case:
+    if "asym" in case:  # the library's packed layout does not load; the padded one does
         with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
             AutoModelForCausalLM.from_pretrained(out)
-        pytest.skip(ASYM_SKIP)
+        out = export_compressed_tensors(model, out.parent / "padded", zero_points="padded")
+        state = load_file(str(out / "model.safetensors"))
+        zp = state["model.layers.0.self_attn.q_proj.weight_zero_point"]
+        assert zp.dtype == torch.int32 and zp.shape[0] == model.config.hidden_size
     hf = AutoModelForCausalLM.from_pretrained(out).eval()
     ours, theirs = _logits(model), _logits(hf)  # the first forward decompresses the layers
     for name, mod in find_linears(model).items():
@@ -222,6 +221,9 @@ def test_unsupported_formats_are_refused_before_writing(
     mod = find_linears(model)["model.layers.0.self_attn.q_proj"]
     assert mod.format_name in msg and mod.scheme() in msg
     assert "pack-quantized" in msg and "int-quantized" in msg and "float-quantized" in msg
+    assert "--format dense" in msg
+    if label == "nm-sparse":  # the library dropped its sparsity compressors
+        assert "no sparsity compressor" in msg
     assert not out.exists() and not list(tmp_path.iterdir())
 
 

@@ -2,9 +2,19 @@
 
 from core.export.compressed_tensors import (
     SUPPORTED_FORMATS,
+    ZP_LAYOUTS,
     ExportError,
     export_compressed_tensors,
     pack_int32,
 )
+from core.export.dense import DENSE_DTYPES, export_dense
 
-__all__ = ["SUPPORTED_FORMATS", "ExportError", "export_compressed_tensors", "pack_int32"]
+__all__ = [
+    "DENSE_DTYPES",
+    "SUPPORTED_FORMATS",
+    "ZP_LAYOUTS",
+    "ExportError",
+    "export_compressed_tensors",
+    "export_dense",
+    "pack_int32",
+]

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.paths import temp_path
-from core.storage import AffineLinear, CompressedLinear, FP8Linear, W8A8Linear
+from core.export.folder import run_sections, unique_state, write_folder
+from core.storage import AffineLinear, CompressedLinear, FP8Linear, NMSparseLinear, W8A8Linear
 
 QUANT_METHOD = "compressed-tensors"
 PACK, INT, FLOAT = "pack-quantized", "int-quantized", "float-quantized"
@@ -43,7 +42,20 @@ SUPPORTED_FORMATS = (
     f"W8A8 int8 with dynamic per-token activations -> {INT}",
     f"FP8 E4M3 weights, per tensor or per channel -> {FLOAT}",
 )
-WEIGHTS_FILE = "model.safetensors"
+DENSE_HINT = "any run exports as a dense float16 checkpoint with --format dense"
+# Asymmetric zero points. "packed": the library's own layout, (ceil(N*bits/32), G) int32
+# packed along the output dimension -- what its compressor writes, its decompress and
+# vLLM's loader read; transformers 5.23.0 cannot load it (it builds the parameter on
+# the meta device unpacked, (N, G), and refuses the size mismatch). "padded": the same
+# words in an (N, G) int32 tensor, rows past ceil(N*bits/32) zero -- transformers 5.23.0
+# + compressed-tensors 0.20.0 load it (unpack reads only the first words of the stream)
+# with our weights exactly; vLLM's loader expects the packed shape.
+ZP_PACKED, ZP_PADDED = "packed", "padded"
+ZP_LAYOUTS = (ZP_PACKED, ZP_PADDED)
+SPARSE_WHY = (
+    "compressed-tensors 0.20.0 registers no sparsity compressor (sparse-24-bitmask is a "
+    "legacy name only) and transformers 5.23.0 reads no sparsity_config"
+)
 
 
 class ExportError(ValueError):
@@ -103,7 +115,18 @@ def _args(bits: int, kind: str, strategy: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-def _affine(mod: AffineLinear, dtype: torch.dtype) -> LayerExport:
+def _zero_points(mod: AffineLinear, layout: str) -> torch.Tensor:
+    """The zero points, signed, packed along the output dimension (see ZP_LAYOUTS)."""
+    zp = (mod.zero.to(torch.int16) - (1 << (mod.bits - 1))).to(torch.int8)
+    packed = pack_int32(zp, mod.bits, dim=0)
+    if layout == ZP_PACKED:
+        return packed
+    padded = torch.zeros(zp.shape, dtype=torch.int32)
+    padded[: packed.shape[0]] = packed
+    return padded
+
+
+def _affine(mod: AffineLinear, dtype: torch.dtype, zero_points: str) -> LayerExport:
     n, k = mod.out_features, mod.in_features
     groups = mod.scale.shape[1]
     channel = groups == 1
@@ -126,8 +149,7 @@ def _affine(mod: AffineLinear, dtype: torch.dtype) -> LayerExport:
         "weight_shape": torch.tensor([n, k], dtype=torch.int64),
     }
     if not mod.symmetric:
-        zp = mod.zero.to(torch.int16) - (1 << (mod.bits - 1))
-        tensors["weight_zero_point"] = pack_int32(zp.to(torch.int8), mod.bits, dim=0)
+        tensors["weight_zero_point"] = _zero_points(mod, zero_points)
     return LayerExport(_scheme(weights, None, PACK), PACK, tensors)
 
 
@@ -163,15 +185,17 @@ def _refusal(name: str, mod: nn.Module, why: str) -> ExportError:
     scheme = mod.scheme() if isinstance(mod, CompressedLinear) else "?"
     return ExportError(
         f"{name}: format {fmt} ({scheme}) cannot be exported to compressed-tensors ({why}); "
-        f"supported: {'; '.join(SUPPORTED_FORMATS)}"
+        f"supported: {'; '.join(SUPPORTED_FORMATS)}; {DENSE_HINT}"
     )
 
 
-def export_layer(name: str, mod: CompressedLinear, dtype: torch.dtype) -> LayerExport:
+def export_layer(
+    name: str, mod: CompressedLinear, dtype: torch.dtype, zero_points: str = ZP_PACKED
+) -> LayerExport:
     """The layer in compressed-tensors terms, or :class:`ExportError`."""
     if type(mod) is AffineLinear:
         try:
-            return _affine(mod, dtype)
+            return _affine(mod, dtype, zero_points)
         except ExportError as e:
             raise _refusal(name, mod, str(e)) from None
     if type(mod) is W8A8Linear:
@@ -182,13 +206,17 @@ def export_layer(name: str, mod: CompressedLinear, dtype: torch.dtype) -> LayerE
         if mod.weight.dtype != torch.float8_e4m3fn:
             raise _refusal(name, mod, "only E4M3 weights are exported")
         return _fp8(mod, dtype)
+    if type(mod) is NMSparseLinear:
+        raise _refusal(name, mod, SPARSE_WHY)
     raise _refusal(name, mod, "no equivalent format")
 
 
-def export_layers(model: nn.Module, dtype: torch.dtype) -> dict[str, LayerExport]:
+def export_layers(
+    model: nn.Module, dtype: torch.dtype, zero_points: str = ZP_PACKED
+) -> dict[str, LayerExport]:
     """Every compressed layer of ``model``, exported; the first refusal raises."""
     out = {
-        name: export_layer(name, mod, dtype)
+        name: export_layer(name, mod, dtype, zero_points)
         for name, mod in model.named_modules()
         if isinstance(mod, CompressedLinear)
     }
@@ -230,30 +258,17 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
 def export_state_dict(model: nn.Module, layers: dict[str, LayerExport]) -> dict[str, torch.Tensor]:
     """Plain tensors as they are (each storage once: tied embeddings) and each compressed
     layer's tensors (plus its bias) under the layer's name."""
-    out: dict[str, torch.Tensor] = {}
-    seen: set[tuple[int, int, tuple[int, ...]]] = set()
-    for key, t in model.state_dict().items():
-        owner = key.rsplit(".", 1)[0]
-        if owner in layers:
-            if key.endswith(".bias"):
-                out[key] = t.detach().contiguous().cpu()
-            continue
-        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
-        if t.numel() and ident in seen:
-            continue
-        seen.add(ident)
-        out[key] = t.detach().contiguous().cpu()
+    out = unique_state(model, set(layers))
     for name, layer in layers.items():
+        bias = getattr(model.get_submodule(name), "bias", None)
+        if isinstance(bias, torch.Tensor):
+            out[f"{name}.bias"] = bias.detach().contiguous().cpu()
         for suffix, t in layer.tensors.items():
             out[f"{name}.{suffix}"] = t.detach().contiguous().cpu()
     return out
 
 
 # ---------------------------------------------------------------------- README
-
-
-def _json_block(value: Any) -> str:
-    return "```json\n" + json.dumps(value, indent=1, sort_keys=True, default=str) + "\n```\n"
 
 
 def readme_text(
@@ -272,12 +287,7 @@ def readme_text(
         f"- format: `{qcfg['format']}`",
         f"- quantized layers: {sum(len(g['targets']) for g in groups)}",
         f"- layers kept in float: {', '.join(qcfg['ignore']) or 'none'}\n",
-        "## Recipe\n",
-        _json_block(recipe),
-        "## Metrics\n",
-        _json_block(metrics or {}),
-        "## Fingerprint\n",
-        _json_block(fingerprint or {}),
+        *run_sections(recipe, metrics, fingerprint),
     ]
     return "\n".join(lines)
 
@@ -293,44 +303,21 @@ def export_compressed_tensors(
     recipe: Any = None,
     metrics: dict[str, Any] | None = None,
     fingerprint: dict[str, Any] | None = None,
+    zero_points: str = ZP_PACKED,
 ) -> Path:
     """Write ``model`` (its linears in core.storage formats) to the folder ``out`` as a
     compressed-tensors checkpoint; returns the folder. Raises :class:`ExportError` before
-    writing anything when a layer's format cannot be exported."""
-    from safetensors.torch import save_file
-
-    dtype = _model_dtype(model)
-    layers = export_layers(model, dtype)
+    writing anything when a layer's format cannot be exported. ``zero_points`` lays out
+    asymmetric zero points (see :data:`ZP_LAYOUTS`)."""
+    if zero_points not in ZP_LAYOUTS:
+        raise ExportError(f"zero_points={zero_points!r}: expected one of {', '.join(ZP_LAYOUTS)}")
+    layers = export_layers(model, _model_dtype(model), zero_points)
     qcfg = quantization_config(model, layers)
-    out = Path(out)
-    tmp = temp_path(out, ".export")  # names this process: workers.gc cleans a killed one
-    tmp.mkdir(parents=True)
-    try:
-        save_file(export_state_dict(model, layers), str(tmp / WEIGHTS_FILE), {"format": "pt"})
-        _write_config(model, tmp, qcfg)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        (tmp / "README.md").write_text(readme_text(qcfg, recipe, metrics, fingerprint))
-        _publish(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def _write_config(model: nn.Module, folder: Path, qcfg: dict[str, Any]) -> None:
-    model.config.save_pretrained(folder)
-    path = folder / "config.json"
-    cfg = json.loads(path.read_text())
-    cfg["quantization_config"] = qcfg
-    path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.save_pretrained(folder)
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the written folder into place (replacing the files of an older export)."""
-    if not out.exists():
-        tmp.rename(out)
-        return
-    for f in tmp.iterdir():
-        f.replace(out / f.name)
+    return write_folder(
+        model,
+        out,
+        export_state_dict(model, layers),
+        config={"quantization_config": qcfg},
+        tokenizer=tokenizer,
+        readme=readme_text(qcfg, recipe, metrics, fingerprint),
+    )
