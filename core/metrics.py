@@ -324,21 +324,42 @@ class PeakMemory:
     def __init__(self, device: torch.device, interval: float = 0.05) -> None:
         self.device, self.interval, self.peak = device, interval, 0
         self._stop = threading.Event()
+        self._paused = threading.Event()
+        self._held = 0  # CUDA: the peak before a paused block
 
     def _sample(self) -> None:
         import psutil
 
         proc = psutil.Process()
         while not self._stop.is_set():
-            self.peak = max(self.peak, proc.memory_info().rss)
+            rss = proc.memory_info().rss
+            if not self._paused.is_set():  # checked after reading: a pause wins the race
+                self.peak = max(self.peak, rss)
             self._stop.wait(self.interval)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """A block whose memory is not the job's (e.g. the baseline's weights swapped in
+        to time against): not sampled on the CPU, the CUDA peak restarted after it."""
+        if self.device.type == "cuda":
+            self._held = max(self._held, torch.cuda.max_memory_allocated(self.device))
+            try:
+                yield
+            finally:
+                torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        self._paused.set()
+        try:
+            yield
+        finally:
+            self._paused.clear()
 
     @contextmanager
     def track(self) -> Iterator[PeakMemory]:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             yield self
-            self.peak = torch.cuda.max_memory_allocated(self.device)
+            self.peak = max(self._held, torch.cuda.max_memory_allocated(self.device))
             return
         t = threading.Thread(target=self._sample, daemon=True)
         t.start()

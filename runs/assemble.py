@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from core.metrics import speed_vs_baseline
 from core.save import folder_bytes
 from core.stats import layer_weight, weight_stats
 from core.storage import storage_info
 from core.walk import find_linears
 from runs import catalogue as cat
+from runs import latency
 from runs.records import LayerRow, RunResult, nominal_bits, recipe_ref
 
 if TYPE_CHECKING:
@@ -62,25 +62,18 @@ def run_nominal_bits(rows: list[LayerRow], compressed: set[str]) -> list[float]:
     return nominal_bits([r.bits for r in chosen if r.bits is not None])
 
 
-def _speed(job: Job) -> tuple[float, float, dict[str, Any]]:
-    """(baseline prefill ms, baseline decode tokens/s, speed-ups over them); without a
-    recipe the baseline is this very measurement."""
-    assert job.mem and job.base_mem and job.latency
-    base_prefill_ms, base_decode_tok_s = job.base_latency or job.latency
-    speed = speed_vs_baseline(
-        job.mem.weight_bytes,
-        *job.latency,
-        job.base_mem.weight_bytes,
-        base_prefill_ms,
-        base_decode_tok_s,
+def _speed(job: Job) -> dict[str, Any]:
+    """Latency, its spread and the speed-ups (only where measurable) from the job's
+    latency report; without a recipe the baseline is this very measurement."""
+    assert job.mem and job.base_mem and job.latency_report
+    return latency.result_fields(
+        job.latency_report, job.mem.weight_bytes, job.base_mem.weight_bytes
     )
-    return base_prefill_ms, base_decode_tok_s, speed
 
 
 def run_result(job: Job, rows: list[LayerRow]) -> RunResult:
     assert job.res and job.mem and job.base_mem and job.latency and job.loaded
     errs = [e for e in job.errors.values() if e is not None]
-    base_prefill_ms, base_decode_tok_s, speed = _speed(job)
     return RunResult(
         perplexity=job.res.perplexity,
         bits_per_byte=job.res.bits_per_byte,
@@ -95,13 +88,10 @@ def run_result(job: Job, rows: list[LayerRow]) -> RunResult:
         linear_weights=job.mem.linear_weights,
         n_params=job.loaded.n_params,
         peak_mem_bytes=job.peak.peak,
-        prefill_ms=job.latency[0],
-        decode_tok_s=job.latency[1],
         baseline_weight_bytes=job.base_mem.weight_bytes,
-        baseline_prefill_ms=base_prefill_ms,
-        baseline_decode_tok_s=base_decode_tok_s,
-        **speed,
+        **_speed(job),
         compress_s=job.compress_s,
+        compress_cpu_s=job.compress_cpu_s if job.compresses else None,
         mean_layer_error=sum(errs) / len(errs) if errs else None,
         eval_tokens_used=job.res.n_tokens,
         eval_bytes_used=job.res.n_bytes,

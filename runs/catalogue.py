@@ -170,7 +170,8 @@ PREFILL_MS = Metric(
     "Prefill latency",
     "ms",
     "median milliseconds of a forward pass over a prompt of prompt_len tokens, "
-    "batch 1, after one warm-up, over `repeats` runs",
+    "batch 1, after one warm-up round, over `repeats` rounds (at least 3) timed in "
+    "alternation with the baseline (latency_report has 2-3 prompt lengths)",
     "lower",
     "%.1f",
     short="prefill (ms)",
@@ -180,7 +181,8 @@ DECODE_TOK_S = Metric(
     "decode_tok_s",
     "Decode throughput",
     "tokens/s",
-    "1 / median seconds of one decode step with a KV cache after the prompt",
+    "1 / median seconds of one greedy decode step (batch 1) with a KV cache after the "
+    "prompt; latency_report also has batch 4",
     "higher",
     "%.1f",
     short="decode (tok/s)",
@@ -190,8 +192,9 @@ PREFILL_SPEEDUP = Metric(
     "prefill_speedup",
     "Prefill speed-up over the baseline",
     "x",
-    "baseline prefill ms / this run's prefill ms, both measured in the same "
-    "job on the same device (above 1: faster than the uncompressed model)",
+    "median over rounds of baseline prefill ms / this run's prefill ms, timed in "
+    "alternation in the same job (above 1: faster than the uncompressed model); empty "
+    "when not measurable on this machine at this load (see latency_verdict)",
     "higher",
     "%.2fx",
     short="prefill speed-up",
@@ -200,7 +203,8 @@ DECODE_SPEEDUP = Metric(
     "decode_speedup",
     "Decode speed-up over the baseline",
     "x",
-    "this run's decode tokens/s / the baseline's, measured in the same job",
+    "median over rounds of this run's decode tokens/s / the baseline's, timed in "
+    "alternation in the same job; empty when not measurable (see latency_verdict)",
     "higher",
     "%.2fx",
     short="decode speed-up",
@@ -209,9 +213,9 @@ SMALLER_BUT_SLOWER = Metric(
     "smaller_but_slower",
     "Smaller but slower",
     "",
-    "weights smaller than the uncompressed model's, yet prefill or decode "
-    f"more than {round(100 * (1 - 1 / SLOWER_TOLERANCE))}% slower: a space saving is not a "
-    "speed-up",
+    "weights smaller than the uncompressed model's, yet prefill or decode measurably "
+    f"slower (the middle half of the pair ratios below 1) and by more than "
+    f"{round(100 * (1 - 1 / SLOWER_TOLERANCE))}%: a space saving is not a speed-up",
     short="smaller but slower",
     kind="flag",
 )
@@ -227,7 +231,8 @@ BASELINE_PREFILL_MS = Metric(
     "baseline_prefill_ms",
     "Baseline prefill latency",
     "ms",
-    "prefill_ms of the uncompressed model, measured in this job before compressing",
+    "prefill_ms of the uncompressed model, timed in this job in alternation with the "
+    "compressed one (older runs: timed before compressing)",
     "lower",
 )
 BASELINE_DECODE_TOK_S = Metric(
@@ -241,7 +246,8 @@ COMPRESS_S = Metric(
     "compress_s",
     "Compression time",
     "s",
-    "wall seconds spent applying the recipe (calibration included)",
+    "wall seconds spent applying the recipe (calibration included); see compress_cpu_s "
+    "for the CPU time of the same span",
     "lower",
     "%.1f",
     short="compress (s)",
@@ -309,6 +315,121 @@ SAVED_MODEL_BYTES = Metric(
 # Per linear layer (a layer row's rel_error), not a run-level result key.
 LAYER_ERROR = Metric("layer_error", "Layer error", "relative", _LAYER_ERROR_DEF, "lower", "%.2e")
 
+# --- latency spread and the conditions it was measured under (runs/latency.py) -------
+_IQR = "first / third quartile (middle half) over the timed rounds of "
+_PAIRS = "of the per-round pair ratios (baseline time / compressed time, timed interleaved)"
+
+
+def _quartile(of: Metric, which: str, what: str) -> Metric:
+    """The first or third quartile of a latency measure, for error bars."""
+    return Metric(
+        f"{of.key}_{which}",
+        f"{of.label} ({which.upper()})",
+        of.unit,
+        ("first" if which == "q1" else "third") + " quartile " + what,
+        of.better,
+        of.fmt,
+        short=f"{of.header} {which}",
+    )
+
+
+PREFILL_MS_Q1 = _quartile(PREFILL_MS, "q1", "of prefill_ms over the timed rounds")
+PREFILL_MS_Q3 = _quartile(PREFILL_MS, "q3", "of prefill_ms over the timed rounds")
+DECODE_TOK_S_Q1 = _quartile(DECODE_TOK_S, "q1", "of decode_tok_s over the timed rounds")
+DECODE_TOK_S_Q3 = _quartile(DECODE_TOK_S, "q3", "of decode_tok_s over the timed rounds")
+BASELINE_PREFILL_MS_Q1 = _quartile(BASELINE_PREFILL_MS, "q1", "of the baseline's prefill_ms")
+BASELINE_PREFILL_MS_Q3 = _quartile(BASELINE_PREFILL_MS, "q3", "of the baseline's prefill_ms")
+BASELINE_DECODE_TOK_S_Q1 = _quartile(BASELINE_DECODE_TOK_S, "q1", "of the baseline's tokens/s")
+BASELINE_DECODE_TOK_S_Q3 = _quartile(BASELINE_DECODE_TOK_S, "q3", "of the baseline's tokens/s")
+PREFILL_SPEEDUP_Q1 = _quartile(PREFILL_SPEEDUP, "q1", _PAIRS)
+PREFILL_SPEEDUP_Q3 = _quartile(PREFILL_SPEEDUP, "q3", _PAIRS)
+DECODE_SPEEDUP_Q1 = _quartile(DECODE_SPEEDUP, "q1", _PAIRS)
+DECODE_SPEEDUP_Q3 = _quartile(DECODE_SPEEDUP, "q3", _PAIRS)
+LATENCY_VERDICT = Metric(
+    "latency_verdict",
+    "Speed verdict",
+    "",
+    "per timed workload: the median speed-up with its middle half, faster / slower when "
+    "the middle half of the pair ratios lies on one side of 1, no measurable difference "
+    f"when it straddles 1 within {round(100 * (SLOWER_TOLERANCE - 1))}%, else 'not "
+    "measurable on this machine at this load' (and no speed-up number is stored)",
+    kind="text",
+)
+LATENCY_REPORT = Metric(
+    "latency_report",
+    "Latency report",
+    "",
+    "every timed workload (prefill at 2-3 prompt lengths, decode at batch 1 and 4): median, "
+    "quartiles and min-max of the baseline and the compressed model (ms for prefill, "
+    "tokens/s for decode) and of the pair ratios, and the verdict",
+    kind="list",
+)
+LATENCY_REPEATS = Metric(
+    "latency_repeats",
+    "Latency rounds",
+    "count",
+    "timed rounds per workload after one discarded warm-up round; each round times the "
+    "baseline and the compressed model back to back, the order alternating",
+)
+LATENCY_THREADS = Metric(
+    "latency_threads", "Latency threads", "count", "torch.get_num_threads() while timing"
+)
+LATENCY_DEVICE = Metric(
+    "latency_device",
+    "Latency device",
+    "",
+    "the device (CPU model or GPU name) timed on",
+    kind="text",
+)
+LATENCY_INTERLEAVED = Metric(
+    "latency_interleaved",
+    "Latency interleaved",
+    "",
+    "true: baseline and compressed model timed in alternation in the same stage (the "
+    "baseline's original linears swapped in from a temporary copy); false: timed apart",
+    kind="flag",
+)
+LOAD_BEFORE = Metric(
+    "load_before",
+    "Machine load before timing",
+    "",
+    "1-minute load average (runnable processes) just before the latency stage",
+    "lower",
+    "%.2f",
+)
+LOAD_AFTER = Metric(
+    "load_after",
+    "Machine load after timing",
+    "",
+    "1-minute load average just after the latency stage",
+    "lower",
+    "%.2f",
+)
+COMPRESS_CPU_S = Metric(
+    "compress_cpu_s",
+    "Compression CPU time",
+    "s",
+    "CPU seconds of the worker process (all threads) spent applying the recipe "
+    "(time.process_time); compress_s is the wall time of the same span",
+    "lower",
+    "%.1f",
+    short="compress CPU (s)",
+    kind="duration",
+)
+CALIB_TOKENS_USED = Metric(
+    "calib_tokens_used",
+    "Calibration tokens used",
+    "tokens",
+    "tokens in the calibration batches the recipe really saw (samples x sequence length "
+    "drawn from the set; fewer than requested when the set is short)",
+)
+CALIB_TOKENS_REQUESTED = Metric(
+    "calib_tokens_requested",
+    "Calibration tokens requested",
+    "tokens",
+    "n_samples x seq_len of the calibration settings",
+)
+
 # Every run-level result key, in the order the Run page lists them.
 RESULT: tuple[Metric, ...] = (
     PERPLEXITY,
@@ -340,7 +461,40 @@ RESULT: tuple[Metric, ...] = (
     KERNEL_PATHS,
     SAVED_MODEL,
     SAVED_MODEL_BYTES,
+    PREFILL_MS_Q1,
+    PREFILL_MS_Q3,
+    DECODE_TOK_S_Q1,
+    DECODE_TOK_S_Q3,
+    BASELINE_PREFILL_MS_Q1,
+    BASELINE_PREFILL_MS_Q3,
+    BASELINE_DECODE_TOK_S_Q1,
+    BASELINE_DECODE_TOK_S_Q3,
+    PREFILL_SPEEDUP_Q1,
+    PREFILL_SPEEDUP_Q3,
+    DECODE_SPEEDUP_Q1,
+    DECODE_SPEEDUP_Q3,
+    LATENCY_VERDICT,
+    LATENCY_REPORT,
+    LATENCY_REPEATS,
+    LATENCY_THREADS,
+    LATENCY_DEVICE,
+    LATENCY_INTERLEAVED,
+    LOAD_BEFORE,
+    LOAD_AFTER,
+    COMPRESS_CPU_S,
+    CALIB_TOKENS_USED,
+    CALIB_TOKENS_REQUESTED,
 )
+
+# Metric column -> (its first, its third quartile): the error bars of the charts.
+SPREAD: dict[str, tuple[Metric, Metric]] = {
+    PREFILL_MS.col: (PREFILL_MS_Q1, PREFILL_MS_Q3),
+    DECODE_TOK_S.col: (DECODE_TOK_S_Q1, DECODE_TOK_S_Q3),
+    PREFILL_SPEEDUP.col: (PREFILL_SPEEDUP_Q1, PREFILL_SPEEDUP_Q3),
+    DECODE_SPEEDUP.col: (DECODE_SPEEDUP_Q1, DECODE_SPEEDUP_Q3),
+    BASELINE_PREFILL_MS.col: (BASELINE_PREFILL_MS_Q1, BASELINE_PREFILL_MS_Q3),
+    BASELINE_DECODE_TOK_S.col: (BASELINE_DECODE_TOK_S_Q1, BASELINE_DECODE_TOK_S_Q3),
+}
 
 # Columns of the runs tables (Compare, Leaderboard), in display order.
 RUN_TABLE: tuple[Metric, ...] = (

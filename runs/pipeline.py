@@ -27,14 +27,13 @@ from core.metrics import (
     WeightMemory,
     eval_windows,
     evaluate,
-    measure_latency,
     weight_memory,
 )
 from core.models import LoadedModel, load_model
 from core.recipe import Recipe
 from core.save import save_compressed
 from core.walk import apply_recipe
-from runs import assemble, baseline_cache
+from runs import assemble, baseline_cache, latency
 from runs.preflight import check_cache_quota, check_cache_room, quota_problem
 from runs.progress import STAGES, Progress, StageProgress
 from runs.records import LayerRow, RunResult
@@ -82,13 +81,17 @@ class Job:
     before: dict[str, dict[str, Any]] = field(default_factory=dict)
     base_mem: WeightMemory | None = None
     base_latency: tuple[float, float] | None = None
+    baseline_copy: latency.BaselineCopy | None = None  # original weights, to time against
+    base_report: latency.LatencyReport | None = None  # the baseline timed apart (fallback)
     calib_text: TextSet | None = None
     batches: list[torch.Tensor] | None = None
     acts: dict[str, dict[str, Any]] = field(default_factory=dict)
     errors: dict[str, float | None] = field(default_factory=dict)
     compress_s: float = 0.0
+    compress_cpu_s: float = 0.0
     res: EvalResult | None = None
     latency: tuple[float, float] | None = None
+    latency_report: latency.LatencyReport | None = None
     kernel_paths: list[Any] = field(default_factory=list)
     mem: WeightMemory | None = None
     saved: Path | None = None
@@ -147,9 +150,8 @@ def baseline(job: Job, report: Progress) -> None:
     )
     job.before = baseline_cache.stats_before(job.loaded.model)
     job.base_mem = weight_memory(job.loaded.model)
-    if job.compresses:
-        report(1.0, "measuring the baseline's latency")
-        job.base_latency = measure_latency(job.loaded.model, job.prompt, job.spec.eval)
+    if job.compresses:  # timed later, in alternation with the compressed model
+        latency.keep_baseline(job, report)
 
 
 def calibrate(job: Job, report: Progress) -> None:
@@ -171,7 +173,7 @@ def compress(job: Job, report: Progress) -> None:
     if not job.compresses:
         return
     assert job.loaded is not None
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     reports = apply_recipe(
         job.loaded.model,
         job.recipe,
@@ -180,6 +182,7 @@ def compress(job: Job, report: Progress) -> None:
         calib_batches=job.batches,
     )
     job.compress_s = time.perf_counter() - t0
+    job.compress_cpu_s = time.process_time() - c0
     job.errors = {r.name: r.rel_error for r in reports}
 
 
@@ -200,7 +203,10 @@ def evaluate_compressed(job: Job, report: Progress) -> None:
 def measure_speed(job: Job, report: Progress) -> None:
     assert job.loaded is not None
     report(0.0, "measuring latency")
-    job.latency = measure_latency(job.loaded.model, job.prompt, job.spec.eval)
+    with job.peak.paused():  # the baseline's weights swapped in are not the run's memory
+        job.latency_report = latency.measure_job(job, report)
+    pre, dec = (job.latency_report.headline(k).compressed for k in ("prefill", "decode"))
+    job.latency = (pre.median, dec.median)
     job.kernel_paths = path_log()  # the integer kernel paths that really ran
     job.mem = weight_memory(job.loaded.model)
 
@@ -272,9 +278,12 @@ def run_job(
     torch.manual_seed(spec.calib_settings.seed)
     progress = StageProgress(on_progress)
     *work, (last, _) = STAGES
-    with job.peak.track():  # peak memory of the work, not of saving the model afterwards
-        for name, _ in work:
-            STAGE_FUNCTIONS[name](job, progress.stage(name))
+    try:
+        with job.peak.track():  # peak memory of the work, not of saving the model afterwards
+            for name, _ in work:
+                STAGE_FUNCTIONS[name](job, progress.stage(name))
+    finally:
+        latency.discard_baseline(job)  # the temporary copy of the original weights
     STAGE_FUNCTIONS[last](job, progress.stage(last))  # store
     progress.done()
     assert job.out is not None

@@ -94,6 +94,30 @@ class RunResult:
     kernel_paths: list[Any] | None = None
     saved_model: str | None = None
     saved_model_bytes: int | None = None
+    # latency spread and conditions (runs/latency.py); absent from older runs
+    prefill_ms_q1: float | None = None
+    prefill_ms_q3: float | None = None
+    decode_tok_s_q1: float | None = None
+    decode_tok_s_q3: float | None = None
+    baseline_prefill_ms_q1: float | None = None
+    baseline_prefill_ms_q3: float | None = None
+    baseline_decode_tok_s_q1: float | None = None
+    baseline_decode_tok_s_q3: float | None = None
+    prefill_speedup_q1: float | None = None
+    prefill_speedup_q3: float | None = None
+    decode_speedup_q1: float | None = None
+    decode_speedup_q3: float | None = None
+    latency_verdict: str | None = None
+    latency_report: list[Any] | None = None
+    latency_repeats: int | None = None
+    latency_threads: int | None = None
+    latency_device: str | None = None
+    latency_interleaved: bool | None = None
+    load_before: float | None = None
+    load_after: float | None = None
+    compress_cpu_s: float | None = None
+    calib_tokens_used: int | None = None
+    calib_tokens_requested: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
