@@ -206,8 +206,8 @@ def parse_step(raw: Any) -> Step:
     params = {k: v for k, v in raw.items() if k not in _RESERVED}
     try:
         cfg = cls.config_cls.from_dict(params)
-    except ConfigError:
-        raise
+    except ConfigError as e:  # in the method's words: "rtn: group_size=7 is ..."
+        raise ConfigError(f"{cls.name}: {e}") from None
     except (TypeError, ValueError, ArithmeticError) as e:  # wrong arguments or value types
         raise ConfigError(f"bad parameters for {cls.name}: {_short(str(e), 200)}") from None
     return Step(

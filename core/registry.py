@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-Kind = Literal["baseline", "cast", "quant", "prune", "transform"]
+Kind = Literal["baseline", "cast", "quant", "prune", "transform", "kv"]
 
 
 class ConfigError(ValueError):
@@ -31,24 +31,32 @@ def param(
     min: float | None = None,
     max: float | None = None,
     choices: tuple[Any, ...] | None = None,
+    power_of_two: bool = False,
 ) -> Any:
-    """A config field with its help text and its allowed range or choices."""
-    meta = {"help": help, "min": min, "max": max, "choices": choices}
+    """A config field with its help text and its allowed range or choices (an integer
+    field may also have to be a power of two)."""
+    meta = {"help": help, "min": min, "max": max, "choices": choices, "pow2": power_of_two}
     return field(default=default, metadata=meta)
 
 
-def _allowed(f: dataclasses.Field) -> str:
-    m = f.metadata
-    if m.get("choices"):
-        return "one of " + ", ".join(repr(c) for c in m["choices"])
-    lo, hi = m.get("min"), m.get("max")
+def allowed_text(meta: Any) -> str:
+    """What a field with this metadata (``param``'s) allows, in words: the widgets' help
+    and every refusal say it the same way."""
+    if meta.get("choices"):
+        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+    lo, hi = meta.get("min"), meta.get("max")
+    what = "a power of two" if meta.get("pow2") else "a value"
     if lo is not None and hi is not None:
-        return f"a value in [{lo}, {hi}]"
+        return f"{what} in [{lo}, {hi}]"
     if lo is not None:
-        return f"a value >= {lo}"
+        return f"{what} >= {lo}"
     if hi is not None:
-        return f"a value <= {hi}"
-    return "a value of the declared type"
+        return f"{what} <= {hi}"
+    return what if meta.get("pow2") else "a value of the declared type"
+
+
+def _allowed(f: dataclasses.Field) -> str:
+    return allowed_text(f.metadata)
 
 
 def _base_types(annotation: Any) -> tuple[type, ...]:
@@ -64,6 +72,47 @@ def _base_types(annotation: Any) -> tuple[type, ...]:
     return (annotation,) if isinstance(annotation, type) else (object,)
 
 
+def check_value(f: dataclasses.Field, annotation: Any, value: Any) -> Any:
+    """``value`` for the config field ``f`` (an int where a float is meant becomes a
+    float), or ConfigError naming the parameter and what it allows."""
+    allowed = _base_types(annotation)
+    where = f.name  # the parameter as a recipe names it (parse_step adds the method)
+    if value is None:
+        if type(None) not in allowed:
+            raise ConfigError(f"{where} must be set: {_allowed(f)}")
+        return None
+    # bool is an int in Python; refuse it where a number is meant and vice versa.
+    if isinstance(value, bool) and bool not in allowed:
+        raise ConfigError(f"{where}={value!r} is not allowed: {_allowed(f)}")
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, tuple(t for t in allowed if t is not object) or object):
+        names = "/".join(t.__name__ for t in allowed)
+        raise ConfigError(f"{where}={value!r} has the wrong type: expected {names}")
+    m = f.metadata
+    if m.get("choices") and value not in m["choices"]:
+        raise ConfigError(f"{where}={value!r} is not allowed: {_allowed(f)}")
+    lo, hi = m.get("min"), m.get("max")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ConfigError(f"{where}={value!r} is out of range: {_allowed(f)}")
+    if m.get("pow2") and isinstance(value, int) and (value < 1 or value & (value - 1)):
+        raise ConfigError(f"{where}={value!r} is not a power of two: {_allowed(f)}")
+    return value
+
+
+def field_problem(config_cls: type[MethodConfig], name: str, value: Any) -> str | None:
+    """Why ``value`` is not allowed for the parameter ``name`` of ``config_cls`` (one
+    line, the parameter's own words), or None if it is: the form checks each field
+    with the rule the config enforces."""
+    f = next(x for x in dataclasses.fields(config_cls) if x.name == name)
+    try:
+        check_value(f, typing.get_type_hints(config_cls)[name], value)
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
 @dataclass(frozen=True)
 class MethodConfig:
     """Base class of every method config: validated on construction, JSON round trip."""
@@ -71,33 +120,9 @@ class MethodConfig:
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            self._check_field(f, hints[f.name], value)
+            value = check_value(f, hints[f.name], getattr(self, f.name))
+            object.__setattr__(self, f.name, value)
         self.validate()
-
-    def _check_field(self, f: dataclasses.Field, annotation: Any, value: Any) -> None:
-        allowed = _base_types(annotation)
-        where = f"{type(self).__name__}.{f.name}"
-        if value is None:
-            if type(None) not in allowed:
-                raise ConfigError(f"{where} must be set: {_allowed(f)}")
-            return
-        # bool is an int in Python; refuse it where a number is meant and vice versa.
-        if isinstance(value, bool) and bool not in allowed:
-            raise ConfigError(f"{where}={value!r} is not allowed: {_allowed(f)}")
-        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
-            object.__setattr__(self, f.name, float(value))
-            value = float(value)
-        if not isinstance(value, tuple(t for t in allowed if t is not object) or object):
-            names = "/".join(t.__name__ for t in allowed)
-            raise ConfigError(f"{where}={value!r} has the wrong type: expected {names}")
-        m = f.metadata
-        if m.get("choices") and value not in m["choices"]:
-            raise ConfigError(f"{where}={value!r} is not allowed: {_allowed(f)}")
-        lo, hi = m.get("min"), m.get("max")
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            if (lo is not None and value < lo) or (hi is not None and value > hi):
-                raise ConfigError(f"{where}={value!r} is out of range: {_allowed(f)}")
 
     def validate(self) -> None:
         """Cross-field checks; subclasses override and raise ConfigError."""
@@ -288,6 +313,7 @@ def describe_params(config_cls: type[MethodConfig]) -> list[dict[str, Any]]:
                 "min": f.metadata.get("min"),
                 "max": f.metadata.get("max"),
                 "choices": list(f.metadata["choices"]) if f.metadata.get("choices") else None,
+                "power_of_two": bool(f.metadata.get("pow2")),
                 "help": f.metadata.get("help", ""),
             }
         )

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class AWQConfig(GroupedQuantConfig):
     bits: int = param(4, "weight bits", min=2, max=8)
     group_size: int | None = param(
-        128, "input columns per scale (power of two, 32..256); null = one per row", min=32, max=256
+        128, "input columns per scale; null = one per row", min=32, max=256, power_of_two=True
     )
     symmetric: bool = param(False, "absmax if true; zero-point (AWQ's default) if false")
     n_grid: int = param(20, "grid points for the exponent alpha in [0, 1)", min=1, max=100)

@@ -24,9 +24,10 @@ class GPTQConfig(GroupedQuantConfig):
     bits: int = param(4, "weight bits", min=2, max=8)
     group_size: int | None = param(
         128,
-        "input columns per scale (power of two, 32..256); null = one scale per row",
+        "input columns per scale; null = one scale per row",
         min=32,
         max=256,
+        power_of_two=True,
     )
     symmetric: bool = param(True, "absmax (symmetric) if true, zero-point (asymmetric) if false")
     damp: float = param(

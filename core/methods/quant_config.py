@@ -15,10 +15,10 @@ class GroupedQuantConfig(MethodConfig):
     output row); the group size is checked and the :class:`QuantSpec` built here, once.
     A subclass adds its own spec fields with :meth:`spec_options`."""
 
-    def validate(self) -> None:
+    def validate(self) -> None:  # subclasses declare group_size with power_of_two=True
         size = self.group_size  # type: ignore[attr-defined]
-        if size is not None and size & (size - 1):
-            raise ConfigError(f"group_size={size} must be a power of two in [32, 256]")
+        if size is not None and (size < 1 or size & (size - 1)):
+            raise ConfigError(f"group_size={size} is not a power of two: a power of two")
 
     def spec_options(self) -> dict[str, Any]:
         """QuantSpec fields this config sets besides bits, symmetry and group size."""

@@ -23,7 +23,11 @@ class RTNConfig(GroupedQuantConfig):
         choices=("tensor", "channel", "group"),
     )
     group_size: int = param(
-        128, "input columns per scale when granularity is group", min=32, max=256
+        128,
+        "input columns per scale when granularity is group",
+        min=32,
+        max=256,
+        power_of_two=True,
     )
     clip_percentile: float = param(
         100.0,
