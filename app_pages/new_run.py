@@ -16,6 +16,7 @@ st.caption(
 prefilled_from = forms.apply_prefill(st.session_state)
 if prefilled_from:
     st.session_state["prefill_note"] = prefilled_from
+forms.keep_form_state(st.session_state)  # what was typed survives a visit to another page
 if st.session_state.get("prefill_note"):
     st.info(
         f"Pre-filled from {st.session_state['prefill_note']}: check the recipe below, "
@@ -49,7 +50,16 @@ keep = st.checkbox(
     help="Saved by the worker in its data folder (safetensors in the real storage format, "
     "plus a config describing the quantization); the run's page offers it as a .zip.",
 )
-if st.button("Queue run", type="primary", icon=":material/play_arrow:"):
+problems = forms.form_problems(model, mode, recipe)
+if problems:
+    st.error("Fix first: " + "; ".join(problems), icon=":material/block:")
+if st.button(
+    "Queue run",
+    type="primary",
+    icon=":material/play_arrow:",
+    disabled=bool(problems),
+    help="Disabled while a field above is wrong (its message is under it)." if problems else None,
+):
     try:
         steps = steps_from_json(recipe) if mode == "JSON" else recipe
         job_id = submit_run(

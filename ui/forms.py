@@ -8,6 +8,7 @@ a select box, a bool a checkbox, and ``T | None`` an opt-in checkbox plus the in
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,17 @@ from core.models import (
     is_folder_spec,
     model_source,
 )
-from core.recipe import NAMED_RECIPES
-from core.registry import Method, describe_params, get_method, methods
+from core.recipe import NAMED_RECIPES, recipe_from_steps
+from core.registry import (
+    Method,
+    allowed_text,
+    describe_params,
+    field_problem,
+    get_method,
+    methods,
+)
 from db import queue
-from runs.spec import DEFAULT_CALIB, DEFAULT_EVAL
+from runs.spec import DEFAULT_CALIB, DEFAULT_EVAL, steps_from_json
 from ui import auth
 from ui.frames import fmt_bytes
 
@@ -153,25 +161,39 @@ def model_picker(prefix: str = "") -> str:
 # --- recipe ----------------------------------------------------------------------
 
 
-def _allowed(p: dict[str, Any]) -> str:
-    if p["choices"]:
-        return "one of " + ", ".join(map(str, p["choices"]))
-    if p["min"] is not None or p["max"] is not None:
-        return f"range [{p['min']}, {p['max']}]"
-    return ""
+def allowed(p: dict[str, Any]) -> str:
+    """What a parameter allows, in the words its refusal uses ("a power of two in [32, 256]")."""
+    if not p["choices"] and p["min"] is None and p["max"] is None and not p.get("power_of_two"):
+        return ""
+    meta = {"choices": p["choices"], "min": p["min"], "max": p["max"]}
+    return allowed_text({**meta, "pow2": p.get("power_of_two")})
 
 
-def param_widget(p: dict[str, Any], key: str) -> Any:
-    """One widget for one config field, from its type, range or choices."""
+def _field_check(config_cls: type | None, name: str, value: Any) -> Any:
+    """Show the refusal of ``value`` under its field (as the config would word it)."""
+    problem = field_problem(config_cls, name, value) if config_cls is not None else None
+    if problem:
+        st.error(problem, icon=":material/error:")
+    return value
+
+
+def param_widget(p: dict[str, Any], key: str, config_cls: type | None = None) -> Any:
+    """One widget for one config field, from its type, range or choices; with
+    ``config_cls``, a wrong value gets its refusal under the field at once."""
     types = p["type"].split("|")
     optional = "NoneType" in types
     base = next((t for t in types if t != "NoneType"), "str")
     name, default = p["name"], p["default"]
-    helptext = " · ".join(x for x in (p["help"], _allowed(p)) if x)
+    helptext = " · ".join(x for x in (p["help"], allowed(p) and f"allowed: {allowed(p)}") if x)
     if optional and not st.checkbox(
         f"set {name}", value=default is not None, key=f"{key}:on", help=f"unset: None. {helptext}"
     ):
         return None
+    return _field_check(config_cls, name, _value_widget(p, key, base, helptext))
+
+
+def _value_widget(p: dict[str, Any], key: str, base: str, helptext: str) -> Any:
+    name, default = p["name"], p["default"]
     if p["choices"]:
         choices = list(p["choices"])
         index = choices.index(default) if default in choices else 0
@@ -188,8 +210,11 @@ def param_widget(p: dict[str, Any], key: str) -> Any:
         else:
             step = (hi - lo) / 100 if lo is not None and hi is not None else 0.01
         # No min/max on the widget: Streamlit would silently keep the last valid value,
-        # while the config's own validation refuses it with a message that says what is allowed.
-        return cast(st.number_input(name, value=value, step=step, key=key, help=helptext))
+        # while the config's own rule refuses it under the field, saying what is allowed.
+        out = cast(st.number_input(name, value=value, step=step, key=key, help=helptext))
+        if allowed(p):
+            st.caption(f"allowed: {allowed(p)}")
+        return out
     return st.text_input(
         name, value="" if default is None else str(default), key=key, help=helptext
     )
@@ -242,7 +267,10 @@ def step_editor(i: int, prefix: str = "") -> dict[str, Any]:
         cols = st.columns(3)
         for j, p in enumerate(params):
             with cols[j % 3]:
-                values[p["name"]] = param_widget(p, f"{key}:{method}:{p['name']}")
+                values[p["name"]] = param_widget(
+                    p, f"{key}:{method}:{p['name']}", config_cls=cls.config_cls
+                )
+        _step_check(cls, values)
         c1, c2 = st.columns(2)
         targets = c1.text_input(
             "targets (comma-separated name patterns; re:<regex> allowed)",
@@ -252,6 +280,33 @@ def step_editor(i: int, prefix: str = "") -> dict[str, Any]:
         ignore = c2.text_input("ignore (patterns excluded)", "lm_head", key=f"{key}:ignore")
         method_card(cls, expanded=(i == 0))
     return {"method": method, **values, "targets": _patterns(targets), "ignore": _patterns(ignore)}
+
+
+def _step_check(cls: type[Method], values: dict[str, Any]) -> None:
+    """A rule between fields (each field passed its own check): its refusal under the step."""
+    if any(field_problem(cls.config_cls, k, v) for k, v in values.items()):
+        return  # already said under the field
+    try:
+        cls.config_cls.from_dict(values)
+    except ValueError as e:
+        st.error(f"{cls.name}: {e}", icon=":material/error:")
+
+
+def recipe_problem(mode: str, recipe: Any) -> str | None:
+    """Why the recipe as composed cannot be queued (the words the fields show), or None."""
+    try:
+        steps = steps_from_json(recipe) if mode == "JSON" else recipe
+        recipe_from_steps(list(steps))
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def form_problems(model: str, mode: str, recipe: Any) -> list[str]:
+    """What keeps New run's Queue button disabled: no model chosen, a recipe refused."""
+    out = [] if model.strip() else ["choose a model"]
+    problem = recipe_problem(mode, recipe)
+    return out + ([problem] if problem else [])
 
 
 def _add_step() -> None:
@@ -296,6 +351,9 @@ def recipe_picker() -> tuple[str, Any, str]:
         height=160,
         key="recipe_json",
     )
+    problem = recipe_problem(mode, text)
+    if problem:
+        st.error(problem, icon=":material/error:")
     return mode, text, ""
 
 
@@ -463,3 +521,43 @@ def apply_prefill(state: MutableMapping[str, Any]) -> str | None:
         if field in pre["calib_settings"]:
             state[key] = int(pre["calib_settings"][field])
     return str(pre["source"])
+
+
+# --- the New run form survives a visit to another page --------------------------------
+
+# Streamlit drops a widget's value when a page without it runs; these keys are copied
+# aside on every New run rerun and put back when missing. Other New run widgets join by
+# a key in FORM_KEYS or one that starts with "nr_" (or "step<i>:", the step editors').
+FORM_KEYS = (
+    "model_kind",
+    "hub_choice",
+    "hub_other",
+    "folder_path",
+    "recipe_mode",
+    "named_recipe",
+    "recipe_json",
+    "calib_set",
+    "eval_set",
+    *_EVAL_KEYS.values(),
+    *_CALIB_KEYS.values(),
+    "save_model",
+    "sweep_step",
+)
+_FORM_PATTERN = re.compile(r"^(nr_|step\d+:|sweep_param:)")
+_SAVED_FORM = "_new_run_form"  # not a widget key: Streamlit keeps it across pages
+
+
+def is_form_key(key: str) -> bool:
+    return (key in FORM_KEYS or bool(_FORM_PATTERN.match(key))) and not key.endswith(":upload")
+
+
+def keep_form_state(state: MutableMapping[str, Any]) -> int:
+    """Put back the New run values Streamlit dropped while another page was open, then
+    remember the current ones; call at the top of New run (after a pre-fill). Returns how
+    many values were put back."""
+    saved: dict[str, Any] = state.setdefault(_SAVED_FORM, {})
+    missing = {k: v for k, v in saved.items() if k not in state}
+    for k, v in missing.items():
+        state[k] = v
+    saved.update({k: state[k] for k in list(state.keys()) if is_form_key(str(k))})
+    return len(missing)
