@@ -17,10 +17,12 @@ from typing import Any, TypeVar
 from core.calib import CalibSettings
 from core.data import DataError, list_text_sets
 from core.errors import ModelLoadError
+from core.generate import check_prompts
 from core.metrics import EvalSettings
 from core.models import model_source
 from core.recipe import NO_STEPS, Recipe, loads_json, recipe_from_steps
 from core.registry import ConfigError
+from core.tasks import check_tasks
 
 TextExists = Callable[[str], bool]  # is this uploaded text ("upload:...") stored?
 UPLOAD_PREFIX = "upload:"
@@ -42,6 +44,9 @@ class JobSpec:
     eval: EvalSettings = field(default_factory=EvalSettings)
     calib_settings: CalibSettings = field(default_factory=CalibSettings)
     save_model: bool = False  # keep the compressed model (safetensors + config) for download
+    tasks: list[str] = field(default_factory=list)  # lm-eval tasks (core.tasks), run and baseline
+    task_limit: int | None = None  # examples per task (None: all)
+    prompts: list[str] = field(default_factory=list)  # continued greedily; []: the model's defaults
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -143,6 +148,18 @@ def _check_model_source(model: str) -> None:
         raise ConfigError(str(e)) from None
 
 
+def check_outputs(
+    tasks: Sequence[str], task_limit: int | None, prompts: Sequence[str]
+) -> dict[str, Any]:
+    """The JobSpec fields of the task scores and generations, validated (ConfigError)."""
+    names = list(check_tasks(tasks, task_limit))
+    return {
+        "tasks": names,
+        "task_limit": task_limit if names else None,
+        "prompts": check_prompts(prompts),
+    }
+
+
 def build_spec(
     model: str,
     recipe: Recipe | Sequence[dict[str, Any]],
@@ -154,6 +171,9 @@ def build_spec(
     eval_settings: EvalSettings | dict[str, Any] | None = None,
     calib_settings: CalibSettings | dict[str, Any] | None = None,
     save_model: bool = False,
+    tasks: Sequence[str] = (),
+    task_limit: int | None = None,
+    prompts: Sequence[str] = (),
 ) -> tuple[JobSpec, str]:
     """A validated JobSpec and its recipe label; ValueError (ConfigError, DataError) if bad.
 
@@ -168,6 +188,7 @@ def build_spec(
     cs = _settings(CalibSettings, calib_settings, "calibration settings")
     check_text_set(eval_set, "evaluation", text_exists)
     check_text_set(calib, "calibration", text_exists)
+    outputs = check_outputs(tasks, task_limit, prompts)
     spec = JobSpec(
         model=model,
         recipe=parsed.to_list(),
@@ -177,5 +198,6 @@ def build_spec(
         eval=ev,
         calib_settings=cs,
         save_model=bool(save_model),
+        **outputs,
     )
     return spec, recipe_label(parsed)
