@@ -357,20 +357,37 @@ def test_new_run_refuses_an_out_of_range_parameter(sf, db_url) -> None:
     at = _app(NEW_RUN)
     at.radio(key="recipe_mode").set_value("JSON").run()
     at.text_area(key="recipe_json").input('[{"method": "rtn", "bits": 99}]').run()
-    _button(at, "Queue run").click().run()
-    errors = _texts(at.error)
-    assert "bits=99" in errors and "out of range" in errors
+    errors = _texts(at.error)  # under the text area, before any click
+    assert "rtn: bits=99 is out of range: a value in [2, 8]" in errors
+    assert "RTNConfig" not in errors
+    assert _button(at, "Queue run").disabled
     assert queue.list_jobs(sf) == []
+
+
+def test_new_run_group_size_7_is_refused_under_its_field(sf, db_url) -> None:
+    at = _app(NEW_RUN)
+    at.radio(key="recipe_mode").set_value("Build steps").run()
+    at.selectbox(key="step0:rtn:granularity").set_value("group").run()
+    field = at.number_input(key="step0:rtn:group_size")
+    assert "a power of two in [32, 256]" in field.help
+    assert not _button(at, "Queue run").disabled
+    field.set_value(7).run()
+    assert "group_size=7 is out of range: a power of two in [32, 256]" in _texts(at.error)
+    assert _button(at, "Queue run").disabled
+    at.number_input(key="step0:rtn:group_size").set_value(96).run()
+    assert "group_size=96 is not a power of two" in _texts(at.error)
+    at.number_input(key="step0:rtn:group_size").set_value(64).run()
+    assert not at.error and not _button(at, "Queue run").disabled
 
 
 def test_new_run_builds_steps_from_config_widgets(sf, db_url) -> None:
     at = _app(NEW_RUN)
     at.radio(key="recipe_mode").set_value("Build steps").run()
     bits = at.number_input(key="step0:rtn:bits")
-    assert "range [2, 8]" in bits.help  # the range comes from the config
-    bits.set_value(99).run()  # unbounded widget: the config's validation refuses it
-    _button(at, "Queue run").click().run()
+    assert "a value in [2, 8]" in bits.help  # the range comes from the config
+    bits.set_value(99).run()  # unbounded widget: the config's rule refuses it at once
     assert "bits=99" in _texts(at.error) and "[2, 8]" in _texts(at.error)
+    assert _button(at, "Queue run").disabled
     assert queue.list_jobs(sf) == []
     assert at.selectbox(key="step0:rtn:granularity").options == ["tensor", "channel", "group"]
     assert any("Needs a calibration set" in m.value for m in at.markdown)  # the method card
