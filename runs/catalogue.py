@@ -10,6 +10,7 @@ a metric key typed anywhere else in runs/, workers/, ui/ or app_pages/.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -312,6 +313,59 @@ SAVED_MODEL_BYTES = Metric(
     "size of that folder: weights as stored, configs, tokenizer",
     kind="size",
 )
+_TASK_DEF = (
+    "lm-evaluation-harness on the model in memory, one row per task and metric "
+    "{task, metric, value, stderr, n, higher_is_better}: acc = fraction of examples whose "
+    "highest-log-likelihood choice is the gold one; acc_norm = the same with each choice's "
+    "log-likelihood divided by its length in bytes; stderr = sample standard deviation of "
+    "the per-example scores / sqrt(n) (bootstrap for perplexities); n = examples scored "
+    "(the job's task_limit caps it)"
+)
+TASK_SCORES = Metric("task_scores", "Task scores", "", _TASK_DEF, kind="list")
+BASELINE_TASK_SCORES = Metric(
+    "baseline_task_scores",
+    "Baseline task scores",
+    "",
+    "the same for the uncompressed model, in the same job before compressing (cached "
+    "per model, tasks, limit, task data and lm-eval version)",
+    kind="list",
+)
+GENERATIONS = Metric(
+    "generations",
+    "Generations",
+    "",
+    "greedy continuations (argmax, KV cache, fixed length, seed recorded) of each prompt by "
+    "the uncompressed and the compressed model in the same job: {prompt, baseline, run, "
+    "first_diff}, each side {ids, pieces, text}; first_diff = index of the first differing "
+    "token (null: identical)",
+    kind="list",
+)
+# Task metrics are runs-frame columns "task:<task>:<metric>", one per task score seen.
+TASK_COLUMN_PREFIX = "task:"
+_LOWER_IS_BETTER_TASK_METRICS = frozenset({"perplexity", "word_perplexity", "byte_perplexity"})
+
+
+def task_column(task: str, metric: str) -> str:
+    return f"{TASK_COLUMN_PREFIX}{task}:{metric}"
+
+
+def task_metric(column: str) -> Metric | None:
+    """The metric of a task column ("task:arc_easy:acc"), None for any other column."""
+    if not column.startswith(TASK_COLUMN_PREFIX) or column.count(":") != 2:
+        return None
+    _, task, metric = column.split(":")
+    better: Better = "lower" if metric in _LOWER_IS_BETTER_TASK_METRICS else "higher"
+    return Metric(
+        column,
+        f"{task} {metric}",
+        "" if better == "lower" else "fraction",
+        f"{metric} of task {task}; " + _TASK_DEF,
+        better,
+        "%.3f",
+        axis=f"{task}: {metric} (lm-eval)",
+    )
+
+
 # Per linear layer (a layer row's rel_error), not a run-level result key.
 LAYER_ERROR = Metric("layer_error", "Layer error", "relative", _LAYER_ERROR_DEF, "lower", "%.2e")
 
@@ -461,6 +515,9 @@ RESULT: tuple[Metric, ...] = (
     KERNEL_PATHS,
     SAVED_MODEL,
     SAVED_MODEL_BYTES,
+    TASK_SCORES,
+    BASELINE_TASK_SCORES,
+    GENERATIONS,
     PREFILL_MS_Q1,
     PREFILL_MS_Q3,
     DECODE_TOK_S_Q1,
@@ -547,10 +604,15 @@ def definition(key: str) -> str:
 
 
 def lookup(key: str) -> Metric | None:
-    """The metric of a result key or runs-frame column, if catalogued."""
-    return BY_KEY.get(key) or BY_COLUMN.get(key)
+    """The metric of a result key or runs-frame column (task columns too), if catalogued."""
+    return BY_KEY.get(key) or BY_COLUMN.get(key) or task_metric(key)
 
 
-def axes() -> dict[str, tuple[str, Better]]:
-    """Runs-frame column -> (axis title, better direction) of every plottable metric."""
-    return {m.col: (m.axis, m.better or "lower") for m in RESULT if m.axis}
+def axes(columns: Iterable[str] = ()) -> dict[str, tuple[str, Better]]:
+    """Runs-frame column -> (axis title, better direction) of every plottable metric, and
+    of the task columns among ``columns`` (a runs frame's columns)."""
+    out = {m.col: (m.axis, m.better or "lower") for m in RESULT if m.axis}
+    for col in columns:
+        if (m := task_metric(col)) is not None:
+            out[col] = (m.axis, m.better or "higher")
+    return out

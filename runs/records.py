@@ -94,6 +94,9 @@ class RunResult:
     kernel_paths: list[Any] | None = None
     saved_model: str | None = None
     saved_model_bytes: int | None = None
+    task_scores: list[dict[str, Any]] | None = None  # runs/tasks.py
+    baseline_task_scores: list[dict[str, Any]] | None = None
+    generations: list[dict[str, Any]] | None = None  # runs/generations.py
     # latency spread and conditions (runs/latency.py); absent from older runs
     prefill_ms_q1: float | None = None
     prefill_ms_q3: float | None = None
