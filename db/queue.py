@@ -530,12 +530,34 @@ def set_tags(sf: Factory, job_id: int, tags: list[str] | str, user: str = LOCAL_
     return _annotate(sf, job_id, user, False, tags_json=json.dumps(cleaned) if cleaned else None)
 
 
-def set_notes(sf: Factory, job_id: int, notes: str | None, user: str = LOCAL_OWNER) -> str:
-    """Replace a run's notes if ``user`` owns it or is an admin."""
+def clean_notes(notes: str | None) -> str | None:
     text = (notes or "").strip()
     if len(text) > MAX_NOTES:
         raise AnnotationError(f"notes have at most {MAX_NOTES} characters ({len(text)} given)")
-    return _annotate(sf, job_id, user, False, notes=text or None)
+    return text or None
+
+
+def set_notes(sf: Factory, job_id: int, notes: str | None, user: str = LOCAL_OWNER) -> str:
+    """Replace a run's notes if ``user`` owns it or is an admin."""
+    return _annotate(sf, job_id, user, False, notes=clean_notes(notes))
+
+
+def annotate(
+    sf: Factory,
+    job_id: int,
+    name: str | None,
+    tags: list[str] | str,
+    notes: str | None,
+    user: str = LOCAL_OWNER,
+) -> str:
+    """Name, tags and notes at once (all checked before anything is written)."""
+    cleaned = clean_tags(tags)
+    values = {
+        "name": clean_name(name),
+        "tags_json": json.dumps(cleaned) if cleaned else None,
+        "notes": clean_notes(notes),
+    }
+    return _annotate(sf, job_id, user, False, **values)
 
 
 def archive_job(sf: Factory, job_id: int, user: str = LOCAL_OWNER) -> str:

@@ -129,9 +129,11 @@ def test_only_own_finished_jobs_are_offered_for_deletion(db_url, sf, monkeypatch
     for job_id in (mine, theirs):
         queue.request_cancel(sf, job_id, user=queue.get_job(sf, job_id).owner)
     at = _runs_page_as(monkeypatch, "alice")
-    assert at.selectbox(key="del_job").options == [f"#{mine}"]
-    at.selectbox(key="del_job").set_value(mine).run()
-    at.button(key="del_button").click().run()
+    at.selectbox(key="hist_open").set_value(theirs).run()
+    button = at.button(key=f"del_hist_{theirs}")
+    assert button.disabled and "only bob" in button.help  # not alice's: disabled, saying why
+    at.selectbox(key="hist_open").set_value(mine).run()
+    at.button(key=f"del_hist_{mine}").click().run()
     assert queue.get_job(sf, mine) is None and queue.get_job(sf, theirs) is not None
 
 

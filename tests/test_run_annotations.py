@@ -117,3 +117,13 @@ def test_only_the_owner_or_an_admin_annotates(sf) -> None:
     assert queue.archive_job(sf, jid, user="root") == "saved"
     assert queue.restore_job(sf, jid, user="alice") == "saved"
     assert queue.delete_job(sf, jid, user="root") == "deleted"
+
+
+def test_annotate_checks_everything_before_writing(sf) -> None:
+    jid = _done(sf)
+    with pytest.raises(queue.AnnotationError):
+        queue.annotate(sf, jid, "kept?", ["z" * 41], "n")
+    assert queue.get_job(sf, jid).name is None  # nothing written
+    assert queue.annotate(sf, jid, "int4 g128", "a, b", "n") == "saved"
+    job = queue.get_job(sf, jid)
+    assert (job.name, job.tags, job.notes) == ("int4 g128", ["a", "b"], "n")

@@ -28,6 +28,7 @@ RUN_COLUMNS: tuple[str, ...] = (
     "recipe",
     "method",
     *(m.col for m in cat.RUN_TABLE),
+    *(q.col for pair in cat.SPREAD.values() for q in pair),  # error bars of the charts
     "eval",
     "finished",
 )
@@ -113,6 +114,7 @@ def runs_frame(jobs: Iterable[Any]) -> pd.DataFrame:
                 "recipe": job.recipe_label,
                 "method": method_label(recipe_steps(job)),
                 **{m.col: metric_cell(m, r) for m in cat.RUN_TABLE},
+                **{q.col: metric_cell(q, r) for pair in cat.SPREAD.values() for q in pair},
                 "eval": eval_label(job),
                 "finished": _when(job.finished_at),
             }
@@ -287,3 +289,174 @@ def most_interesting(rows: dict[str, dict[str, Any]]) -> str:
         return (above if above == above else -1.0, err if err == err else -1.0)
 
     return max(rows.items(), key=key)[0] if rows else ""
+
+
+# --- run identity: full recipe, names, tags, filters, config diff (issue 18) -------------
+
+# The parameters a recipe's one-line description always shows (when a step has them).
+KEY_PARAMS: tuple[str, ...] = ("bits", "group_size", "sparsity", "pattern", "dtype", "alpha")
+
+
+def _step_text(step: dict[str, Any]) -> str:
+    shown = []
+    for k in KEY_PARAMS:
+        v = step.get(k)
+        if v is None or (k == "group_size" and step.get("granularity", "group") != "group"):
+            continue
+        shown.append(f"{k}={v}")
+    if step.get("granularity") in ("tensor", "channel"):
+        shown.append(f"per-{step['granularity']}")
+    return f"{step.get('method', '?')}({', '.join(shown)})" if shown else str(step.get("method"))
+
+
+def recipe_details(steps: Sequence[dict[str, Any]]) -> str:
+    """A recipe in one line with its bits, group size and sparsity, whatever its name:
+    "wanda(sparsity=0.5) + rtn(bits=4, group_size=128)"; "baseline" without steps."""
+    return " + ".join(_step_text(s) for s in steps) or "baseline"
+
+
+def run_title(job: Any) -> str:
+    """What a run is called: its name, else its recipe label."""
+    return str(getattr(job, "name", None) or job.recipe_label)
+
+
+def tags_text(job: Any) -> str:
+    tags = getattr(job, "tags", None) or []
+    return ", ".join(tags)
+
+
+def flat_config(job: Any) -> dict[str, Any]:
+    """Every setting of a run as "path: value" (recipe steps as "step 1 rtn.bits"), for
+    the config diff; lists shown as text."""
+    spec = getattr(job, "spec", None) or {}
+    out: dict[str, Any] = {"model": job.model}
+    for i, step in enumerate(recipe_steps(job), start=1):
+        for k, v in step.items():
+            if k != "method":
+                out[f"step {i} {step.get('method', '?')}.{k}"] = v
+        out[f"step {i}"] = step.get("method")
+    for section in ("eval", "calib_settings"):
+        for k, v in (spec.get(section) or {}).items():
+            out[f"{section}.{k}"] = v
+    for k in ("eval_set", "calib", "tasks", "save_model"):
+        if k in spec:
+            out[k] = spec[k]
+    return {k: (", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in out.items()}
+
+
+def config_diff(jobs: Sequence[Any], labels: Sequence[str]) -> pd.DataFrame:
+    """The settings in which the runs differ (a setting one run lacks counts as
+    different): one row per setting, one column per run, "-" where absent."""
+    flats = [flat_config(j) for j in jobs]
+    keys: list[str] = []
+    for f in flats:
+        keys += [k for k in f if k not in keys]
+    missing = object()
+    rows = []
+    for k in keys:
+        values = [f.get(k, missing) for f in flats]
+        if all(v == values[0] for v in values):
+            continue
+        cells = ["-" if v is missing else str(v) for v in values]
+        rows.append({"setting": k, **dict(zip(labels, cells, strict=True))})
+    return pd.DataFrame(rows, columns=["setting", *labels])
+
+
+def _param_value(job: Any, name: str) -> list[Any]:
+    """The values of parameter ``name`` in a run: any recipe step's, or a setting's."""
+    spec = getattr(job, "spec", None) or {}
+    found = [s[name] for s in recipe_steps(job) if name in s]
+    for section in ("eval", "calib_settings"):
+        if name in (spec.get(section) or {}):
+            found.append(spec[section][name])
+    if name in spec and not isinstance(spec[name], dict | list):
+        found.append(spec[name])
+    return found
+
+
+class FilterError(ValueError):
+    """A parameter filter that cannot be read; says how to write it."""
+
+
+def parse_param_filter(text: str) -> list[tuple[str, str, str]]:
+    """ "bits=4, group_size>=64, method=gptq" -> [(name, op, value)]."""
+    out = []
+    for clause in filter(None, (c.strip() for c in text.split(","))):
+        for op in (">=", "<=", "!=", "=", ">", "<"):
+            if op in clause:
+                name, value = (x.strip() for x in clause.split(op, 1))
+                if not name or not value:
+                    break
+                out.append((name, op, value))
+                break
+        else:
+            raise FilterError(f"{clause!r}: write name=value, name>=value or name<value")
+    return out
+
+
+def _compare(have: Any, op: str, want: str) -> bool:
+    try:
+        a, b = float(have), float(want)
+    except (TypeError, ValueError):
+        a, b = str(have).lower(), want.lower()  # type: ignore[assignment]
+        if op in ("=", "!="):
+            return (a == b) == (op == "=")
+        return False
+    return {
+        "=": a == b,
+        "!=": a != b,
+        ">=": a >= b,
+        "<=": a <= b,
+        ">": a > b,
+        "<": a < b,
+    }[op]
+
+
+def matches_params(job: Any, clauses: Sequence[tuple[str, str, str]]) -> bool:
+    """Whether every clause holds for some value of its parameter in the run ("method"
+    matches any step's method)."""
+    for name, op, want in clauses:
+        values = _param_value(job, name)
+        if not any(_compare(v, op, want) for v in values):
+            return False
+    return True
+
+
+def job_text(job: Any) -> str:
+    """What the runs search box looks through: id, name, recipe, model, tags, notes."""
+    parts = [f"#{job.id}", run_title(job), job.recipe_label, job.model, tags_text(job)]
+    parts.append(getattr(job, "notes", None) or "")
+    return " ".join(str(p) for p in parts).lower()
+
+
+def run_link(job: Any) -> str | None:
+    """The Run page of a succeeded run, relative to the current page's address."""
+    return f"run?run={job.id}" if job.status == "succeeded" else None
+
+
+def history_frame(jobs: Iterable[Any], now: float | None = None) -> pd.DataFrame:
+    """The Runs history: who, what (name, full recipe), tags, how it went, a link."""
+    rows = []
+    for job in jobs:
+        r = job.result or {}
+        rows.append(
+            {
+                "id": int(job.id),
+                "open": run_link(job),
+                "name": run_title(job),
+                "status": job.status,
+                "model": job.model,
+                "recipe": job.recipe_label,
+                "details": recipe_details(recipe_steps(job)),
+                "tags": tags_text(job),
+                "owner": job.owner,
+                "submitted": _when(job.created_at),
+                "elapsed": fmt_duration(elapsed_s(job, now)),
+                cat.PERPLEXITY.col: metric_cell(cat.PERPLEXITY, r),
+                "archived": bool(getattr(job, "archived", False)),
+                "error": job.error or "",
+            }
+        )
+    cols = ["id", "open", "name", "status", "model", "recipe", "details", "tags", "owner"]
+    cols += ["submitted", "elapsed", cat.PERPLEXITY.col, "archived", "error"]
+    return pd.DataFrame(rows, columns=cols)

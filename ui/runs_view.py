@@ -7,8 +7,19 @@ import streamlit as st
 
 from db import queue
 from db.models import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job
-from ui import auth, shell, tables
-from ui.frames import elapsed_s, fmt_duration, jobs_frame
+from ui import annotations, auth, shell, tables
+from ui.frames import (
+    FilterError,
+    elapsed_s,
+    fmt_duration,
+    history_frame,
+    job_text,
+    matches_params,
+    method_label,
+    parse_param_filter,
+    recipe_steps,
+    run_title,
+)
 
 STATUS_ICON = {
     QUEUED: ":material/schedule:",
@@ -22,31 +33,6 @@ STATUS_ICON = {
 def _cancel(job_id: int) -> None:
     outcome = queue.request_cancel(shell.session(), job_id, user=auth.current_user())
     st.toast(f"Job #{job_id}: {shell.md_text(outcome)}")
-
-
-def _delete(job_id: int) -> None:
-    outcome = queue.delete_job(shell.session(), job_id, user=auth.current_user())
-    st.toast(f"Job #{job_id}: {shell.md_text(outcome)}")
-
-
-def _delete_control(jobs: list[Job]) -> None:
-    """Delete one finished job: only those the user owns (an admin: any)."""
-    who = auth.current_identity()
-    mine = [j.id for j in jobs if who.admin or j.owner == who.name]
-    with st.expander("Delete a finished job", icon=":material/delete:"):
-        if not mine:
-            st.caption("Only a job's owner or an admin may delete it; none here is yours.")
-            return
-        choice = st.selectbox("Job", mine, index=None, format_func=lambda i: f"#{i}", key="del_job")
-        st.button(
-            "Delete",
-            key="del_button",
-            on_click=_delete,
-            args=(choice,),
-            disabled=choice is None,
-            icon=":material/delete:",
-            help="Its result and layer rows are removed for everyone.",
-        )
 
 
 def _cancel_button(job: Job, allowed: bool) -> None:
@@ -127,29 +113,91 @@ def workers() -> None:
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="workers_table")
 
 
+def _options(values: list[str]) -> list[str]:
+    return sorted({v for v in values if v}, key=str.lower)
+
+
+def _history_filters(jobs: list[Job]) -> list[Job]:
+    """Model, method, status, owner, tag, any parameter, free text; archived hidden."""
+    f = st.columns(5)
+    models = f[0].multiselect("Model", _options([j.model for j in jobs]), key="hist_model")
+    methods = f[1].multiselect(
+        "Method", _options([method_label(recipe_steps(j)) for j in jobs]), key="hist_method"
+    )
+    statuses = f[2].multiselect("Status", [SUCCEEDED, FAILED, CANCELLED], key="hist_status")
+    owners = f[3].multiselect("Owner", _options([j.owner for j in jobs]), key="hist_owner")
+    tags = f[4].multiselect(
+        "Tag", _options([t for j in jobs for t in j.tags]), key="hist_tag", placeholder="any"
+    )
+    g = st.columns([2, 2, 1])
+    params = g[0].text_input(
+        "Parameters",
+        key="hist_params",
+        placeholder="bits=4, group_size>=64, sparsity<0.6",
+        help="Any recipe parameter or setting: name=value, name>=value, name<value; "
+        "several separated by commas must all hold (method=gptq too).",
+    )
+    text = g[1].text_input("Search", key="hist_text", placeholder="name, recipe, tag, note")
+    archived = g[2].toggle("Show archived", key="hist_archived")
+    try:
+        clauses = parse_param_filter(params)
+    except FilterError as e:
+        st.error(str(e))
+        clauses = []
+    keep = [
+        j
+        for j in jobs
+        if (archived or not j.archived)
+        and (not models or j.model in models)
+        and (not methods or method_label(recipe_steps(j)) in methods)
+        and (not statuses or j.status in statuses)
+        and (not owners or j.owner in owners)
+        and (not tags or set(tags) & set(j.tags))
+        and matches_params(j, clauses)
+        and (not text.strip() or text.strip().lower() in job_text(j))
+    ]
+    return keep
+
+
+def _pick_row(shown: list[Job]) -> None:
+    rows = st.session_state["jobs_history"].selection.rows
+    if rows and rows[0] < len(shown):
+        st.session_state["hist_open"] = shown[rows[0]].id
+
+
 @st.fragment(run_every=5)
 def history() -> None:
-    """Every finished job with its status, elapsed time and readable error."""
+    """Every finished job: filters, a table whose rows open their run, and the selected
+    run's name, tags, notes, archive / delete and clone (the table is the page's last grid)."""
     sf = shell.session()
     jobs = [j for j in queue.list_jobs(sf, limit=500) if queue.is_finished(j.status)]
     st.subheader(f"History ({len(jobs)} finished)")
     if not jobs:
         st.caption("No finished jobs yet.")
         return
-    failed = [j for j in jobs if j.status == FAILED][:5]
-    for job in failed:
+    for job in [j for j in jobs if j.status == FAILED and not j.archived][:5]:
         st.error(
             f"Job #{job.id} ({shell.md_text(job.model, 300)} · "
             f"{shell.md_text(job.recipe_label, 300)}) failed: {shell.md_text(job.error)}"
         )
-    statuses = st.multiselect(
-        "Show",
-        [SUCCEEDED, FAILED, CANCELLED],
-        default=[SUCCEEDED, FAILED, CANCELLED],
-        key="hist_status",
+    shown = _history_filters(jobs)
+    st.caption(
+        f"{len(shown)} of {len(jobs)} shown. Select a row to name, tag, archive or clone "
+        "its run; 'open' opens the run's page."
     )
-    shown = [j for j in jobs if j.status in statuses]
-    df = jobs_frame(shown).drop(columns=["progress"])
-    df.insert(2, "owner", [j.owner for j in shown])
-    tables.jobs_table(df, key="jobs_history")
-    _delete_control(jobs)
+    tables.history_table(
+        history_frame(shown), key="jobs_history", on_select=lambda: _pick_row(shown)
+    )
+    by_id = {j.id: j for j in shown}
+    if st.session_state.get("hist_open") not in by_id:
+        st.session_state.pop("hist_open", None)
+    picked = st.selectbox(
+        "Run",
+        list(by_id),
+        index=None,
+        format_func=lambda i: f"#{i}: {run_title(by_id[i])}",
+        key="hist_open",
+        placeholder="select a row above, or pick a run here",
+    )
+    if picked is not None:
+        annotations.panel(by_id[picked], key="hist")

@@ -26,6 +26,7 @@ RUN_COLUMNS: dict[str, Any] = {
     "recipe": _cc.TextColumn("recipe"),
     "method": _cc.TextColumn("method"),
     **{m.col: metric_column(m) for m in cat.RUN_TABLE},
+    **{q.col: metric_column(q) for pair in cat.SPREAD.values() for q in pair},
     "eval": _cc.TextColumn("evaluated on"),
     "finished": _cc.DatetimeColumn("finished", format="YYYY-MM-DD HH:mm"),
 }
@@ -87,4 +88,30 @@ def leaderboard_table(df: pd.DataFrame, *, key: str) -> Any:
         key=key,
         on_select="rerun",
         selection_mode="multi-row",
+    )
+
+
+HISTORY_COLUMNS: dict[str, Any] = {
+    **JOB_COLUMNS,
+    "open": _cc.LinkColumn("open", display_text="open", help="the run's own page"),
+    "name": _cc.TextColumn("name", width="medium", help="its name, else its recipe label"),
+    "recipe": _cc.TextColumn("recipe", width="medium"),
+    "details": _cc.TextColumn(
+        "recipe in full", width="large", help="bits, group size, sparsity of every step"
+    ),
+    "tags": _cc.TextColumn("tags"),
+    "archived": _cc.CheckboxColumn("archived"),
+}
+
+
+def history_table(df: pd.DataFrame, *, key: str, on_select: Callable[[], None]) -> Any:
+    """The Runs history: one row selectable (it opens the run's panel below)."""
+    return st.dataframe(
+        df,
+        column_config=HISTORY_COLUMNS,
+        hide_index=True,
+        width="stretch",
+        key=key,
+        on_select=on_select,
+        selection_mode="single-row",
     )

@@ -1,0 +1,115 @@
+"""A run's identity on every page that shows one: its name, tags and notes (editable by
+its owner or an admin), archive / restore / delete, and "Clone into New run"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from db import queue
+from db.models import Job
+from ui import auth, forms, shell
+from ui.frames import recipe_details, recipe_steps, run_title, tags_text
+
+
+def clone_into_new_run(job: Any) -> None:
+    """Pre-fill New run with this run's model, recipe and settings, and open it."""
+    spec = job.spec or {}
+    forms.prefill_new_run(
+        st.session_state,
+        model=job.model,
+        steps=recipe_steps(job),
+        source=f"run #{job.id} ({run_title(job)})",
+        calib=spec.get("calib"),
+        eval_set=spec.get("eval_set"),
+        eval=spec.get("eval"),
+        calib_settings=spec.get("calib_settings"),
+    )
+    st.switch_page(shell.NEW_RUN)
+
+
+def clone_button(job: Any, key: str) -> None:
+    if st.button(
+        "Clone into New run",
+        key=f"clone_{key}_{job.id}",
+        icon=":material/content_copy:",
+        help="Opens New run with this run's model, recipe and settings filled in.",
+    ):
+        clone_into_new_run(job)
+
+
+def summary(job: Any) -> None:
+    """Name, full recipe, tags and notes, as text (never markdown: they are user input)."""
+    st.text(f"{run_title(job)}  ·  {recipe_details(recipe_steps(job))}")
+    if getattr(job, "tags", None):
+        st.caption(f"Tags: {shell.md_text(tags_text(job))}")
+    if getattr(job, "notes", None):
+        st.text(f"Notes: {job.notes}")
+    if getattr(job, "archived", False):
+        st.caption("Archived: hidden from lists until restored.")
+
+
+def _say(job_id: int, outcome: str) -> None:
+    """A toast and a rerun (every list shows the change) when done, else why not."""
+    if outcome in ("saved", "deleted"):
+        st.toast(f"Run #{job_id}: {outcome}")
+        st.rerun()
+    st.error(f"Run #{job_id}: {shell.md_text(outcome)}")
+
+
+def _save(job: Job, name: str, tags: str, notes: str) -> None:
+    try:
+        outcome = queue.annotate(
+            shell.session(), job.id, name, tags, notes, user=auth.current_user()
+        )
+    except queue.AnnotationError as e:
+        st.error(f"Not saved: {shell.md_text(e)}")
+        return
+    _say(job.id, outcome)
+
+
+def _edit_form(job: Job, allowed: bool, key: str) -> None:
+    with st.form(f"annotate_{key}_{job.id}", border=False):
+        name = st.text_input(
+            "Name", job.name or "", max_chars=queue.MAX_NAME, placeholder=job.recipe_label
+        )
+        tags = st.text_input("Tags (comma-separated)", tags_text(job), placeholder="paper, int4")
+        notes = st.text_area("Notes", job.notes or "", height=80)
+        saved = st.form_submit_button(
+            "Save name, tags and notes",
+            disabled=not allowed,
+            help=None if allowed else queue.refusal(job.owner),
+        )
+    if saved:
+        _save(job, name, tags, notes)
+
+
+def _lifecycle(job: Job, allowed: bool, key: str) -> None:
+    sf, user = shell.session(), auth.current_user()
+    why = None if allowed else queue.refusal(job.owner)
+    c1, c2, c3 = st.columns(3)
+    if not job.archived:
+        if c1.button("Archive", key=f"arch_{key}_{job.id}", disabled=not allowed, help=why):
+            _say(job.id, queue.archive_job(sf, job.id, user=user))
+    elif c1.button("Restore", key=f"rest_{key}_{job.id}", disabled=not allowed, help=why):
+        _say(job.id, queue.restore_job(sf, job.id, user=user))
+    if c2.button("Delete", key=f"del_{key}_{job.id}", disabled=not allowed, help=why):
+        _say(job.id, queue.delete_job(sf, job.id, user=user))
+    with c3:
+        clone_button(job, key)
+
+
+def panel(job: Job, key: str) -> None:
+    """The run's name, tags and notes with an editor, archive / restore / delete, clone."""
+    allowed = queue.may_change(shell.session(), job, auth.current_user())
+    with st.container(border=True):
+        st.markdown(f"**Run #{job.id}** · {shell.md_text(job.status)}")
+        summary(job)
+        _edit_form(job, allowed, key)
+        if queue.is_finished(job.status):
+            _lifecycle(job, allowed, key)
+        else:
+            clone_button(job, key)
+        if job.status == "succeeded":
+            shell.run_page_link([job.id])
