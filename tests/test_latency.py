@@ -201,3 +201,43 @@ def test_a_job_times_both_models_interleaved_and_leaves_no_copy(tmp_path) -> Non
     assert res[cat.LATENCY_VERDICT.key]
     assert res[cat.COMPRESS_CPU_S.key] > 0
     assert not list(tmp_path.rglob("*.tmp"))  # the original weights' copy is gone
+
+
+def test_charts_draw_the_middle_half_as_error_bars() -> None:
+    import pandas as pd
+
+    from ui.figures import spread_error
+    from ui.figures_runs import latency_report_figure
+    from ui.latency_view import conditions
+
+    report = [
+        _measure([0.9, 1.0, 1.1]).to_dict(),
+        lat.MeasureResult(
+            "decode batch 1", "decode", 16, 1, *(lat.Spread.of([90.0, 100.0, 130.0]),) * 2, None, ""
+        ).to_dict(),
+    ]
+    fig = latency_report_figure(report)
+    bars = [t for t in fig.data if t.type == "bar"]
+    assert len(bars) == 4  # baseline and compressed, prefill and decode
+    assert list(bars[0].error_y.arrayminus) == [0.5] and list(bars[0].error_y.array) == [0.5]
+    df = pd.DataFrame(
+        {
+            cat.PREFILL_MS.col: [10.0],
+            cat.PREFILL_MS_Q1.col: [8.0],
+            cat.PREFILL_MS_Q3.col: [13.0],
+        }
+    )
+    err = spread_error(df, cat.PREFILL_MS.col)
+    assert err is not None and list(err["arrayminus"]) == [2.0] and list(err["array"]) == [3.0]
+    assert spread_error(df, cat.PERPLEXITY.col) is None
+    text = conditions(
+        {
+            cat.LATENCY_REPEATS.key: 5,
+            cat.LATENCY_INTERLEAVED.key: True,
+            cat.LATENCY_THREADS.key: 2,
+            cat.LATENCY_DEVICE.key: "a CPU",
+            cat.LOAD_BEFORE.key: 0.5,
+            cat.LOAD_AFTER.key: 0.7,
+        }
+    )
+    assert "alternation" in text and "5 rounds" in text and "0.50 before" in text

@@ -14,6 +14,7 @@ from db.models import Job
 from runs import catalogue as cat
 from ui import auth
 from ui.frames import eval_label, fmt_bytes, fmt_duration, recipe_steps
+from ui.latency_view import latency_section
 from ui.shell import md_text
 
 definition = cat.definition
@@ -42,7 +43,7 @@ def metrics_frame(result: dict[str, Any]) -> pd.DataFrame:
     rows = [
         (m.label, fmt_value(m, result[m.key]), m.unit, m.definition, m.key)
         for m in cat.RESULT
-        if m.key in result
+        if m.key in result and m is not cat.LATENCY_REPORT  # drawn under the table
     ]
     rows += [(k, fmt_value(None, v), "", "", k) for k, v in result.items() if k not in cat.BY_KEY]
     return pd.DataFrame(rows, columns=["metric", "value", "unit", "definition", "key"])
@@ -74,12 +75,18 @@ def filter_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 def slower_message(result: dict[str, Any], device: str) -> str:
     """Why a run that saved memory is still no win for speed on this device."""
     before, after = (result[m.key] for m in (cat.BASELINE_WEIGHT_BYTES, cat.WEIGHT_BYTES))
-    prefill, decode = (result[m.key] for m in (cat.PREFILL_SPEEDUP, cat.DECODE_SPEEDUP))
+    speeds = [
+        f"{name} {v:.2f}x" if v is not None else f"{name} not measurable"
+        for name, v in (
+            ("prefill", result.get(cat.PREFILL_SPEEDUP.key)),
+            ("decode", result.get(cat.DECODE_SPEEDUP.key)),
+        )
+    ]
     return (
         f"Space saving is not a speed-up: the weights shrank ({fmt_bytes(before)} -> "
         f"{fmt_bytes(after)}) but this run is slower than the uncompressed model on {device}: "
-        f"prefill {prefill:.2f}x, decode {decode:.2f}x "
-        "(both measured in the same job). The method card says which hardware accelerates it."
+        f"{', '.join(speeds)} (both measured in the same job). The method card says which "
+        "hardware accelerates it."
     )
 
 
@@ -135,6 +142,7 @@ def run_details(job: Job) -> None:
     )
     with t_metrics:
         st.table(metrics_frame(result).drop(columns=["key"]).set_index("metric"))
+        latency_section(result, key=str(job.id))
         saved_model_download(job)
     with t_recipe:
         steps = recipe_steps(job)

@@ -28,6 +28,7 @@ def empty_note(fig: go.Figure, text: str) -> go.Figure:
 
 
 BEFORE_COLOR, AFTER_COLOR = "#636EFA", "#EF553B"
+PARETO_COLOR = "#111111"  # a solid dark staircase: visible over any marker colour
 
 # Runs-frame column -> (axis title with units, which direction is better).
 AXES: dict[str, tuple[str, Better]] = cat.axes()
@@ -57,13 +58,57 @@ def pareto_front(
     return d[~dominated].sort_values([x, y], kind="stable")
 
 
-def _hover(df: pd.DataFrame, x_title: str, y_title: str) -> tuple[np.ndarray, str]:
-    custom = df[["id", "recipe", "model"]].to_numpy(dtype=object)
+def _hover(df: pd.DataFrame, x: str, y: str, titles: tuple[str, str]) -> tuple[np.ndarray, str]:
+    """customdata [id, recipe, model, true x, true y] (a spread point is drawn off its
+    value; the hover says the stored one) and the hover template."""
+    custom = df[["id", "recipe", "model"]].copy()
+    custom["_x"], custom["_y"] = df[x].to_numpy(), df[y].to_numpy()
     template = (
         "run #%{customdata[0]}: %{customdata[1]}<br>%{customdata[2]}<br>"
-        f"{x_title}: %{{x:.4g}}<br>{y_title}: %{{y:.4g}}<extra>%{{fullData.name}}</extra>"
+        f"{titles[0]}: %{{customdata[3]:.4g}}<br>{titles[1]}: %{{customdata[4]:.4g}}"
+        "<extra>%{fullData.name}</extra>"
     )
-    return custom, template
+    return custom.to_numpy(dtype=object), template
+
+
+SPREAD_FRACTION = 0.012  # of the x range: how far apart runs drawn at one place are set
+
+
+def spread_overlaps(df: pd.DataFrame, x: str, y: str) -> pd.Series:
+    """x positions at which runs with the same (x, y) (to 6 significant digits) are drawn
+    side by side, centred on their value, so that each stays visible and clickable; the
+    others keep their value."""
+    out = df[x].astype(float).copy()
+    if len(df) < 2:
+        return out
+    span = float(out.max() - out.min()) or float(abs(out.iloc[0])) or 1.0
+    keys = [(f"{a:.6g}", f"{b:.6g}") for a, b in zip(df[x], df[y], strict=True)]
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for idx, k in zip(df.index, keys, strict=True):
+        groups.setdefault(k, []).append(idx)
+    for members in groups.values():
+        n = len(members)
+        for k, idx in enumerate(members):
+            out.loc[idx] += (k - (n - 1) / 2) * SPREAD_FRACTION * span
+    return out
+
+
+def spread_error(df: pd.DataFrame, col: str) -> dict[str, Any] | None:
+    """Plotly error-bar settings for a runs-frame column that has stored quartiles
+    (:data:`runs.catalogue.SPREAD`): from the median down to q1 and up to q3."""
+    pair = cat.SPREAD.get(col)
+    if pair is None or not {pair[0].col, pair[1].col} <= set(df.columns):
+        return None
+    lo, hi = (df[q.col] for q in pair)
+    if lo.isna().all():
+        return None
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": (hi - df[col]).to_numpy(),
+        "arrayminus": (df[col] - lo).to_numpy(),
+        "thickness": 1,
+    }
 
 
 def tradeoff_figure(
@@ -84,18 +129,21 @@ def tradeoff_figure(
     fig = go.Figure()
     d = df.dropna(subset=[x, y]) if {x, y} <= set(df.columns) else df.iloc[0:0]
     models = sorted(d["model"].unique()) if "model" in d else []
+    drawn_x = spread_overlaps(d, x, y) if len(d) else d.get(x)
     for i, (name, group) in enumerate(d.groupby(color, sort=True)):
-        custom, template = _hover(group, x_title, y_title)
+        custom, template = _hover(group, x, y, (x_title, y_title))
         symbols = [SYMBOLS[models.index(m) % len(SYMBOLS)] for m in group["model"]]
         fig.add_trace(
             go.Scatter(
-                x=group[x],
+                x=drawn_x.loc[group.index],
                 y=group[y],
                 mode="markers",
                 name=str(name),
                 marker={"size": 11, "color": PALETTE[i % len(PALETTE)], "symbol": symbols},
                 customdata=custom,
                 hovertemplate=template,
+                error_x=spread_error(group, x),  # middle half of the timed rounds
+                error_y=spread_error(group, y),
             )
         )
     front = pareto_front(d, x, y, x_better=x_better, y_better=y_better)
@@ -109,7 +157,7 @@ def tradeoff_figure(
                 y=front[y],
                 mode="lines",
                 name="Pareto front",
-                line={"color": "rgba(40,40,40,0.6)", "dash": "dash", "shape": shape},
+                line={"color": PARETO_COLOR, "width": 3, "shape": shape},
                 hoverinfo="skip",
             )
         )

@@ -141,3 +141,52 @@ def sensitivity_figure(points: Sequence[dict[str, Any]], keep: Sequence[str] = (
     if not done:
         empty_note(fig, "no finished sweep jobs yet")
     return fig
+
+
+def _spread_cell(s: dict[str, Any] | None) -> tuple[float, float, float]:
+    """(median, median - q1, q3 - median) of a stored spread (NaN where absent)."""
+    if not s:
+        return float("nan"), float("nan"), float("nan")
+    return s["median"], s["median"] - s["q1"], s["q3"] - s["median"]
+
+
+def latency_report_figure(report: Sequence[dict[str, Any]] | None) -> go.Figure:
+    """Each timed workload of a run (runs/latency.py): baseline and compressed medians
+    side by side with their middle half (q1-q3) as error bars; prefill in ms (lower is
+    better), decode in tokens/s (higher is better), one panel each."""
+    from plotly.subplots import make_subplots
+
+    rows = list(report or [])
+    if not rows:
+        return empty_note("No latency report stored for this run (older runs timed one median).")
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=("Prefill (ms, lower is better)", "Decode (tokens/s, higher is better)"),
+    )
+    for col, kind in ((1, "prefill"), (2, "decode")):
+        of_kind = [r for r in rows if r.get("kind") == kind]
+        for i, (label, key) in enumerate((("baseline", "baseline"), ("compressed", "compressed"))):
+            cells = [_spread_cell(r.get(key)) for r in of_kind]
+            fig.add_trace(
+                go.Bar(
+                    x=[r["name"] for r in of_kind],
+                    y=[c[0] for c in cells],
+                    error_y={
+                        "type": "data",
+                        "symmetric": False,
+                        "array": [c[2] for c in cells],
+                        "arrayminus": [c[1] for c in cells],
+                    },
+                    name=label,
+                    legendgroup=label,
+                    showlegend=col == 1,
+                    marker={"color": PALETTE[i] if i else "rgba(120,120,120,0.7)"},
+                    hovertemplate="%{x}: %{y:.4g} (error bar: middle half of the rounds)"
+                    f"<extra>{label}</extra>",
+                ),
+                row=1,
+                col=col,
+            )
+    fig.update_layout(barmode="group", height=380, margin={"t": 60, "l": 50, "r": 20, "b": 40})
+    return fig
