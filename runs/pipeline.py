@@ -33,7 +33,7 @@ from core.models import LoadedModel, load_model
 from core.recipe import Recipe
 from core.save import save_compressed
 from core.walk import apply_recipe
-from runs import assemble, baseline_cache, latency
+from runs import assemble, baseline_cache, generations, latency, tasks
 from runs.preflight import check_cache_quota, check_cache_room, quota_problem
 from runs.progress import STAGES, Progress, StageProgress
 from runs.records import LayerRow, RunResult
@@ -97,6 +97,9 @@ class Job:
     saved: Path | None = None
     notes: list[str] = field(default_factory=list)  # in the result's extra "notes"
     out: JobResult | None = None
+    base_generations: list[Any] = field(default_factory=list)  # runs/generations.py
+    # Result fields the generations and task stages measured (catalogue keys).
+    outputs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def compresses(self) -> bool:
@@ -122,6 +125,7 @@ def pick_device() -> torch.device:
 def resolve_inputs(job: Job) -> None:
     """The text sets (an upload that is gone fails here), before anything is loaded."""
     job.eval_text = job.resolve_text(job.spec.eval_set)
+    tasks.check_before_loading(job)  # a hub task offline fails in seconds, not after loading
     if job.compresses:
         job.calib_text = job.resolve_text(job.spec.calib)
 
@@ -229,6 +233,8 @@ def store(job: Job, report: Progress) -> None:
             )
     rows = assemble.layer_rows(job)
     result = assemble.run_result(job, rows)
+    for key, value in job.outputs.items():  # generations and task scores
+        setattr(result, key, value)
     if job.notes:
         result.extra["notes"] = list(job.notes)
     job.out = JobResult(result, rows, assemble.fingerprint(job))
@@ -249,9 +255,11 @@ def state_bytes(model: torch.nn.Module) -> int:
 STAGE_FUNCTIONS: dict[str, Callable[[Job, Progress], None]] = {
     "load": load,
     "baseline": baseline,
+    "baseline outputs": generations.baseline_outputs,
     "calibrate": calibrate,
     "compress": compress,
     "evaluate": evaluate_compressed,
+    "outputs": generations.run_outputs,
     "measure speed": measure_speed,
     "store": store,
 }

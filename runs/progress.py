@@ -9,10 +9,12 @@ Progress = Callable[[float, str], None]  # on_progress(fraction in [0, 1], messa
 # (stage, weight): the stages in the order they run; the weights sum to 1.
 STAGES: tuple[tuple[str, float], ...] = (
     ("load", 0.05),  # model, evaluation text, windows
-    ("baseline", 0.25),  # uncompressed log-probs (cached), statistics, latency
+    ("baseline", 0.20),  # uncompressed log-probs (cached), statistics, latency
+    ("baseline outputs", 0.05),  # its generations and task scores (cached)
     ("calibrate", 0.05),  # calibration batches, input activations
-    ("compress", 0.35),  # the recipe, layer by layer
+    ("compress", 0.30),  # the recipe, layer by layer
     ("evaluate", 0.20),  # perplexity, bits per byte, KL against the baseline
+    ("outputs", 0.05),  # generations and task scores of the compressed model
     ("measure speed", 0.05),  # prefill and decode latency, weight memory
     ("store", 0.05),  # the saved model (if asked) and the run's records
 )

@@ -19,7 +19,17 @@ from runs.spec import JobSpec
 from tests.tiny import tiny_spec
 
 V0_DB = Path(__file__).resolve().parent / "data" / "compresslab_v0.db.gz"
-NAMES = ("load", "baseline", "calibrate", "compress", "evaluate", "measure speed", "store")
+NAMES = (
+    "load",
+    "baseline",
+    "baseline outputs",
+    "calibrate",
+    "compress",
+    "evaluate",
+    "outputs",
+    "measure speed",
+    "store",
+)
 
 
 def _spec(recipe: str) -> JobSpec:
