@@ -234,6 +234,14 @@ class LayerMethod(Method):
         against ``layer`` and shares ``stats`` within an input group."""
         raise NotImplementedError
 
+    def apply_group(
+        self, layers: dict[str, nn.Linear], stats: Any, cfg: MethodConfig
+    ) -> dict[str, nn.Module]:
+        """The replacements of layers that read the same input and share ``stats`` (q/k/v,
+        gate/up), by name. A method whose rows are independent given the statistics
+        (GPTQ) may compress them in one stacked call. Default: ``apply`` on each."""
+        return {name: self.apply(layer, stats, cfg) for name, layer in layers.items()}
+
 
 class ModelMethod(Method):
     """A method that needs the whole model (for example scale migration across layers).

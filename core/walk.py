@@ -42,6 +42,10 @@ from core.storage import CompressedLinear
 log = logging.getLogger(__name__)
 
 ERROR_SAMPLE_ROWS = 256  # calibration rows kept per linear to measure its output error
+# Calibration windows of one length run through a block together, up to this many tokens
+# per forward (16 x 256 at once): fewer, larger matmuls. Activations held per forward
+# grow with it (tokens x intermediate size x 4 bytes in the MLP).
+CALIB_BATCH_TOKENS = 4096
 
 
 def get_submodule(root: nn.Module, path: str) -> nn.Module | None:
@@ -110,6 +114,25 @@ class BlockInputs:
             self.args[i] = (h, *self.args[i][1:])
         else:
             self.kwargs[i]["hidden_states"] = h
+
+
+def stack_windows(batches: list[torch.Tensor], max_tokens: int) -> list[torch.Tensor]:
+    """Consecutive windows of one length stacked into batches of at most ``max_tokens``
+    tokens (at least one window each), in order: row ``r`` of the result's concatenation
+    is row ``r`` of the input's. ``max_tokens`` <= 0 keeps one window per batch."""
+    if max_tokens <= 0:
+        return list(batches)
+    out: list[torch.Tensor] = []
+    run: list[torch.Tensor] = []
+    for ids in batches:
+        same = run and ids.shape[1:] == run[0].shape[1:]
+        if run and (not same or sum(r.numel() for r in run) + ids.numel() > max_tokens):
+            out.append(torch.cat(run))
+            run = []
+        run.append(ids)
+    if run:
+        out.append(torch.cat(run))
+    return out
 
 
 @torch.no_grad()
@@ -228,6 +251,18 @@ def _apply_layer(
     ctx: MethodContext,
 ) -> None:
     new = _replacement(method, layer, calib.stats if calib else None, step)
+    _install(model, name, layer, new, calib, ctx)
+
+
+def _install(
+    model: nn.Module,
+    name: str,
+    layer: nn.Module,
+    new: nn.Module,
+    calib: _LayerCalib | None,
+    ctx: MethodContext,
+) -> None:
+    """Measure ``new`` against ``layer`` on the sampled rows, put it in the model, report."""
     err = None
     if calib is not None and calib.sample:
         err = relative_output_error(layer, new, torch.cat(calib.sample))
@@ -279,7 +314,7 @@ def _apply_model_method(
 
 
 def iter_blocks(
-    model: nn.Module, ctx: MethodContext, label: str
+    model: nn.Module, ctx: MethodContext, label: str, *, batch_tokens: int = 0
 ) -> Iterator[tuple[str, nn.Module, BlockInputs]]:
     """The block-by-block machinery, for layer and model methods alike.
 
@@ -288,11 +323,14 @@ def iter_blocks(
     runs on them to make the next block's inputs, and the layer error of the block's
     ``ctx.error_targets`` (a model method's) is measured in that same pass. Checks
     ``should_cancel`` before each block (raising Cancelled) and reports progress after
-    each. Holds one block's inputs at a time besides the model.
+    each. Holds one block's inputs at a time besides the model. With ``batch_tokens``,
+    windows of one length go through a block together (:func:`stack_windows`); model
+    methods keep one window per entry unless they ask.
     """
     path, blocks = find_blocks(model)
     assert ctx.calib_batches is not None
-    inputs = capture_block_inputs(model, blocks, ctx.calib_batches)
+    batches = stack_windows(ctx.calib_batches, batch_tokens)
+    inputs = capture_block_inputs(model, blocks, batches)
     for b, block in enumerate(blocks):
         if ctx.should_cancel():
             raise Cancelled
@@ -482,8 +520,9 @@ def _compress_block_sequential(
     on inputs produced by the already compressed groups before it."""
     for names in input_groups(block, inputs, layers):
         calib = _calibrate_group(block, inputs, layers, names, method, step.config)
-        for name in names:
-            _apply_layer(method, step, model, name, layers[name], calib, ctx)
+        group = {n: layers[n] for n in names}
+        for name, new in method.apply_group(group, calib.stats, step.config).items():
+            _install(model, name, layers[name], new, calib, ctx)
 
 
 @torch.no_grad()
@@ -498,11 +537,15 @@ def _apply_blockwise(
     of the previous one. Holds one block's inputs at a time besides the model."""
     done: set[str] = set()
     sequential = method.sequential(step.config)
-    for prefix, block, inputs in iter_blocks(model, ctx, step.method):
+    for prefix, block, inputs in iter_blocks(
+        model, ctx, step.method, batch_tokens=CALIB_BATCH_TOKENS
+    ):
         layers = {n: m for n, m in targets.items() if n.startswith(prefix + ".")}
         done.update(layers)
         if sequential:
             _compress_block_sequential(model, method, step, block, inputs, layers, ctx)
+            for name in layers:  # the float layers are replaced: let their memory go
+                targets.pop(name, None)
             continue
         calib, handles = _attach_hooks(layers, method, step.config)
         try:
@@ -512,6 +555,8 @@ def _apply_blockwise(
                 h.remove()
         for name, layer in layers.items():
             _apply_layer(method, step, model, name, layer, calib[name], ctx)
+        for name in layers:  # the float layers are replaced: let their memory go
+            targets.pop(name, None)
     rest = {n: m for n, m in targets.items() if n not in done}
     if rest:
         _apply_outside_blocks(model, method, step, rest, ctx)
@@ -530,7 +575,7 @@ def _apply_outside_blocks(
     stats_method = method if isinstance(method, LayerMethod) else None
     calib, handles = _attach_hooks(layers, stats_method, step.config)
     try:
-        for ids in ctx.calib_batches or []:
+        for ids in stack_windows(ctx.calib_batches or [], CALIB_BATCH_TOKENS):
             model(ids.to(_device_of(model)), use_cache=False)
     finally:
         for h in handles:
