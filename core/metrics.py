@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.calib import DEFAULT_PROTOCOL, REFERENCE_PROTOCOL, check_protocol
 from core.errors import Cancelled
 from core.paths import temp_path
 from core.storage import CompressedLinear, module_storage_bytes
@@ -69,23 +70,34 @@ class EvalSettings:
         return asdict(self)
 
 
-def eval_windows(tokenizer, text: str, settings: EvalSettings) -> list[torch.Tensor]:
-    """Token windows (each (ctx,), the last may be shorter) from the first eval_tokens tokens."""
-    ids = _first_tokens(tokenizer, text, settings.eval_tokens)
+def eval_windows(
+    tokenizer, text: str, settings: EvalSettings, protocol: str = DEFAULT_PROTOCOL
+) -> list[torch.Tensor]:
+    """Token windows (each (ctx,)) from the first eval_tokens tokens.
+
+    ``default``: no special tokens; the last window may be shorter. ``reference`` (as
+    IST-DASLab/gptq and locuslab/wanda evaluate): the text tokenized as the model's
+    tokenizer does by default (BOS first where it adds one), whole windows only (a text
+    shorter than one window gives that one shorter window)."""
+    reference = check_protocol(protocol) == REFERENCE_PROTOCOL
+    ids = _first_tokens(tokenizer, text, settings.eval_tokens, special=reference)
     if ids.numel() < 2:
         raise ValueError("the evaluation text has fewer than 2 tokens")
     wins = [ids[i : i + settings.ctx] for i in range(0, ids.numel(), settings.ctx)]
+    if reference and len(wins) > 1 and wins[-1].numel() < settings.ctx:
+        wins = wins[:-1]
     return [w for w in wins if w.numel() >= 2]
 
 
-def _first_tokens(tokenizer, text: str, n: int) -> torch.Tensor:
-    """The first ``n`` tokens of ``text``, tokenizing a growing prefix rather than all of it.
+def _first_tokens(tokenizer, text: str, n: int, special: bool = False) -> torch.Tensor:
+    """The first ``n`` tokens of ``text``, tokenizing a growing prefix rather than all of it;
+    ``special``: with the special tokens the tokenizer adds by default (BOS).
 
     The prefix is cut with a margin, so the first ``n`` tokens are those of the full text.
     """
     chars = n * 8
     while True:
-        ids = tokenizer(text[:chars], add_special_tokens=False, return_tensors="pt").input_ids[0]
+        ids = tokenizer(text[:chars], add_special_tokens=special, return_tensors="pt").input_ids[0]
         if ids.numel() > n + 64 or chars >= len(text):
             return ids[:n]
         chars *= 2
