@@ -128,6 +128,7 @@ def fingerprint(job: Job) -> dict[str, Any]:
         "eval_settings": job.spec.eval.to_dict(),
         "calib_settings": job.spec.calib_settings.to_dict(),
         "seed": job.spec.calib_settings.seed,
+        "protocol": job.spec.protocol,
         "packages": package_versions(),
         "device": str(job.device),
         "device_name": _device_name(job.device),

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.calib import DEFAULT_PROTOCOL
 from core.data import TextSet
 from core.metrics import EvalSettings, LogprobStore, evaluate
 from core.models import LoadedModel
@@ -21,8 +22,15 @@ from runs import catalogue as cat
 from runs.progress import Progress
 
 
-def baseline_key(loaded: LoadedModel, eval_text: TextSet, settings: EvalSettings) -> str:
+def baseline_key(
+    loaded: LoadedModel,
+    eval_text: TextSet,
+    settings: EvalSettings,
+    protocol: str = DEFAULT_PROTOCOL,
+) -> str:
     raw = f"{loaded.model_id}|{loaded.revision}|{eval_text.sha256}|{settings.ctx}|{settings.eval_tokens}"
+    if protocol != DEFAULT_PROTOCOL:  # other windows; default keys stay as they were
+        raw += f"|{protocol}"
     return hashlib.sha256(raw.encode()).hexdigest()[:20]
 
 
@@ -36,10 +44,11 @@ def logprob_store(
     eval_text: TextSet,
     settings: EvalSettings,
     n_windows: int,
+    protocol: str = DEFAULT_PROTOCOL,
 ) -> LogprobStore:
     """Where the baseline's log-probs for these windows live (maybe not computed yet)."""
     return LogprobStore(
-        cache_dir / f"{baseline_key(loaded, eval_text, settings)}.f16",
+        cache_dir / f"{baseline_key(loaded, eval_text, settings, protocol)}.f16",
         n_windows,
         settings.ctx,
         _vocab_size(loaded.model),

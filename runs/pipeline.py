@@ -137,9 +137,16 @@ def load(job: Job, report: Progress) -> None:
     job.loaded = load_model(job.spec.model, device=job.device)
     if job.eval_text is None:
         job.eval_text = job.resolve_text(job.spec.eval_set)
-    job.windows = eval_windows(job.loaded.tokenizer, job.eval_text.text, job.spec.eval)
+    job.windows = eval_windows(
+        job.loaded.tokenizer, job.eval_text.text, job.spec.eval, job.spec.protocol
+    )
     job.logprobs = baseline_cache.logprob_store(
-        job.cache_dir, job.loaded, job.eval_text, job.spec.eval, len(job.windows)
+        job.cache_dir,
+        job.loaded,
+        job.eval_text,
+        job.spec.eval,
+        len(job.windows),
+        job.spec.protocol,
     )
     check_cache_room(job.logprobs, job.cache_dir)
     check_cache_quota(job.logprobs, job.data_folders)
@@ -166,7 +173,7 @@ def calibrate(job: Job, report: Progress) -> None:
     if job.calib_text is None:
         job.calib_text = job.resolve_text(job.spec.calib)
     job.batches = calibration_batches(
-        job.loaded.tokenizer, job.calib_text.text, job.spec.calib_settings
+        job.loaded.tokenizer, job.calib_text.text, job.spec.calib_settings, job.spec.protocol
     )
     job.acts = collect_activation_stats(
         job.loaded.model, job.batches, should_cancel=job.should_cancel, on_progress=report

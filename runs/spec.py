@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
-from core.calib import CalibSettings
+from core.calib import DEFAULT_PROTOCOL, CalibSettings, check_protocol
 from core.data import DataError, list_text_sets
 from core.errors import ModelLoadError
 from core.generate import check_prompts
@@ -44,6 +44,9 @@ class JobSpec:
     eval: EvalSettings = field(default_factory=EvalSettings)
     calib_settings: CalibSettings = field(default_factory=CalibSettings)
     save_model: bool = False  # keep the compressed model (safetensors + config) for download
+    # How calibration and evaluation windows are drawn (core.calib.PROTOCOLS; definitions
+    # in runs.catalogue.PROTOCOLS): "default", or "reference" as gptq/wanda draw them.
+    protocol: str = DEFAULT_PROTOCOL
     tasks: list[str] = field(default_factory=list)  # lm-eval tasks (core.tasks), run and baseline
     task_limit: int | None = None  # examples per task (None: all)
     prompts: list[str] = field(default_factory=list)  # continued greedily; []: the model's defaults
@@ -171,6 +174,7 @@ def build_spec(
     eval_settings: EvalSettings | dict[str, Any] | None = None,
     calib_settings: CalibSettings | dict[str, Any] | None = None,
     save_model: bool = False,
+    protocol: str = DEFAULT_PROTOCOL,
     tasks: Sequence[str] = (),
     task_limit: int | None = None,
     prompts: Sequence[str] = (),
@@ -186,6 +190,10 @@ def build_spec(
     parsed = _recipe(recipe, recipe_name)
     ev = _settings(EvalSettings, eval_settings, "evaluation settings")
     cs = _settings(CalibSettings, calib_settings, "calibration settings")
+    try:
+        check_protocol(protocol)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     check_text_set(eval_set, "evaluation", text_exists)
     check_text_set(calib, "calibration", text_exists)
     outputs = check_outputs(tasks, task_limit, prompts)
@@ -198,6 +206,7 @@ def build_spec(
         eval=ev,
         calib_settings=cs,
         save_model=bool(save_model),
+        protocol=protocol,
         **outputs,
     )
     return spec, recipe_label(parsed)
