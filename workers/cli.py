@@ -68,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--sweep-step", type=int, default=0, help="index of the recipe step the sweep changes"
     )
+    _output_args(r)
 
     m = sub.add_parser("list-methods", help="registered methods, parameters and cards")
     m.add_argument("--json", action="store_true", help="print JSON")
@@ -99,6 +100,24 @@ def _serve_parsers(sub: Any) -> None:
         type=float,
         default=None,
         help="a running job without a heartbeat for this long is stale (default: 60)",
+    )
+
+
+def _output_args(p: argparse.ArgumentParser) -> None:
+    """Task scores (lm-eval) and the prompts of the generations."""
+    p.add_argument(
+        "--tasks",
+        default="",
+        help="lm-eval tasks scored on the baseline and the compressed model, comma separated: "
+        "stdlib_body (local) or arc_easy, piqa, lambada_openai, hellaswag, winogrande (hub)",
+    )
+    p.add_argument("--limit", type=int, default=None, help="examples per task (default: all)")
+    p.add_argument(
+        "--prompt",
+        action="append",
+        default=[],
+        help="a prompt to continue greedily, \\n for a newline (repeatable; default: the "
+        "model's prompt set)",
     )
 
 
@@ -137,6 +156,9 @@ def build_spec(args: argparse.Namespace, exists: Callable[[str], bool]) -> tuple
                 "seed": args.seed,
             },
             save_model=bool(getattr(args, "save", False)),
+            tasks=[t for t in (getattr(args, "tasks", "") or "").split(",") if t.strip()],
+            task_limit=getattr(args, "limit", None),
+            prompts=[p.replace("\\n", "\n") for p in getattr(args, "prompt", [])],
         )
     except ValueError as e:  # ConfigError, DataError: the message says what is allowed
         raise UsageError(str(e)) from None
