@@ -31,10 +31,22 @@ class MemoryEstimate:
     block_io_bytes: int  # one block's calibration inputs and outputs
     layer_stats_bytes: int  # statistics held at once (Hessians, norms)
     error_rows_bytes: int  # rows kept per linear to measure its output error
+    calibrated: bool = True  # a step needs calibration data (the registry's declaration)
 
     @property
     def calibration_bytes(self) -> int:
-        """Held by calibration besides the model (0 for a recipe without steps)."""
+        """Held by calibration besides the model: 0 for a recipe without steps and for a
+        data-free one (RTN, magnitude, casts: see :attr:`measurement_bytes`)."""
+        if not self.calibrated:
+            return 0
+        return self.block_io_bytes + self.layer_stats_bytes + self.error_rows_bytes
+
+    @property
+    def measurement_bytes(self) -> int:
+        """A data-free recipe's samples still pass block by block to measure each layer's
+        output error: what that holds (0 when calibration does, counted there)."""
+        if self.calibrated:
+            return 0
         return self.block_io_bytes + self.layer_stats_bytes + self.error_rows_bytes
 
 
@@ -57,12 +69,15 @@ def estimate_memory(model: nn.Module, recipe: Recipe, calib: CalibSettings) -> M
             errors = max(
                 errors, sum(min(ERROR_SAMPLE_ROWS, rows) * m.in_features * FLOAT32 for m in targets)
             )
-    return MemoryEstimate(weight_bytes, 2 * rows * hidden * FLOAT32, stats, errors)
+    io = 2 * rows * hidden * FLOAT32
+    return MemoryEstimate(weight_bytes, io, stats, errors, recipe.needs_calibration)
 
 
 def _stats_held(step: Step, targets: list[nn.Module]) -> int:
     """Bytes of calibration statistics one step holds at once for these layers of a block."""
     method = get_method(step.method)()
+    if not method.needs_calibration:  # data-free: no statistics to gather
+        return 0
     if isinstance(method, LayerMethod):
         sizes = [tensor_bytes(method.init_stats(m, step.config)) for m in targets]
         return max(sizes, default=0) if method.sequential(step.config) else sum(sizes)

@@ -102,3 +102,14 @@ def test_a_step_that_targets_a_later_block_is_counted_there() -> None:
     assert est.layer_stats_bytes == width * width * 4
     none = recipe_from_steps([{"method": "gptq", "bits": 4, "targets": ["no-such-layer"]}])
     assert estimate_memory(model, none, CALIB).layer_stats_bytes == 0
+
+
+def test_a_data_free_recipe_holds_no_calibration_memory() -> None:
+    """RTN needs no calibration: the estimate says 0 for calibration, and what measuring
+    the layer errors on the samples holds apart; GPTQ's is calibration memory."""
+    meta = model_skeleton("tiny-random")
+    rtn = estimate_memory(meta, parse_recipe("rtn-int8"), CalibSettings())
+    assert not rtn.calibrated and rtn.calibration_bytes == 0
+    assert rtn.layer_stats_bytes == 0 and rtn.measurement_bytes > 0
+    gptq = estimate_memory(meta, parse_recipe('[{"method": "gptq"}]'), CalibSettings())
+    assert gptq.calibrated and gptq.calibration_bytes > 0 and gptq.measurement_bytes == 0
