@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from db import queue
-from ui import compare_view, figures, shell, sweep_view, tables
+from ui import compare_view, figures, generations_view, shell, sweep_view, tables
 from ui.frames import PERPLEXITY, SMALLER_BUT_SLOWER, runs_frame
 
 sf = shell.session()
@@ -38,6 +38,7 @@ with right:
 
 shown = set(df["id"])
 sweep_view.sweep_chart([j for j in runs if j.id in shown and j.sweep_id])
+generations_view.compare_section([j for j in runs if j.id in shown], key="cmp_gen_prompt")
 
 table = df.sort_values(PERPLEXITY).reset_index(drop=True)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from db import queue
-from ui import auth, bundle, sensitivity_view, shell, tables
+from ui import auth, bundle, sensitivity_view, shell, tables, tasks_view
 from ui.frames import LEADERBOARD_SHOWN, PARETO, PERPLEXITY, leaderboard_frame, pareto_mask
 
 sf = shell.session()
@@ -70,7 +70,7 @@ if not show_sweeps:
 if not jobs:
     st.info("Only sensitivity-sweep jobs have finished so far: include them above.")
     st.stop()
-df = leaderboard_frame(jobs)
+df, task_cols = tasks_view.with_task_columns(leaderboard_frame(jobs), jobs)
 df["pareto"] = pareto_mask(df, PARETO, group=["model", "eval"])
 
 
@@ -109,7 +109,7 @@ st.subheader(f"{len(view)} of {len(df)} runs")
 if view.empty:
     st.info("No run matches these filters: widen them above.")
     st.stop()
-shown = LEADERBOARD_SHOWN
+shown = LEADERBOARD_SHOWN + task_cols
 st.caption("Click a header to sort. Select rows to export them or open them side by side.")
 event = tables.leaderboard_table(view[shown], key="lb_table")
 rows = list(event.selection.rows) if event is not None else []

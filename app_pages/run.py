@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from db import queue
-from ui import compare_view, figures, shell
+from ui import compare_view, figures, generations_view, shell, tasks_view
 from ui.figures_runs import layer_error_curves, overlaid_histograms
 from ui.frames import layers_frame, run_option
 
@@ -58,6 +58,8 @@ if len(jobs) == 1:
     if (job.origin or "local") != "local":
         st.caption(f"Imported: measured by **{shell.md_text(job.origin)}**.")
     compare_view.run_details(job)
+    tasks_view.task_section(job)
+    generations_view.generations_section(job)
     rows = layer_rows[job.id]
     table = layers_frame(rows.values())
     if rows and table["rel_error"].notna().any():
@@ -104,5 +106,6 @@ else:
     st.caption(
         "No layer errors recorded for these runs (uncompressed, or imported without layers)."
     )
+generations_view.compare_section(jobs, key="run_gen_prompt")
 for j in jobs:
     shell.run_page_link([j.id], f"#{j.id} alone: {j.recipe_label}")
