@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import auth, estimate_view, forms, shell, sweep_view
+from ui import auth, estimate_view, forms, shell, sweep_view, tasks_view
 from ui.submit import steps_from_json, submit_run, submit_sweep_run
 
 sf = shell.session()
@@ -35,6 +35,7 @@ calib, eval_set = forms.data_pickers(sf, "calib_set", "eval_set", upload_calib=T
 
 st.subheader("4. Evaluation settings")
 ev, cs = forms.eval_settings()
+outputs = tasks_view.outputs_picker()  # task presets, generation prompts
 
 st.subheader("5. Memory estimate")
 try:
@@ -63,7 +64,17 @@ if st.button(
     try:
         steps = steps_from_json(recipe) if mode == "JSON" else recipe
         job_id = submit_run(
-            sf, model, steps, recipe_name, calib, eval_set, ev, cs, keep, owner=auth.current_user()
+            sf,
+            model,
+            steps,
+            recipe_name,
+            calib,
+            eval_set,
+            ev,
+            cs,
+            keep,
+            owner=auth.current_user(),
+            **outputs,
         )
     except ValueError as e:  # ConfigError, DataError and bad settings: say what is allowed
         st.error(f"Not queued: {e}")

@@ -38,8 +38,10 @@ def build_spec(
     eval_settings: EvalSettings | dict[str, Any] | None,
     calib_settings: CalibSettings | dict[str, Any] | None,
     save_model: bool = False,
+    **outputs: Any,
 ) -> tuple[JobSpec, str]:
-    """A validated JobSpec and its recipe label; ValueError (ConfigError, DataError) if bad."""
+    """A validated JobSpec and its recipe label; ValueError (ConfigError, DataError) if bad.
+    ``outputs``: tasks, task_limit, prompts (runs.spec.build_spec)."""
     return run_spec.build_spec(
         model,
         steps,
@@ -50,6 +52,7 @@ def build_spec(
         eval_settings=eval_settings,
         calib_settings=calib_settings,
         save_model=save_model,
+        **outputs,
     )
 
 
@@ -65,11 +68,22 @@ def submit_run(
     save_model: bool = False,
     *,
     owner: str = LOCAL_OWNER,
+    **outputs: Any,
 ) -> int:
     """Validate and queue one run; returns the job id. Raises ValueError and queues nothing
-    when anything is wrong (the message says what is allowed)."""
+    when anything is wrong (the message says what is allowed). ``outputs``: tasks,
+    task_limit, prompts."""
     spec, label = build_spec(
-        sf, model, steps, recipe_name, calib, eval_set, eval_settings, calib_settings, save_model
+        sf,
+        model,
+        steps,
+        recipe_name,
+        calib,
+        eval_set,
+        eval_settings,
+        calib_settings,
+        save_model,
+        **outputs,
     )
     return queue.submit(
         sf, model=spec.model, recipe_label=label, spec_json=spec.to_json(), owner=owner

@@ -104,3 +104,11 @@ def task_picker() -> tuple[list[str], int | None]:
             "Examples per task (0: all)", 0, 100_000, 0, step=50, key="task_limit"
         )
     return chosen, int(limit) or None
+
+
+def outputs_picker() -> dict[str, Any]:
+    """New run's task presets and generation prompts, as ``submit_run`` keywords."""
+    from ui.generations_view import prompt_editor
+
+    tasks, limit = task_picker()
+    return {"tasks": tasks, "task_limit": limit, "prompts": prompt_editor()}
