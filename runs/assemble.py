@@ -37,6 +37,7 @@ def _layer_row(name: str, mod: nn.Module, job: Job) -> LayerRow:
     b = job.before.get(name)
     lo, hi = (b["edges"][0], b["edges"][-1]) if b else (None, None)
     info = storage_info(mod)
+    after = weight_stats(layer_weight(mod), lo, hi).to_dict()
     return LayerRow(
         name=name,
         scheme=info.scheme,
@@ -46,8 +47,9 @@ def _layer_row(name: str, mod: nn.Module, job: Job) -> LayerRow:
         n_weights=info.n_weights,
         rel_error=job.errors.get(name),
         before=b,
-        after=weight_stats(layer_weight(mod), lo, hi).to_dict(),
+        after=after,
         act=job.acts.get(name),  # input activations of the uncompressed model
+        sparsity_reached=after["zeros"],
     )
 
 
@@ -60,6 +62,19 @@ def run_nominal_bits(rows: list[LayerRow], compressed: set[str]) -> list[float]:
     """Bit widths of the layers the recipe compressed; of every layer if it compressed none."""
     chosen = [r for r in rows if r.name in compressed] or rows
     return nominal_bits([r.bits for r in chosen if r.bits is not None])
+
+
+def run_sparsity(rows: list[LayerRow], compressed: set[str]) -> float | None:
+    """Exact zeros / weights over the layers the recipe compressed (every layer if none),
+    from the rows' per-layer sparsity; None without counted rows."""
+    chosen = [r for r in rows if r.name in compressed] or rows
+    counted = [
+        (r.sparsity_reached, r.n_weights)
+        for r in chosen
+        if r.sparsity_reached is not None and r.n_weights
+    ]
+    total = sum(n for _, n in counted)
+    return sum(z * n for z, n in counted) / total if total else None
 
 
 def _speed(job: Job) -> dict[str, Any]:
@@ -85,6 +100,7 @@ def run_result(job: Job, rows: list[LayerRow]) -> RunResult:
         bits_per_weight=job.mem.bits_per_weight,
         compressed_bits_per_weight=job.mem.compressed_bits_per_weight,
         nominal_bits=run_nominal_bits(rows, set(job.errors)),
+        sparsity_reached=run_sparsity(rows, set(job.errors)),
         linear_weights=job.mem.linear_weights,
         n_params=job.loaded.n_params,
         peak_mem_bytes=job.peak.peak,
@@ -92,6 +108,8 @@ def run_result(job: Job, rows: list[LayerRow]) -> RunResult:
         **_speed(job),
         compress_s=job.compress_s,
         compress_cpu_s=job.compress_cpu_s if job.compresses else None,
+        calib_tokens_used=sum(b.numel() for b in job.batches) if job.batches else None,
+        calib_set_tokens=job.calib_set_tokens,
         mean_layer_error=sum(errs) / len(errs) if errs else None,
         eval_tokens_used=job.res.n_tokens,
         eval_bytes_used=job.res.n_bytes,
