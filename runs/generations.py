@@ -9,6 +9,8 @@ from typing import Any
 from core.generate import (
     GEN_SEED,
     GEN_TOKENS,
+    MAX_PROMPT_CHARS,
+    MAX_PROMPTS,
     Continuation,
     continuations,
     default_prompts,
@@ -66,3 +68,25 @@ def run_outputs(job: Any, report: Progress) -> None:
     """Stage 'outputs': the same for the compressed model."""
     run_generations(job, report)
     tasks.run_scores(job, report)
+
+
+def rows_problem(rows: Any) -> tuple[str, str] | None:
+    """(where, what it must be) for stored generations that break their shape (an imported
+    bundle), None when they are fine."""
+    if not isinstance(rows, list) or len(rows) > MAX_PROMPTS:
+        return "", f"a list of at most {MAX_PROMPTS} prompts"
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+            return f"[{i}]", "an object with a text prompt"
+        if len(row["prompt"]) > MAX_PROMPT_CHARS:
+            return f"[{i}].prompt", f"at most {MAX_PROMPT_CHARS} characters"
+        for side in ("baseline", "run"):
+            c = row.get(side)
+            pieces = c.get("pieces") if isinstance(c, dict) else None
+            ok = isinstance(pieces, list) and len(pieces) <= 512
+            if not ok or not all(isinstance(p, str) and len(p) <= 200 for p in pieces):
+                return f"[{i}].{side}", "an object whose pieces are at most 512 short texts"
+        k = row.get("first_diff")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+            return f"[{i}].first_diff", "a whole number >= 0 or null"
+    return None

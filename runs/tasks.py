@@ -109,3 +109,20 @@ def score_columns(result: dict[str, Any]) -> dict[str, float]:
             continue
         out[cat.task_column(s.task, s.metric)] = s.value
     return out
+
+
+def rows_problem(rows: Any) -> tuple[str, str] | None:
+    """(where, what it must be) for stored task scores that break their shape (an imported
+    bundle), None when they are fine."""
+    if not isinstance(rows, list) or len(rows) > 1000:
+        return "", "a list of at most 1000 task scores"
+    for i, row in enumerate(rows):
+        try:
+            s = TaskScore.from_dict(row)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return f"[{i}]", "an object {task, metric, value, stderr, n}"
+        if len(s.task) > 200 or len(s.metric) > 200 or s.n < 0:
+            return f"[{i}]", "a task score with names of at most 200 characters and n >= 0"
+        if s.stderr is not None and s.stderr < 0:
+            return f"[{i}].stderr", "a number >= 0 or null"
+    return None

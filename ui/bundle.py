@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from db import queue
 from db.models import SUCCEEDED, Job, LayerStat
 from runs import catalogue as cat
+from runs import generations, tasks
 from runs.records import RunResult
 
 BUNDLE_FORMAT = "compresslab-bundle"
@@ -187,6 +188,14 @@ def _check_result(result: dict[str, Any]) -> None:
     for f in dataclasses.fields(RunResult):
         if f.name != "extra":
             _check_result_field(result, f.name)
+    for metric, problem in (
+        (cat.TASK_SCORES, tasks.rows_problem),
+        (cat.BASELINE_TASK_SCORES, tasks.rows_problem),
+        (cat.GENERATIONS, generations.rows_problem),
+    ):
+        bad = problem(result[metric.key]) if result.get(metric.key) is not None else None
+        if bad is not None:
+            raise _Bad(f"result.{metric.key}{bad[0]}", bad[1])
     bits_key = cat.NOMINAL_BITS.key
     for i, b in enumerate(result.get(bits_key) or []):
         _number({"b": b}, "b", f"result.{bits_key}[{i}]", 0.0, 64.0)
