@@ -153,6 +153,24 @@ NOMINAL_BITS = Metric(
     "and indices not included",
     kind="list",
 )
+SPARSITY = Metric(
+    "sparsity_reached",
+    "Sparsity reached",
+    "fraction",
+    "exact zeros / weights of the linears the recipe compressed (of every linear when it "
+    "compressed none), counted on the stored weights after every step (a later "
+    "quantization step can move a zero); per layer in its row",
+    fmt="%.4f",
+    short="sparsity",
+    axis="Sparsity reached (fraction of zero weights)",
+)
+LAYER_SPARSITY = Metric(
+    "sparsity_reached",
+    "Layer sparsity reached",
+    "fraction",
+    "exact zeros / weights of one linear, counted on its stored weights",
+    fmt="%.4f",
+)
 PEAK_MEM_BYTES = Metric(
     "peak_mem_bytes",
     "Peak memory",
@@ -477,11 +495,57 @@ CALIB_TOKENS_USED = Metric(
     "tokens in the calibration batches the recipe really saw (samples x sequence length "
     "drawn from the set; fewer than requested when the set is short)",
 )
-CALIB_TOKENS_REQUESTED = Metric(
-    "calib_tokens_requested",
-    "Calibration tokens requested",
+CALIB_SET_TOKENS = Metric(
+    "calib_set_tokens",
+    "Calibration set tokens",
     "tokens",
-    "n_samples x seq_len of the calibration settings",
+    "tokens of the calibration set as tokenized (of the bounded prefix the windows are "
+    "drawn from); when fewer than n_samples x seq_len the windows overlap",
+)
+
+PREDICTED_KL = Metric(
+    "predicted_kl",
+    "Predicted KL (search)",
+    "nats/token",
+    "for a recipe chosen by the budget search (runs/search.py): the sum over layers of "
+    "each chosen candidate's KL to the baseline when only that layer is compressed so "
+    "(additivity assumed); compare with kl_to_baseline, measured on the same windows",
+    "lower",
+    "%.2e",
+    short="predicted KL",
+)
+PREDICTED_BYTES = Metric(
+    "predicted_bytes",
+    "Predicted bytes (search)",
+    "bytes",
+    "for a recipe chosen by the budget search: the sum of the chosen candidates' stored "
+    "bytes of the searched layers, as the scoring runs measured them",
+    "lower",
+    "%.4g",
+    short="predicted bytes",
+    kind="size",
+)
+
+# How a job draws its calibration and evaluation windows (JobSpec.protocol,
+# core.calib.PROTOCOLS): name -> definition, shown beside the New run option.
+PROTOCOLS: dict[str, str] = {
+    "default": "evaluation: the first eval_tokens tokens of the set, tokenized without "
+    "special tokens (no BOS), in windows of ctx (the last may be shorter); calibration: "
+    "windows at offsets drawn by a torch generator seeded with the seed, over a bounded "
+    "prefix of the set, without special tokens",
+    "reference": "as IST-DASLab/gptq and locuslab/wanda do: evaluation: the set tokenized "
+    "as the model's tokenizer does by default (BOS first where it adds one), its first "
+    "eval_tokens tokens in whole windows of ctx only; calibration: the whole set tokenized "
+    "the same way, then random.seed(seed) and, per sample, "
+    "i = random.randint(0, n - seq_len - 1), window tokens [i, i + seq_len)",
+}
+
+# A seed group (one recipe repeated over calibration seeds, queued as one sweep): the
+# metrics whose mean and spread its summary reports (runs.sweep.seed_group_summary).
+SEED_GROUP: tuple[Metric, ...] = (PERPLEXITY, KL_TO_BASELINE)
+SEED_SPREAD_DEF = (
+    "over the runs of one seed group (same recipe, calibration seeds seed, seed + 1, ...): "
+    "mean, sample standard deviation (n - 1), minimum and maximum"
 )
 
 # Every run-level result key, in the order the Run page lists them.
@@ -495,6 +559,7 @@ RESULT: tuple[Metric, ...] = (
     WEIGHT_BYTES,
     BITS_PER_WEIGHT,
     COMPRESSED_BITS_PER_WEIGHT,
+    SPARSITY,
     NOMINAL_BITS,
     PEAK_MEM_BYTES,
     PREFILL_MS,
@@ -540,7 +605,9 @@ RESULT: tuple[Metric, ...] = (
     LOAD_AFTER,
     COMPRESS_CPU_S,
     CALIB_TOKENS_USED,
-    CALIB_TOKENS_REQUESTED,
+    CALIB_SET_TOKENS,
+    PREDICTED_KL,
+    PREDICTED_BYTES,
 )
 
 # Metric column -> (its first, its third quartile): the error bars of the charts.
@@ -563,6 +630,7 @@ RUN_TABLE: tuple[Metric, ...] = (
     WEIGHT_BYTES,
     BITS_PER_WEIGHT,
     COMPRESSED_BITS_PER_WEIGHT,
+    SPARSITY,
     PREFILL_MS,
     DECODE_TOK_S,
     PREFILL_SPEEDUP,
@@ -581,6 +649,7 @@ SUMMARY: tuple[Metric, ...] = (
     TOP1_AGREEMENT,
     WEIGHT_BYTES,
     BITS_PER_WEIGHT,
+    SPARSITY,
     PEAK_MEM_BYTES,
     PREFILL_MS,
     DECODE_TOK_S,

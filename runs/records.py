@@ -49,6 +49,7 @@ class LayerRow:
     before: dict[str, Any] | None = None  # weight statistics of the uncompressed layer
     after: dict[str, Any] | None = None  # the same of the stored weights
     act: dict[str, Any] | None = None  # input activations on the calibration set
+    sparsity_reached: float | None = None  # exact zeros / weights as stored (None: old row)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -74,6 +75,7 @@ class RunResult:
     weight_bytes: int | None = None
     bits_per_weight: float | None = None
     compressed_bits_per_weight: float | None = None
+    sparsity_reached: float | None = None  # zeros / weights of compressed linears (assemble)
     nominal_bits: list[float] | None = None
     peak_mem_bytes: int | None = None
     prefill_ms: float | None = None
@@ -120,7 +122,9 @@ class RunResult:
     load_after: float | None = None
     compress_cpu_s: float | None = None
     calib_tokens_used: int | None = None
-    calib_tokens_requested: int | None = None
+    calib_set_tokens: int | None = None
+    predicted_kl: float | None = None  # a search's prediction (runs/search.py)
+    predicted_bytes: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
