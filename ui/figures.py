@@ -124,8 +124,8 @@ def tradeoff_figure(
     Axis titles and the better direction come from :data:`AXES`; a single model's
     uncompressed perplexity is drawn as a dotted line for reference.
     """
-    x_title, x_better = AXES.get(x, (x, "lower"))
-    y_title, y_better = AXES.get(y, (y, "lower"))
+    x_title, x_better = AXES.get(x) or cat.axes([x]).get(x, (x, "lower"))  # task columns too
+    y_title, y_better = AXES.get(y) or cat.axes([y]).get(y, (y, "lower"))
     fig = go.Figure()
     d = df.dropna(subset=[x, y]) if {x, y} <= set(df.columns) else df.iloc[0:0]
     models = sorted(d["model"].unique()) if "model" in d else []
