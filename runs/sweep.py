@@ -188,3 +188,74 @@ def sweep_points(
                 }
             )
     return sorted(rows, key=lambda x: (x["series"], x["value"]))
+
+
+# --- seed groups: one recipe repeated over calibration seeds -------------------------
+
+MAX_SEEDS = 20  # one seed group queues at most this many runs
+
+
+def seed_specs(spec: JobSpec, label: str, n_seeds: int) -> list[tuple[str, JobSpec]]:
+    """(label, job spec) per calibration seed ``seed, seed + 1, ..., seed + n_seeds - 1``
+    of ``spec`` (its own seed first): a seed group, queued as one sweep."""
+    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or not 2 <= n_seeds <= MAX_SEEDS:
+        raise ConfigError(f"a seed group repeats a run over 2..{MAX_SEEDS} seeds, got {n_seeds!r}")
+    first = spec.calib_settings.seed
+    return [
+        (
+            f"{label} seed={first + i}",
+            dataclasses.replace(
+                spec, calib_settings=dataclasses.replace(spec.calib_settings, seed=first + i)
+            ),
+        )
+        for i in range(n_seeds)
+    ]
+
+
+def _without_seed(spec: dict[str, Any]) -> str:
+    """A stored spec as JSON text with its calibration seed left out."""
+    import json
+
+    calib = {k: v for k, v in (spec.get("calib_settings") or {}).items() if k != "seed"}
+    return json.dumps({**spec, "calib_settings": calib}, sort_keys=True, default=str)
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    import statistics
+
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def seed_group_summary(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per seed group among ``records`` (each: ``sweep_id``, ``label``, ``spec``
+    (the stored spec dict) and ``metrics``): the sweeps whose finished runs have the same
+    spec but for distinct calibration seeds, at least two of them. A row holds sweep_id,
+    label (the first run's, its seed suffix cut), n, seeds, and per metric of
+    ``cat.SEED_GROUP`` its ``<key>_mean``, ``_std`` (sample), ``_min`` and ``_max``."""
+    by_sweep: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if r.get("sweep_id") and r.get("spec"):
+            by_sweep.setdefault(str(r["sweep_id"]), []).append(r)
+    rows = []
+    for sid, recs in by_sweep.items():
+        seeds = [(r["spec"].get("calib_settings") or {}).get("seed") for r in recs]
+        same = len({_without_seed(r["spec"]) for r in recs}) == 1
+        if len(recs) < 2 or not same or len(set(seeds)) != len(seeds):
+            continue
+        row: dict[str, Any] = {
+            "sweep_id": sid,
+            "label": str(recs[0].get("label", "")).rsplit(" seed=", 1)[0],
+            "n": len(recs),
+            "seeds": sorted(seeds),
+        }
+        for m in cat.SEED_GROUP:
+            vals = [float(r["metrics"][m.key]) for r in recs if r["metrics"].get(m.key) is not None]
+            if len(vals) == len(recs):
+                row.update({f"{m.key}_{k}": v for k, v in _spread(vals).items()})
+        rows.append(row)
+    return rows
