@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from db import queue
-from ui import compare_view, figures, generations_view, shell, tasks_view
+from ui import compare_view, export_view, figures, generations_view, shell, tasks_view
 from ui.figures_runs import layer_error_curves, overlaid_histograms
 from ui.frames import layers_frame, run_option
 
@@ -60,6 +60,7 @@ if len(jobs) == 1:
     compare_view.run_details(job)
     tasks_view.task_section(job)
     generations_view.generations_section(job)
+    export_view.panel(job)
     rows = layer_rows[job.id]
     table = layers_frame(rows.values())
     if rows and table["rel_error"].notna().any():
