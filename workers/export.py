@@ -14,8 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-CT, DENSE = "compressed-tensors", "dense"
-FORMATS = (CT, DENSE)
 RERUN_HINT = (
     "queue its recipe again with the model kept (New run: 'Keep the compressed model for "
     "download'; CLI: python -m workers run ... --save), then export that run"
@@ -29,6 +27,7 @@ class ExportRefused(Exception):
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``export`` on the CLI's subparsers."""
     from core.export import DENSE_DTYPES, ZP_LAYOUTS
+    from core.export.saved import CT, FORMATS
 
     p = subparsers.add_parser(
         "export", help="export a run's kept model (compressed-tensors or dense float16)"
@@ -48,13 +47,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--db", default=None, help="database URL (default: DATABASE_URL)")
     p.set_defaults(func=run_export)
-
-
-def _metrics(result: dict[str, Any]) -> dict[str, Any]:
-    """The run's numbers (what the README lists): every plain number of the result."""
-    return {
-        k: v for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)
-    }
 
 
 def _job(db_url: str | None, run_id: int) -> Any:
@@ -83,7 +75,7 @@ def export_run(
     db_url: str | None,
     run_id: int,
     out: Path,
-    fmt: str = CT,
+    fmt: str = "compressed-tensors",
     *,
     dtype: str = "float16",
     zero_points: str = "packed",
@@ -95,28 +87,33 @@ def export_run(
 
 
 def export_job(
-    job: Any, out: Path, fmt: str = CT, *, dtype: str = "float16", zero_points: str = "packed"
+    job: Any,
+    out: Path,
+    fmt: str = "compressed-tensors",
+    *,
+    dtype: str = "float16",
+    zero_points: str = "packed",
 ) -> Path:
     """Export ``job``'s (a db.models.Job) kept model to ``out`` in ``fmt``."""
-    from core.export import ExportError, export_compressed_tensors, export_dense
-    from core.save import SaveError, load_compressed
+    from core.export import ExportError
+    from core.export.saved import FORMATS, export_saved, numeric_metrics
+    from core.save import SaveError
     from runs.records import recipe_steps
 
     if fmt not in FORMATS:
         raise ExportRefused(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
     folder = _saved_folder(job)
-    about = {
-        "tokenizer": None,
-        "recipe": recipe_steps(job.fingerprint, job.spec),
-        "metrics": _metrics(job.result),
-        "fingerprint": job.fingerprint,
-    }
     try:
-        loaded = load_compressed(folder)
-        about["tokenizer"] = loaded.tokenizer
-        if fmt == DENSE:
-            return export_dense(loaded.model, out, dtype=dtype, **about)
-        return export_compressed_tensors(loaded.model, out, zero_points=zero_points, **about)
+        return export_saved(
+            folder,
+            out,
+            fmt,
+            recipe=recipe_steps(job.fingerprint, job.spec),
+            metrics=numeric_metrics(job.result),
+            fingerprint=job.fingerprint,
+            dtype=dtype,
+            zero_points=zero_points,
+        )
     except (ExportError, SaveError) as e:
         raise ExportRefused(f"run {job.id}: {e}") from None
 
