@@ -136,7 +136,7 @@ def test_int8_weight_only_paths_match_reference(path: str, shape: tuple) -> None
 
 
 @pytest.mark.parametrize("path", ["native", "dequant"])
-@pytest.mark.parametrize("group", [32, 128])
+@pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_int4_weight_only_paths_match_reference(path: str, group: int, shape: tuple) -> None:
     if path == "native" and not NATIVE:
@@ -150,6 +150,33 @@ def test_int4_weight_only_paths_match_reference(path: str, group: int, shape: tu
     with ops.use_path(path):
         got = ops.int4_weight_only_linear(x, *args)
     _close(got, want, 1e-5)
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+def test_weight_only_kernels_of_each_instruction_set_match_reference(
+    isa: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The library is compiled with AVX-512 only where the CPU has it; the AVX2 kernels
+    it would otherwise use are built and checked here too (odd shapes, groups 32-128)."""
+    have512 = all(f in cpu.cpu_flags() for f in cpu.AVX512_FLAGS)
+    if isa == "avx512" and not have512:
+        pytest.skip("this CPU has no AVX-512")
+    monkeypatch.setenv("COMPRESSLAB_NO_AVX512", "1" if isa == "avx2" else "0")
+    cpu.load_library.cache_clear()
+    try:
+        assert cpu.native_vector_bits() == (512 if isa == "avx512" else 256)
+        for (m, k, n), group in zip(SHAPES, [32, 64, 128, 64, 32, 128], strict=True):
+            w, ws, b = _w8(n, k, seed=k)
+            x = _x(m, k, seed=m)
+            got = cpu.int8_weight_only_native(x, w, ws, b)
+            _close(got, ref.int8_weight_only_linear(x, w, ws, b), 1e-5)
+            layer = _int4(torch.nn.Linear(k, n), group)
+            args = (layer.qweight, layer.scale, layer.zero, group, layer.bias)
+            got = cpu.int4_weight_only_native(x, *args)
+            _close(got, ref.int4_weight_only_linear(x, *args), 1e-5)
+    finally:
+        cpu.load_library.cache_clear()
 
 
 @needs_native

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("int8_cpu.cpp")
 FLAGS = ("-O3", "-std=c++17", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC")
+# Added where the CPU has them: the weight-only kernels' AVX-512 versions are compiled in
+# (the AVX2 ones stay for every other CPU); the build key includes them, so a cache
+# folder shared by several machines keeps one library per instruction set.
+AVX512_FLAGS = {"avx512f": "-mavx512f", "avx512bw": "-mavx512bw", "avx512vl": "-mavx512vl"}
 ABI_VERSION = 2
 _REQUIRED_CPU_FLAGS = ("avx2", "fma", "f16c")
 
@@ -59,6 +63,15 @@ def _compiler() -> str | None:
     return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
 
 
+def compile_flags() -> tuple[str, ...]:
+    """FLAGS, plus the AVX-512 ones where this CPU has all of AVX512_FLAGS."""
+    have = cpu_flags()
+    extra = tuple(AVX512_FLAGS.values()) if all(f in have for f in AVX512_FLAGS) else ()
+    if os.environ.get("COMPRESSLAB_NO_AVX512", "") in {"1", "true", "yes"}:
+        extra = ()
+    return (*FLAGS, *extra)
+
+
 def _build_key(cxx: str) -> str:
     try:
         version = subprocess.run(
@@ -66,7 +79,7 @@ def _build_key(cxx: str) -> str:
         ).stdout
     except (OSError, subprocess.SubprocessError):
         version = ""
-    raw = SOURCE.read_bytes() + " ".join(FLAGS).encode() + version.encode()
+    raw = SOURCE.read_bytes() + " ".join(compile_flags()).encode() + version.encode()
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
@@ -77,7 +90,10 @@ def _compile(cxx: str, target: Path) -> None:
     os.close(fd)
     try:
         subprocess.run(
-            [cxx, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=300
+            [cxx, *compile_flags(), str(SOURCE), "-o", tmp],
+            check=True,
+            capture_output=True,
+            timeout=300,
         )
         os.replace(tmp, target)
     finally:
@@ -87,6 +103,7 @@ def _compile(cxx: str, target: Path) -> None:
 
 def _declare(lib: ctypes.CDLL) -> None:
     lib.cl_abi_version.restype = _int
+    lib.cl_vector_bits.restype = _int
     lib.cl_quantize_rows.argtypes = [_p, _i64, _i64, _f32, _p, _p, _int]
     lib.cl_quantize_rows_i8.argtypes = [_p, _i64, _i64, _f32, _p, _p, _int]
     lib.cl_int32_epilogue.argtypes = [_p, _p, _p, _p, _p, _i64, _i64, _int]
@@ -134,6 +151,12 @@ def load_library() -> ctypes.CDLL | None:
 
 def native_available() -> bool:
     return load_library() is not None
+
+
+def native_vector_bits() -> int:
+    """512 where the weight-only kernels run with AVX-512, 256 (AVX2), 0 (no native)."""
+    lib = load_library()
+    return 0 if lib is None else int(lib.cl_vector_bits())
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
