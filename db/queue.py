@@ -747,6 +747,18 @@ def text_exists(sf: Factory) -> Callable[[str], bool]:
     return lambda name: get_text(sf, name) is not None
 
 
+def text_bytes(sf: Factory) -> Callable[[str], int | None]:
+    """The size of an uploaded text set stored here (None: not an upload here), for the
+    job builder's check that a calibration set holds one window
+    (``runs.spec.build_spec(text_bytes=...)``)."""
+
+    def size(name: str) -> int | None:
+        blob = get_text(sf, name)
+        return int(blob.n_bytes) if blob is not None else None
+
+    return size
+
+
 def list_texts(sf: Factory) -> list[TextBlob]:
     with sf() as s:
         return list(s.scalars(select(TextBlob).order_by(TextBlob.created_at.desc())))

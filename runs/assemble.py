@@ -117,6 +117,8 @@ def run_result(job: Job, rows: list[LayerRow]) -> RunResult:
         kernel_paths=job.kernel_paths,
         saved_model=str(job.saved) if job.saved else None,
         saved_model_bytes=folder_bytes(job.saved) if job.saved else None,
+        predicted_kl=job.spec.prediction.get(cat.PREDICTED_KL.key),
+        predicted_bytes=job.spec.prediction.get(cat.PREDICTED_BYTES.key),
     )
 
 

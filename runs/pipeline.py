@@ -33,7 +33,7 @@ from core.models import LoadedModel, load_model
 from core.recipe import Recipe
 from core.save import save_compressed
 from core.walk import apply_recipe
-from runs import assemble, baseline_cache, generations, latency, tasks
+from runs import assemble, baseline_cache, calib_check, generations, latency, tasks
 from runs.preflight import check_cache_quota, check_cache_room, quota_problem
 from runs.progress import STAGES, Progress, StageProgress
 from runs.records import LayerRow, RunResult
@@ -89,6 +89,7 @@ class Job:
     errors: dict[str, float | None] = field(default_factory=dict)
     compress_s: float = 0.0
     compress_cpu_s: float = 0.0
+    calib_set_tokens: int | None = None  # tokens of the calibration set (runs.calib_check)
     res: EvalResult | None = None
     latency: tuple[float, float] | None = None
     latency_report: latency.LatencyReport | None = None
@@ -135,6 +136,7 @@ def load(job: Job, report: Progress) -> None:
     against its cap and the free disk (runs.preflight) before the baseline computes it."""
     report(0.0, f"loading model {job.spec.model}")
     job.loaded = load_model(job.spec.model, device=job.device)
+    calib_check.check_before_work(job)  # a set shorter than one window, before the baseline
     if job.eval_text is None:
         job.eval_text = job.resolve_text(job.spec.eval_set)
     job.windows = eval_windows(

@@ -23,6 +23,7 @@ from core.models import model_source
 from core.recipe import NO_STEPS, Recipe, loads_json, recipe_from_steps
 from core.registry import ConfigError
 from core.tasks import check_tasks
+from runs.calib_check import check_size_at_submit
 
 TextExists = Callable[[str], bool]  # is this uploaded text ("upload:...") stored?
 UPLOAD_PREFIX = "upload:"
@@ -50,6 +51,9 @@ class JobSpec:
     tasks: list[str] = field(default_factory=list)  # lm-eval tasks (core.tasks), run and baseline
     task_limit: int | None = None  # examples per task (None: all)
     prompts: list[str] = field(default_factory=list)  # continued greedily; []: the model's defaults
+    # What a budget search predicted for this recipe (runs/search.py), by catalogue key;
+    # copied into the result beside the measured numbers. {} for every other run.
+    prediction: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -168,6 +172,7 @@ def build_spec(
     recipe: Recipe | Sequence[dict[str, Any]],
     *,
     text_exists: TextExists,
+    text_bytes: Callable[[str], int | None] | None = None,
     recipe_name: str = "",
     calib: str = DEFAULT_CALIB,
     eval_set: str = DEFAULT_EVAL,
@@ -196,6 +201,8 @@ def build_spec(
         raise ConfigError(str(e)) from None
     check_text_set(eval_set, "evaluation", text_exists)
     check_text_set(calib, "calibration", text_exists)
+    if parsed.steps and text_bytes is not None:  # a set shorter than one window: refused
+        check_size_at_submit(parsed, calib, text_bytes(calib), cs)
     outputs = check_outputs(tasks, task_limit, prompts)
     spec = JobSpec(
         model=model,

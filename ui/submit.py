@@ -46,6 +46,7 @@ def build_spec(
         model,
         steps,
         text_exists=queue.text_exists(sf),
+        text_bytes=queue.text_bytes(sf),
         recipe_name=recipe_name,
         calib=calib,
         eval_set=eval_set,
