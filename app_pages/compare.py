@@ -6,20 +6,20 @@ import streamlit as st
 
 from db import queue
 from ui import compare_view, figures, generations_view, shell, sweep_view, tables
-from ui.frames import PERPLEXITY, SMALLER_BUT_SLOWER, runs_frame
+from ui.frames import PERPLEXITY, SMALLER_BUT_SLOWER, chart_frame
 
 sf = shell.session()
 st.title("Compare")
-runs = queue.finished_runs(sf)
+runs = [j for j in queue.finished_runs(sf) if not j.archived]  # archived: Runs page
 if not runs:
     st.info("No finished runs yet: queue one on New run, then come back when it is done.")
     st.page_link(shell.NEW_RUN, label="New run", icon=":material/add_circle:")
     st.stop()
 
-df, latency = compare_view.filter_runs(runs_frame(runs))
+df, latency = compare_view.filter_runs(chart_frame(runs))
 st.caption(
-    f"{len(df)} run(s). Dashed: the Pareto front (no other run is better on both axes). "
-    "Dotted: the uncompressed model."
+    f"{len(df)} run(s). Solid black line: the Pareto front (no other run is better on both "
+    "axes). Dotted: the uncompressed model. Runs at the same point are drawn side by side."
 )
 slower = df[df[SMALLER_BUT_SLOWER]]
 if not slower.empty:
@@ -36,6 +36,7 @@ with left:
 with right:
     st.plotly_chart(figures.latency_figure(df, latency), key="fig_latency")
 
+compare_view.custom_axes(df)
 shown = set(df["id"])
 sweep_view.sweep_chart([j for j in runs if j.id in shown and j.sweep_id])
 generations_view.compare_section([j for j in runs if j.id in shown], key="cmp_gen_prompt")

@@ -83,6 +83,7 @@ if len(evals) > 1:
         "perplexities do not compare directly."
     )
 st.dataframe(compare_view.side_by_side(jobs), hide_index=True, width="stretch", key="run_side")
+compare_view.config_diff_view(jobs)
 
 common = [n for n in layer_rows[jobs[0].id] if all(n in layer_rows[j.id] for j in jobs[1:])]
 if common:

@@ -12,7 +12,7 @@ import streamlit as st
 from core.save import QUANT_CONFIG, archive, folder_bytes
 from db.models import Job
 from runs import catalogue as cat
-from ui import auth
+from ui import annotations, auth, figures
 from ui.frames import eval_label, fmt_bytes, fmt_duration, recipe_steps
 from ui.latency_view import latency_section
 from ui.shell import md_text
@@ -133,6 +133,7 @@ def run_details(job: Job) -> None:
     spec, fp, result = job.spec, job.fingerprint, job.result
     st.subheader(f"Run #{job.id}: {md_text(job.model, 300)} · {md_text(job.recipe_label, 300)}")
     st.caption(f"Queued by {md_text(getattr(job, 'owner', 'local'))}")
+    annotations.panel(job, key="details")
     if result.get(cat.MODEL_NOTE.key):
         st.caption(f"Model note: {md_text(result[cat.MODEL_NOTE.key])}")
     if result.get(cat.SMALLER_BUT_SLOWER.key):
@@ -200,3 +201,63 @@ def side_by_side(jobs: list[Any]) -> pd.DataFrame:
     for label, get in facts:
         rows.append({"metric": label, "unit": "", **{run_label(j): str(get(j)) for j in jobs}})
     return pd.DataFrame(rows)
+
+
+def config_diff_view(jobs: list[Any]) -> None:
+    """The settings in which these runs differ, highlighted (all equal: said so)."""
+    from ui.frames import config_diff
+
+    labels = [run_label(j) for j in jobs]
+    diff = config_diff(jobs, labels)
+    st.subheader("Config diff")
+    if diff.empty:
+        st.caption("Same model, recipe and settings: only the measurements differ.")
+        return
+    st.caption(f"Only the {len(diff)} setting(s) in which the runs differ ('-': not set).")
+    styled = diff.style.apply(
+        lambda row: ["" if c == "setting" else "background-color: #fff3b0" for c in row.index],
+        axis=1,
+    )
+    st.dataframe(styled, hide_index=True, width="stretch", key="run_config_diff")
+
+
+DEFAULT_PARALLEL = ("method", "bits", "group_size", "sparsity")
+
+
+def custom_axes(df: pd.DataFrame) -> None:
+    """A chart of any two catalogued metrics and a parallel-coordinates view of the
+    runs' parameters and metrics, on request (the page's fixed charts stay above)."""
+    if not st.toggle("Choose the axes: any metric, and parameters side by side", key="cmp_explore"):
+        return
+    options = figures.axis_options(df)
+    cols = list(options)
+    c1, c2 = st.columns(2)
+    default_x = cols.index(cat.WEIGHT_BYTES.col) if cat.WEIGHT_BYTES.col in cols else 0
+    x = c1.selectbox("x axis", cols, index=default_x, format_func=options.get, key="cmp_x")
+    default_y = cols.index(cat.PERPLEXITY.col) if cat.PERPLEXITY.col in cols else 0
+    y = c2.selectbox("y axis", cols, index=default_y, format_func=options.get, key="cmp_y")
+    st.plotly_chart(figures.tradeoff_figure(df, x, y), key="fig_custom")
+    _parallel(df, options)
+
+
+def _parallel(df: pd.DataFrame, options: dict[str, str]) -> None:
+    params = [c for c in DEFAULT_PARALLEL if c in df.columns and df[c].nunique(dropna=False) > 1]
+    choices = [*DEFAULT_PARALLEL, *options]
+    picked_cols = st.multiselect(
+        "Parallel coordinates: axes",
+        choices,
+        default=params + [c for c in (cat.WEIGHT_BYTES.col, cat.PERPLEXITY.col) if c in options],
+        format_func=lambda c: options.get(c, c),
+        key="cmp_par_cols",
+    )
+    ids = df["id"].tolist()
+    chosen = st.multiselect(
+        "Runs in the parallel coordinates",
+        ids,
+        default=ids[:50],
+        format_func=lambda i: f"#{i}",
+        key="cmp_par_runs",
+    )
+    st.plotly_chart(
+        figures.parallel_figure(df[df["id"].isin(chosen)], picked_cols), key="fig_parallel"
+    )

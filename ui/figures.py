@@ -313,3 +313,50 @@ def layer_error_figure(layers: pd.DataFrame, selected: str | None = None) -> go.
         height=360,
     )
     return fig
+
+
+def axis_options(df: pd.DataFrame) -> dict[str, str]:
+    """Runs-frame column -> axis title of every catalogued metric (task scores and any
+    other the catalogue defines included) that at least one of these runs recorded."""
+    out = {}
+    for col, (title, _) in cat.axes(df.columns).items():
+        if col in df.columns and pd.to_numeric(df[col], errors="coerce").notna().any():
+            out[col] = title
+    return out
+
+
+def parallel_figure(df: pd.DataFrame, columns: list[str], color: str = PPL) -> go.Figure:
+    """Parallel coordinates over runs: one axis per column (numbers as they are; text
+    such as the method as numbered categories), coloured by ``color``."""
+    dims = []
+    for col in columns:
+        if col not in df.columns:
+            continue
+        values = pd.to_numeric(df[col], errors="coerce")
+        label = AXES.get(col, (col, ""))[0]
+        if values.notna().all():
+            dims.append({"label": label, "values": values.to_numpy(dtype=float)})
+            continue
+        cats = sorted({str(v) for v in df[col]})
+        codes = [cats.index(str(v)) for v in df[col]]
+        dims.append({"label": label, "values": codes, "tickvals": list(range(len(cats)))})
+        dims[-1]["ticktext"] = cats
+    fig = go.Figure()
+    if not dims or df.empty:
+        return empty_note(fig, "Pick runs and at least one axis.")
+    shade = pd.to_numeric(df[color], errors="coerce") if color in df else None
+    line: dict[str, Any] = {"color": "#636EFA"}
+    if shade is not None and shade.notna().any():
+        line = {
+            "color": shade.fillna(shade.max()).to_numpy(dtype=float),
+            "colorscale": "Viridis",
+            "showscale": True,
+            "colorbar": {"title": {"text": AXES.get(color, (color, ""))[0]}},
+        }
+    fig.add_trace(go.Parcoords(dimensions=dims, line=line))
+    fig.update_layout(
+        title="Parameters and metrics of the chosen runs (drag along an axis to filter)",
+        margin={"t": 90, "l": 60, "r": 60, "b": 40},
+        height=460,
+    )
+    return fig

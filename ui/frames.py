@@ -460,3 +460,30 @@ def history_frame(jobs: Iterable[Any], now: float | None = None) -> pd.DataFrame
     cols = ["id", "open", "name", "status", "model", "recipe", "details", "tags", "owner"]
     cols += ["submitted", "elapsed", cat.PERPLEXITY.col, "archived", "error"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def _first_param(job: Any, name: str) -> Any:
+    values = [s.get(name) for s in recipe_steps(job) if s.get(name) is not None]
+    return values[0] if values else None
+
+
+def chart_frame(jobs: Sequence[Any]) -> pd.DataFrame:
+    """The runs frame plus what Compare's own axes and parallel coordinates may show:
+    every plottable catalogue metric a run recorded, its task scores (task:<task>:<metric>),
+    the recipe's bits / group size / sparsity, and its name and full recipe."""
+    from runs.tasks import score_columns  # the task columns' one reader
+
+    df = runs_frame(jobs)
+    results = [j.result or {} for j in jobs]
+    for m in cat.RESULT:
+        if m.axis and m.col not in df.columns and any(m.key in r for r in results):
+            df[m.col] = [metric_cell(m, r) for r in results]
+    tasks = [score_columns(r) for r in results]
+    for col in sorted({c for t in tasks for c in t}):
+        df[col] = [t.get(col, np.nan) for t in tasks]
+    df["name"] = [run_title(j) for j in jobs]
+    df["details"] = [recipe_details(recipe_steps(j)) for j in jobs]
+    df["bits"] = [bits_label(r) for r in results]
+    df["group_size"] = [as_float(_first_param(j, "group_size")) for j in jobs]
+    df["sparsity"] = [recipe_sparsity(recipe_steps(j)) for j in jobs]
+    return df
