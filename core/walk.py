@@ -28,6 +28,7 @@ from torch import nn
 
 from core.errors import Cancelled
 from core.mappings import BLOCK_PATHS
+from core.onload import store_of, streaming
 from core.recipe import Recipe, Step
 from core.registry import (
     LayerMethod,
@@ -331,15 +332,20 @@ def iter_blocks(
     assert ctx.calib_batches is not None
     batches = stack_windows(ctx.calib_batches, batch_tokens)
     inputs = capture_block_inputs(model, blocks, batches)
+    store = store_of(model)  # onloaded: one block on the device at a time
     for b, block in enumerate(blocks):
         if ctx.should_cancel():
             raise Cancelled
+        if store is not None:
+            store.hold(b)
         prefix = f"{path}.{b}"
         names = [n for n in ctx.error_targets if n.startswith(prefix + ".")]
         probe = _probe_before(model, block, inputs, names)
         yield prefix, block, inputs
         for i, h in enumerate(_run_and_measure(model, block, inputs, probe, ctx.reports)):
             inputs.with_hidden(i, h)
+        if store is not None:
+            store.commit(b)  # the block as compressed, written off the device
         ctx.on_progress((b + 1) / len(blocks), f"{label}: block {b + 1}/{len(blocks)}")
 
 
@@ -575,8 +581,9 @@ def _apply_outside_blocks(
     stats_method = method if isinstance(method, LayerMethod) else None
     calib, handles = _attach_hooks(layers, stats_method, step.config)
     try:
-        for ids in stack_windows(ctx.calib_batches or [], CALIB_BATCH_TOKENS):
-            model(ids.to(_device_of(model)), use_cache=False)
+        with streaming(model):
+            for ids in stack_windows(ctx.calib_batches or [], CALIB_BATCH_TOKENS):
+                model(ids.to(_device_of(model)), use_cache=False)
     finally:
         for h in handles:
             h.remove()
