@@ -42,7 +42,7 @@ try:
     estimate_steps = steps_from_json(recipe) if mode == "JSON" else recipe
 except ValueError:
     estimate_steps = None
-estimate_view.show(model, estimate_steps, cs)
+estimate_view.show(model, estimate_steps, cs, calib, sf)
 
 keep = st.checkbox(
     "Keep the compressed model for download",

@@ -73,3 +73,15 @@ def test_a_data_free_recipe_runs_and_says_how_few_tokens_it_measured_on(tmp_path
     assert 0 < m[cat.CALIB_SET_TOKENS.key] < 32
     assert m[cat.CALIB_TOKENS_USED.key] == m[cat.CALIB_SET_TOKENS.key]  # one short sample
     assert any(f"{m[cat.CALIB_SET_TOKENS.key]} tokens" in n for n in m["notes"])
+
+
+def test_the_estimate_warns_of_a_short_upload_before_queueing() -> None:
+    from ui.estimate_view import short_set_warning
+
+    cs = CalibSettings(n_samples=32, seq_len=256)
+    gptq, rtn = parse_recipe('[{"method": "gptq"}]'), parse_recipe("rtn-int8")
+    assert short_set_warning(SHORT, 22, gptq, cs).startswith("Will not be queued")
+    assert "needs no calibration data" in short_set_warning(SHORT, 22, rtn, cs)
+    assert "overlap" in short_set_warning(SHORT, 5000, gptq, cs)
+    assert short_set_warning(SHORT, 32 * 256, gptq, cs) == ""
+    assert short_set_warning("stdlib-code", None, gptq, cs) == ""

@@ -11,7 +11,9 @@ from core.calib import CalibSettings
 from core.errors import ModelLoadError
 from core.estimate import MemoryEstimate, estimate_memory
 from core.models import model_skeleton
-from core.recipe import recipe_from_steps
+from core.recipe import Recipe, recipe_from_steps
+from db import queue
+from runs.calib_check import too_short
 from ui.frames import fmt_bytes
 
 
@@ -36,8 +38,37 @@ def breakdown(est: MemoryEstimate, calib: CalibSettings) -> str:
     )
 
 
-def show(model: str, steps: list[dict[str, Any]] | None, calib: dict[str, Any]) -> None:
-    """Weights and calibration memory of this run, or why they cannot be estimated yet."""
+def short_set_warning(name: str, n_bytes: int | None, recipe: Recipe, cs: CalibSettings) -> str:
+    """Why this calibration set will be refused, or what it really gives ("" if fine)."""
+    if n_bytes is None or not recipe.steps:
+        return ""
+    if n_bytes < cs.seq_len:
+        what = too_short(name, n_bytes, "bytes", cs)
+        if recipe.needs_calibration:
+            return f"Will not be queued: {what}."
+        return (
+            f"{what[0].upper()}{what[1:]}; this recipe needs no calibration data, but each "
+            "layer's error will be measured on those few tokens only."
+        )
+    if n_bytes < cs.n_samples * cs.seq_len:
+        return (
+            f"The calibration set has {n_bytes:,} bytes, so at most about as many tokens: "
+            f"fewer than the {cs.n_samples} x {cs.seq_len} requested; the windows will "
+            "overlap (the run stores the real count)."
+        )
+    return ""
+
+
+def show(
+    model: str,
+    steps: list[dict[str, Any]] | None,
+    calib: dict[str, Any],
+    calib_set: str = "",
+    sf: queue.Factory | None = None,
+) -> None:
+    """Weights and calibration memory of this run, or why they cannot be estimated yet;
+    with the calibration set's name and the database, a warning when an uploaded set is
+    shorter than the settings ask."""
     if not model or steps is None:
         st.caption("The estimate appears once the model and the recipe are valid.")
         return
@@ -51,6 +82,14 @@ def show(model: str, steps: list[dict[str, Any]] | None, calib: dict[str, Any]) 
     except (ModelLoadError, ValueError) as e:  # ConfigError is a ValueError
         st.caption(f"No estimate: {e}")
         return
+    _metrics(est, recipe, settings)
+    n_bytes = queue.text_bytes(sf)(calib_set) if sf is not None and calib_set else None
+    warning = short_set_warning(calib_set, n_bytes, recipe, settings)
+    if warning:
+        st.warning(warning, icon=":material/data_alert:")
+
+
+def _metrics(est: MemoryEstimate, recipe: Recipe, settings: CalibSettings) -> None:
     c1, c2 = st.columns(2)
     c1.metric("Model weights (float32, as loaded)", fmt_bytes(est.weight_bytes))
     c2.metric(
@@ -59,7 +98,15 @@ def show(model: str, steps: list[dict[str, Any]] | None, calib: dict[str, Any]) 
         help="Held at the peak of calibration: the walker keeps one block's inputs at a "
         "time and one layer's (or one block's) statistics.",
     )
-    if recipe.steps:
-        st.markdown(breakdown(est, settings))
-    else:
+    if not recipe.steps:
         st.caption("No recipe steps: nothing is calibrated.")
+        return
+    if est.calibrated:
+        st.markdown(breakdown(est, settings))
+        return
+    methods = ", ".join(dict.fromkeys(s.method for s in recipe.steps))
+    st.caption(
+        f"{methods} needs no calibration data: no calibration memory. The samples still "
+        f"pass block by block to measure each layer's output error, which holds "
+        f"{fmt_bytes(est.measurement_bytes)} besides the model."
+    )
