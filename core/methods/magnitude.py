@@ -73,9 +73,22 @@ class MagnitudeConfig(SparsityConfig):
         "layers then end with different sparsities)",
         choices=("layer", "global"),
     )
+    ties: str = param(
+        "exact",
+        "who goes at the cut (unstructured, scope layer): exact = exactly round(sparsity x n) "
+        "weights of each layer, ties broken by position; threshold = every |w| <= the "
+        "floor(sparsity x n)-th smallest, as locuslab/wanda (one weight more per layer, "
+        "plus any ties at the cut)",
+        choices=("exact", "threshold"),
+    )
 
     def validate(self) -> None:
         super().validate()
+        if self.ties == "threshold" and (self.pattern is not None or self.scope == "global"):
+            raise ConfigError(
+                'MagnitudeConfig: ties="threshold" applies to unstructured per-layer pruning '
+                '(sparsity set, scope "layer"); N:M and global scope count exactly'
+            )
         if self.pattern is not None and self.scope == "global":
             raise ConfigError(
                 "MagnitudeConfig: an N:M pattern is chosen inside each group of M inputs, so "
@@ -93,7 +106,10 @@ class MagnitudeConfig(SparsityConfig):
         calibration=False,
         static_or_dynamic="static (mask fixed once)",
         scope="weights only",
-        parameters="heuristic: |w| is the importance; no data, no weight update",
+        parameters="heuristic: |w| is the importance; no data, no weight update. Ties: by "
+        "default exactly round(sparsity x n) weights per layer go (ties at the cut broken by "
+        "position, so the sparsity is exact); ties=threshold drops every |w| <= the "
+        "floor(sparsity x n)-th smallest, as locuslab/wanda does (one weight more per layer)",
         hardware="CPU: none (weights are decompressed for the matmul). GPU: 2:4 runs on "
         "sparse tensor cores through torch's semi-structured tensors",
         memory="N:M: kept values + 2-3 index bits each (2:4 fp32: ~0.53x dense); unstructured "
@@ -125,5 +141,7 @@ class Magnitude(PruningMethod):
                 raise RuntimeError("global magnitude pruning needs prepare() over all targets")
             keep = magnitude_mask(layer.weight, prune=self._counts[id(layer)])
         else:
-            keep = magnitude_mask(layer.weight, sparsity=cfg.sparsity, pattern=cfg.pattern)
+            keep = magnitude_mask(
+                layer.weight, sparsity=cfg.sparsity, pattern=cfg.pattern, ties=cfg.ties
+            )
         return PrunedLinear.build(layer.weight, layer.bias, keep=keep, pattern=cfg.label)

@@ -55,6 +55,17 @@ def layer_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     return count_mask(scores, prune_count(scores.numel(), sparsity))
 
 
+def threshold_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep mask with a threshold instead of a count, as locuslab/wanda's magnitude pruning:
+    ``t`` = the score at 0-based position floor(sparsity x n) of the sorted scores, and
+    every score ``<= t`` is dropped: at least floor(sparsity x n) + 1 weights (one more than
+    the count), plus every weight tied with ``t``."""
+    flat = scores.reshape(-1).float()
+    pos = min(int(flat.numel() * sparsity), flat.numel() - 1)
+    t = torch.kthvalue(flat, pos + 1).values  # the (pos + 1)-th smallest = sorted[pos]
+    return scores.float() > t
+
+
 def count_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Drop exactly ``k`` lowest-scoring weights of the whole tensor."""
     return _keep_lowest_dropped(scores.reshape(-1), k, dim=0).reshape(scores.shape)
