@@ -41,3 +41,21 @@ def test_queue_load_drains_every_job_and_prints_a_row_per_round(db_url: str) -> 
     assert rows[0]["x1"] == 1.0
     table = queue_load.format_table(rows)
     assert "claims/s" in table and len(table.splitlines()) == 4
+
+
+def test_model_speed_quick_reports_every_variant_against_fp32() -> None:
+    from bench import model_speed
+
+    result = model_speed.run(quick=True, variants=["fp32", "w8a8", "int4-weight-only", "gptq-4bit"])
+    assert set(result) == {"machine", "sizes", "rows"}
+    assert {"cpu", "flags", "cores", "threads", "torch"} <= set(result["machine"])
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert list(rows) == ["fp32", "w8a8", "int4-weight-only", "gptq-4bit"]
+    for r in rows.values():
+        for key in ("prefill_tok_s", "decode_tok_s", "prefill_x_fp32", "decode_x_fp32"):
+            assert r[key] > 0, (r["variant"], key)
+    assert rows["fp32"]["prefill_x_fp32"] == 1.0 and rows["fp32"]["kernel_paths"] == []
+    # the compressed models ran on the project's kernels: GPTQ 4-bit on the int4 op
+    assert any(p.startswith("int8_linear:") for p in rows["w8a8"]["kernel_paths"])
+    assert any(p.startswith("int4_weight_only_linear:") for p in rows["gptq-4bit"]["kernel_paths"])
+    assert "| gptq-4bit |" in model_speed.format_table(result)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,9 @@ def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(tune, "TUNE_M", (1, 16))
     monkeypatch.setattr(tune, "TUNE_K", (64, 256))
     monkeypatch.setattr(tune, "TUNE_N", 32)
+    # timings of tiny cells on a busy test machine may be noisy: only the test of noisy
+    # cells below puts the cap back
+    monkeypatch.setattr(tune, "MAX_NOISE", float("inf"))
     ops.forget_tuned_table()
     yield tmp_path
     ops.forget_tuned_table()
@@ -195,7 +199,7 @@ def test_tuning_always_times_the_float_path_and_stores_the_noise(data: Path) -> 
     rules = ops.tune_ops(["int4_weight_only_linear"], budget_s=5.0)["rules"]
     for r in rules["int4_weight_only_linear"]:
         assert tune.FLOAT_PATH in r["ms"]
-        assert tune.MIN_NOISE <= r["noise"] <= tune.MAX_NOISE
+        assert r["noise"] >= tune.MIN_NOISE
         assert r["ms"][r["path"]] <= r["ms"][tune.FLOAT_PATH]
 
 
@@ -204,6 +208,26 @@ def test_a_measured_rule_slower_than_float_by_its_own_timings_gives_float(data: 
     assert ops.table_path(wrong, "int8_linear", 3, 100) == "dequant"
     close = _table_forcing("native", ms={"native": 1.04, "dequant": 1.0})  # within noise
     assert ops.table_path(close, "int8_linear", 3, 100) == "native"
+
+
+def test_cells_timed_on_a_machine_too_busy_to_tell_are_passed_over(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tune, "MAX_NOISE", 0.25)
+
+    def jittery() -> Callable[..., None]:
+        calls = iter(range(1000))
+
+        def call(*args) -> None:  # every other call three times as long: noise above the cap
+            time.sleep(0.006 if next(calls) % 2 else 0.002)
+
+        return call
+
+    rules = tune.tune_op("int8_linear", {"dequant": jittery(), "native": jittery()}, 5.0)
+    assert rules and all(r["noisy"] and r["noise"] == tune.MAX_NOISE for r in rules)
+    table = {**tune.new_table(), "rules": {"int8_linear": rules}}
+    assert ops.table_rule(table, "int8_linear", 1, 64) is None
+    assert ops.table_path(table, "int8_linear", 1, 64) is None  # the fallbacks decide
 
 
 @pytest.mark.parametrize("source", ["measured", "committed"])
@@ -230,7 +254,7 @@ def test_a_wrong_table_forcing_a_slow_path_does_not_win_over_float(
         assert entry["path"] == "dequant" and entry["table"] == source
     assert ops.verdicts() == {("int8_linear", 16, 100, 24, "slow"): "dequant"}
     n = len(calls)
-    assert n == 2 + ops.VERIFY_ROUNDS  # the call, then the check's warm-up and rounds
+    assert 2 < n <= 2 + ops.VERIFY_ROUNDS  # the call, then the check (warm-up, 1-2 rounds)
     ops.int8_linear(x, w, ws, None, "dynamic")  # decided once: the slow path never runs again
     assert len(calls) == n
 

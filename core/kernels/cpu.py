@@ -323,23 +323,39 @@ def int4_weight_only_native(
     return out
 
 
-def dequantize_int8_native(w_int8: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
-    """(N, K) float32 = w_int8 * w_scale[:, None], in one parallel pass."""
+def _out_buffer(out: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor:
+    if out is None:
+        return torch.empty(shape, dtype=torch.float32)
+    if tuple(out.shape) != shape or out.dtype != torch.float32 or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous float32 tensor of shape {shape}")
+    return out
+
+
+def dequantize_int8_native(
+    w_int8: torch.Tensor, w_scale: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(N, K) float32 = w_int8 * w_scale[:, None], in one parallel pass (into ``out``)."""
     w, ws = w_int8.contiguous(), _f32c(w_scale)
     n, k = w.shape
-    out = torch.empty((n, k), dtype=torch.float32)
+    out = _out_buffer(out, (n, k))
     _lib().cl_dequantize_int8(w.data_ptr(), ws.data_ptr(), out.data_ptr(), n, k, _threads(n * k))
     return out
 
 
 def dequantize_int4_native(
-    w_packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int, k: int
+    w_packed: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    group_size: int,
+    k: int,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(N, k) float32 = (code - zero) * scale, as ref.dequantize_int4, in one parallel pass."""
+    """(N, k) float32 = (code - zero) * scale, as ref.dequantize_int4, in one parallel pass
+    (into ``out``)."""
     w, sc = w_packed.contiguous(), scale.to(torch.float16).contiguous()
     z = zero.to(torch.uint8).contiguous()
     n, half = w.shape
-    out = torch.empty((n, k), dtype=torch.float32)
+    out = _out_buffer(out, (n, k))
     _lib().cl_dequantize_int4(
         w.data_ptr(),
         sc.data_ptr(),

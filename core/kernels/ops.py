@@ -69,7 +69,10 @@ def _w8a8_dequant(x2, w, ws, b, mode, xs=None):
         q, s = quantize_per_token(x2)
     if cpu.native_available():  # w * w_scale in cache-sized tiles, then BLAS
         y = _tiled_linear(
-            q, w.shape[0], lambda n0, n1: cpu.dequantize_int8_native(w[n0:n1], ws[n0:n1]), None
+            q,
+            w.shape[0],
+            lambda n0, n1, o: cpu.dequantize_int8_native(w[n0:n1], ws[n0:n1], o),
+            None,
         )
         y = y * s
     else:
@@ -89,36 +92,48 @@ def _wo8_ref(x2, w, ws, b):
     return ref.int8_weight_only_linear(x2.float(), w, ws, b)
 
 
-DEQUANT_TILE_FLOATS = 1 << 20  # 4 MiB of float32 weights per tile: measured best of 1-16 MiB
+# 8 MiB of float32 weights per tile: few enough tiles that each BLAS call is big (every
+# parallel region costs a barrier, dear on a busy machine), small enough to stay in L3.
+DEQUANT_TILE_FLOATS = 1 << 21
+_TILE_BUFFERS = threading.local()  # one reused tile buffer per thread: no page faults
+
+
+def _tile_buffer(rows: int, k: int) -> torch.Tensor:
+    buf = getattr(_TILE_BUFFERS, "buf", None)
+    if buf is None or buf.numel() < rows * k:
+        buf = _TILE_BUFFERS.buf = torch.empty(rows * k, dtype=torch.float32)
+    return buf[: rows * k].view(rows, k)
 
 
 def _tiled_linear(
     x2: torch.Tensor,
     n: int,
-    dequant_rows: Callable[[int, int], torch.Tensor],
+    dequant_rows: Callable[[int, int, torch.Tensor | None], torch.Tensor],
     b: torch.Tensor | None,
 ) -> torch.Tensor:
-    """x2 @ W^T + b with W dequantized a tile of output rows at a time: each float tile is
-    still in cache when BLAS reads it, instead of a whole float32 weight (4 bytes per
-    weight) going out to memory and back."""
+    """x2 @ W^T + b with W dequantized a tile of output rows at a time into one reused
+    buffer: each float tile is still in cache when BLAS reads it, instead of a whole
+    float32 weight (4 bytes per weight) going out to memory and back.
+    ``dequant_rows(n0, n1, out)`` writes rows n0:n1 of W into ``out`` (or a new tensor)."""
     k = x2.shape[1]
     rows = max(16, DEQUANT_TILE_FLOATS // max(1, k))
     x2 = x2.float()
     if rows >= n:
-        out = x2 @ dequant_rows(0, n).t()
+        out = x2 @ dequant_rows(0, n, None).t()
     else:
         out = torch.empty((x2.shape[0], n), dtype=torch.float32)
         for n0 in range(0, n, rows):
             n1 = min(n, n0 + rows)
-            out[:, n0:n1] = x2 @ dequant_rows(n0, n1).t()
-    return out if b is None else out + b.float()
+            tile = dequant_rows(n0, n1, _tile_buffer(n1 - n0, k))
+            out[:, n0:n1] = x2 @ tile.t()
+    return out if b is None else out.add_(b.float())
 
 
 def _wo8_dequant(x2, w, ws, b):
     if not cpu.native_available():
         return _wo8_ref(x2, w, ws, b)
     return _tiled_linear(
-        x2, w.shape[0], lambda n0, n1: cpu.dequantize_int8_native(w[n0:n1], ws[n0:n1]), b
+        x2, w.shape[0], lambda n0, n1, o: cpu.dequantize_int8_native(w[n0:n1], ws[n0:n1], o), b
     )
 
 
@@ -133,7 +148,7 @@ def _wo4_dequant(x2, w, s, z, g, b):
     return _tiled_linear(
         x2,
         w.shape[0],
-        lambda n0, n1: cpu.dequantize_int4_native(w[n0:n1], s[n0:n1], z[n0:n1], g, k),
+        lambda n0, n1, o: cpu.dequantize_int4_native(w[n0:n1], s[n0:n1], z[n0:n1], g, k, o),
         b,
     )
 
@@ -252,12 +267,13 @@ def _table() -> dict | None:
 
 
 def table_rule(table: dict | None, op: str, m: int, k: int) -> dict | None:
-    """The table's rule for the nearest (M, K) cell at or above (m, k), or None."""
+    """The table's rule for the nearest (M, K) cell at or above (m, k), or None; cells
+    timed while the machine was too busy to tell (``noisy``) are passed over."""
     if not table:
         return None
     rules = table.get("rules", {}).get(op, [])
     mb = m_bucket(m)
-    cells = [r for r in rules if r["m"] == mb]
+    cells = [r for r in rules if r["m"] == mb and not r.get("noisy")]
     if not cells:
         return None
     above = [r for r in cells if r["k"] >= k]

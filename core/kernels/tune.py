@@ -177,7 +177,8 @@ def tune_op(
 
     ``paths`` maps a path name to a callable taking the op's arguments with x (M, K); the
     float path (FLOAT_PATH) is always among those timed, so a cell's choice is never
-    one measured slower than it."""
+    one measured slower than it. A cell whose noise reaches MAX_NOISE (a machine too busy
+    to time) is stored with ``"noisy": true`` and the dispatcher passes over it."""
     ms, ks, n = ms or TUNE_M, ks or TUNE_K, n or TUNE_N
     deadline = time.perf_counter() + budget_s
     rules: list[dict] = []
@@ -195,8 +196,12 @@ def tune_op(
             t = {p: min(v) * 1000 for p, v in raw.items()}
             best = min(t, key=t.__getitem__)
             rule = {"m": m, "k": k, "path": best, "ms": {p: round(v, 4) for p, v in t.items()}}
-            rules.append({**rule, "noise": noise(raw)})
-            last = {p: (size, v if v > SLOW_FACTOR * t[best] else 0.0) for p, v in t.items()}
+            rule["noise"] = noise(raw)
+            if rule["noise"] >= MAX_NOISE:  # timed on a machine too busy to tell: not used
+                rule["noisy"] = True
+            rules.append(rule)
+            if not rule.get("noisy"):  # a noisy cell drops no path from the next one
+                last = {p: (size, v if v > SLOW_FACTOR * t[best] else 0.0) for p, v in t.items()}
     return rules
 
 
