@@ -13,3 +13,4 @@ from core.methods import sparsegpt as sparsegpt  # noqa: F401
 from core.methods import w8a8 as w8a8  # noqa: F401
 from core.methods import wanda as wanda  # noqa: F401
 from core.methods import weight_only as weight_only  # noqa: F401
+from core.methods import zeroquant as zeroquant  # noqa: F401
