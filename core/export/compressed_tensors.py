@@ -15,7 +15,11 @@ fingerprint). Each stored format maps to one of the library's formats:
 - ``FP8Linear`` E4M3 -> ``float-quantized``: ``weight`` float8_e4m3fn, ``weight_scale``
   (N, 1) per channel or (1,) per tensor; activations stay in float (weight-only).
 
-Every other layer format is refused with :class:`ExportError`, naming the layer, its
+A sparse affine layer (pruned, then quantized: 2:4 + int4) goes out as ``pack-quantized``
+through its dense affine codes: the zeros stay, the sparse storage does not, because
+compressed-tensors 0.20.0 dropped its sparsity compressors (``sparse-24-bitmask`` is a
+legacy name only) and transformers 5.23.0 reads no ``sparsity_config``; 2:4 sparsity
+alone is refused for the same reason. Every other layer format is refused with :class:`ExportError`, naming the layer, its
 format and the supported ones. The layout follows compressed-tensors 0.20.0, read from
 its source; nothing here imports it.
 """
@@ -32,7 +36,14 @@ import torch
 from torch import nn
 
 from core.export.folder import run_sections, unique_state, write_folder
-from core.storage import AffineLinear, CompressedLinear, FP8Linear, NMSparseLinear, W8A8Linear
+from core.storage import (
+    AffineLinear,
+    CompressedLinear,
+    FP8Linear,
+    NMSparseLinear,
+    SparseAffineLinear,
+    W8A8Linear,
+)
 
 QUANT_METHOD = "compressed-tensors"
 PACK, INT, FLOAT = "pack-quantized", "int-quantized", "float-quantized"
@@ -193,9 +204,13 @@ def export_layer(
     name: str, mod: CompressedLinear, dtype: torch.dtype, zero_points: str = ZP_PACKED
 ) -> LayerExport:
     """The layer in compressed-tensors terms, or :class:`ExportError`."""
-    if type(mod) is AffineLinear:
+    if type(mod) is SparseAffineLinear:  # lossless: exported as its dense affine codes
+        mod = mod.to_affine()
+    to_affine = getattr(mod, "to_affine", None)  # sparse affine (pruned, then quantized)
+    if type(mod) is AffineLinear or callable(to_affine):
+        affine = mod if type(mod) is AffineLinear else to_affine()
         try:
-            return _affine(mod, dtype, zero_points)
+            return _affine(affine, dtype, zero_points)
         except ExportError as e:
             raise _refusal(name, mod, str(e)) from None
     if type(mod) is W8A8Linear:

@@ -16,6 +16,7 @@ bnb-int8 / bnb-4bit        :mod:`core.storage.bnb`               BnbInt8Linear, 
 nm-sparse                  :mod:`core.storage.nm_sparse`         NMSparseLinear
 sparse-bitmask / -csr      :mod:`core.storage.unstructured`      BitmaskSparseLinear, CSRSparseLinear
 cast (16-bit float)        :mod:`core.storage.cast`              CastLinear
+sparse-affine-int          :mod:`core.storage.sparse_affine`     SparseAffineLinear
 (pruned, not yet packed)   :mod:`core.storage.pruned`            PrunedLinear
 =========================  ====================================  =====================
 """
@@ -34,6 +35,7 @@ from core.storage.fp8 import FP8Linear
 from core.storage.int8_rows import Int8RowsLinear, LLMInt8Linear, W8A8Linear
 from core.storage.nm_sparse import NMSparseLinear
 from core.storage.pruned import UNSTRUCTURED, PrunedLinear, pack_pruned_linears
+from core.storage.sparse_affine import SparseAffineLinear
 from core.storage.unstructured import BitmaskSparseLinear, CSRSparseLinear
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "LLMInt8Linear",
     "NMSparseLinear",
     "PrunedLinear",
+    "SparseAffineLinear",
     "StorageInfo",
     "W8A8Linear",
     "module_storage_bytes",

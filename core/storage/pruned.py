@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 from core.prune.masks import parse_pattern
+from core.storage.affine import AffineLinear
 from core.storage.nm_sparse import NMSparseLinear
+from core.storage.sparse_affine import pack_sparse_affine
 from core.storage.unstructured import (
     BitmaskSparseLinear,
     CSRSparseLinear,
@@ -87,12 +89,20 @@ def pack_linear(layer: PrunedLinear) -> nn.Module:
 def pack_pruned_linears(model: nn.Module) -> list[str]:
     """Move every :class:`PrunedLinear` of ``model`` into its sparse format.
 
-    Linears a later step already replaced (a quantized one) are no longer pruned
-    linears and are left alone. Returns the names of the linears whose storage changed
-    (a pruned linear that stays dense becomes a plain ``nn.Linear`` and is not listed).
+    A pruned linear a later step quantized into the affine integer format (Wanda, then
+    RTN 4-bit) holds its pruned weights as zero codes: it moves into the sparse affine
+    format (mask + packed non-zero codes) where that is smaller, so both savings stay.
+    Returns the names of the linears whose storage changed (a pruned linear that stays
+    dense becomes a plain ``nn.Linear`` and is not listed).
     """
     changed = []
     for name, mod in list(model.named_modules()):
+        if isinstance(mod, AffineLinear):
+            new = pack_sparse_affine(mod)
+            if new is not mod:
+                _replace(model, name, new)
+                changed.append(name)
+            continue
         if not isinstance(mod, PrunedLinear):
             continue
         new = pack_linear(mod)
@@ -102,3 +112,9 @@ def pack_pruned_linears(model: nn.Module) -> list[str]:
         if type(new) is not nn.Linear:
             changed.append(name)
     return changed
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
