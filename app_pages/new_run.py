@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import auth, estimate_view, forms, shell, sweep_view, tasks_view
+from ui import auth, estimate_view, forms, seed_view, shell, sweep_view, tasks_view
 from ui.submit import steps_from_json, submit_run, submit_sweep_run
 
 sf = shell.session()
@@ -35,6 +35,7 @@ calib, eval_set = forms.data_pickers(sf, "calib_set", "eval_set", upload_calib=T
 
 st.subheader("4. Evaluation settings")
 ev, cs = forms.eval_settings()
+protocol = seed_view.protocol_picker()  # default, or as gptq/wanda draw windows
 outputs = tasks_view.outputs_picker()  # task presets, generation prompts
 
 st.subheader("5. Memory estimate")
@@ -74,6 +75,7 @@ if st.button(
             cs,
             keep,
             owner=auth.current_user(),
+            protocol=protocol,
             **outputs,
         )
     except ValueError as e:  # ConfigError, DataError and bad settings: say what is allowed
@@ -109,3 +111,25 @@ with st.expander("Sweep one parameter instead (one run per value, compared on Co
         else:
             st.success(f"Queued a sweep of {n} runs over {param} (sweep {sweep_id[:8]}).")
             st.page_link(shell.RUNS, label="Follow them on Runs", icon=":material/arrow_forward:")
+
+with st.expander("Repeat over calibration seeds instead (mean and spread on Compare)"):
+    n_seeds = seed_view.seed_count()
+    if st.button("Queue seed group", icon=":material/scatter_plot:", disabled=bool(problems)):
+        try:
+            sweep_id = seed_view.submit_seed_group(
+                sf,
+                n_seeds,
+                owner=auth.current_user(),
+                model=model,
+                steps=estimate_steps or [],
+                recipe_name=recipe_name,
+                calib=calib,
+                eval_set=eval_set,
+                eval_settings=ev,
+                calib_settings=cs,
+                protocol=protocol,
+            )
+        except ValueError as e:
+            st.error(f"Not queued: {e}")
+        else:
+            st.success(f"Queued {n_seeds} runs over calibration seeds (group {sweep_id[:8]}).")
