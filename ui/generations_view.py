@@ -160,11 +160,12 @@ def prompt_editor() -> list[str]:
 
 
 def split_prompts(text: str) -> list[str]:
-    """Prompts typed in one box, separated by lines holding only '---'."""
+    """Prompts typed in one box, separated by lines holding only '---' (the newline before
+    a separator ends its prompt; blank prompts are dropped)."""
     blocks, cur = [], []
     for line in (text or "").split("\n"):
         if line.strip() == "---":
-            blocks.append("\n".join(cur))
+            blocks.append("\n".join(cur) + "\n")
             cur = []
         else:
             cur.append(line)
