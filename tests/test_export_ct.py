@@ -62,6 +62,13 @@ CASES = {
     "w8a8-dynamic": (W8A8, "int-quantized", {"weight", "weight_scale"}),
     "fp8-e4m3-channel": (FP8, "float-quantized", {"weight", "weight_scale"}),
     "fp8-e4m3-tensor": (FP8_TENSOR, "float-quantized", {"weight", "weight_scale"}),
+    # 2:4 then int4: stored as int4 with the pruned zeros (code 0); the library has no
+    # sparsity format any more, so the folder is pack-quantized and keeps the 2:4 zeros.
+    "sparse24-rtn4": (
+        [{"method": "magnitude", "pattern": "2:4"}, RTN4],
+        "pack-quantized",
+        {"weight_packed", "weight_scale", "weight_shape"},
+    ),
 }
 
 # Asymmetric zero points, checked rather than assumed (the test expects exactly this
@@ -76,12 +83,12 @@ CASES = {
 IDS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
 
 
-def _compressed(step: dict) -> torch.nn.Module:
+def _compressed(step: dict | list[dict]) -> torch.nn.Module:
     model = tiny_llama()
     calib = [torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(1))]
     apply_recipe(
         model,
-        recipe_from_steps([step]),
+        recipe_from_steps(step if isinstance(step, list) else [step]),
         on_progress=lambda f, m: None,
         should_cancel=lambda: False,
         calib_batches=calib,
@@ -157,7 +164,8 @@ def test_packed_weights_take_bits_over_eight_bytes(exported) -> None:
             local = _local(state, name)
             w = local.get("weight_packed", local.get("weight"))
             n_weights = mod.out_features * mod.in_features
-            assert w.numel() * w.element_size() == n_weights * int(mod.nominal_bits()) // 8
+            bits = getattr(mod, "bits", None) or int(mod.nominal_bits())  # sparse: dense codes
+            assert w.numel() * w.element_size() == n_weights * bits // 8
 
 
 def test_library_decompresses_our_weights_exactly(exported) -> None:
@@ -190,6 +198,9 @@ def test_transformers_loads_the_folder_and_matches_logits(exported) -> None:
             torch.testing.assert_close(
                 hf.get_submodule(name).weight.float(), mod.dequantized_weight(), rtol=1e-6, atol=0
             )
+    if case.startswith("sparse24"):  # the 2:4 zeros survive the round trip
+        w = hf.get_submodule("model.layers.0.mlp.down_proj").weight
+        assert ((w.reshape(w.shape[0], -1, 4) == 0).sum(-1) >= 2).all()
     rel = ((theirs - ours).norm() / ours.norm()).item()
     if fmt == "int-quantized":
         # Same int8 weights; activations are fake-quantized per token on both sides but on
@@ -306,3 +317,49 @@ def test_cli_refusals_are_one_error_line_exit_2(
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and expect in err and "\n" not in err
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------- dense
+
+
+DENSE_CASES = {
+    "bnb-nf4": {"method": "bnb-4bit"},
+    "bnb-int8": {"method": "bnb-int8"},
+    "llm-int8": {"method": "llm-int8"},
+    "nm-sparse": {"method": "magnitude", "pattern": "2:4"},
+    "unstructured": {"method": "magnitude", "sparsity": 0.6},
+    "fp8-e5m2": {"method": "fp8", "format": "e5m2", "granularity": "channel"},
+    "rtn4-asym": RTN4_ASYM,
+}
+# Formats whose forward also rounds activations: the dense model keeps their weights only.
+ACTIVATION_ROUNDING = {"bnb-int8", "llm-int8"}
+
+
+@pytest.mark.parametrize("case", list(DENSE_CASES))
+def test_dense_export_loads_with_plain_transformers(case: str, tmp_path: Path) -> None:
+    """Any stored format exports dense: no quantization_config, every compressed layer's
+    weight is its dequantized weight; in float32 a weight-only format gives our logits."""
+    from transformers import AutoModelForCausalLM
+
+    from core.export import export_dense
+
+    model = _compressed(DENSE_CASES[case])
+    f16 = export_dense(model, tmp_path / "f16", tokenizer=byte_tokenizer(), recipe=["x"])
+    cfg = json.loads((f16 / "config.json").read_text())
+    assert "quantization_config" not in cfg and cfg["dtype"] == "float16"
+    state = load_file(str(f16 / "model.safetensors"))
+    assert {t.dtype for t in state.values()} == {torch.float16}
+    hf16 = AutoModelForCausalLM.from_pretrained(f16)
+    assert hf16.dtype == torch.float16
+    f32 = export_dense(model, tmp_path / "f32", dtype="float32")
+    hf = AutoModelForCausalLM.from_pretrained(f32).eval()
+    for name, mod in find_linears(model).items():
+        if isinstance(mod, CompressedLinear):
+            assert torch.equal(hf.get_submodule(name).weight, mod.dequantized_weight()), name
+            assert torch.equal(hf16.get_submodule(name).weight, mod.dequantized_weight().half()), (
+                name
+            )
+    if case in ACTIVATION_ROUNDING:
+        assert "also rounded activations" in (f16 / "README.md").read_text()
+    else:
+        torch.testing.assert_close(_logits(hf), _logits(model), rtol=1e-5, atol=1e-5)

@@ -79,7 +79,7 @@ def _prepare(job: Any, folder: Path, fmt: str, zero_points: str) -> bytes | None
 
 
 def _options(job: Any) -> tuple[str, str]:
-    fmt = st.radio("Format", FORMATS, format_func=LABELS.get, key=f"export_fmt_{job.id}")
+    fmt = st.radio("Export format", FORMATS, format_func=LABELS.get, key=f"export_fmt_{job.id}")
     padded = fmt == CT and st.checkbox(
         "Asymmetric int-N: zero points padded for transformers 5.23 (vLLM reads the default, "
         "packed; symmetric and other formats are the same either way)",

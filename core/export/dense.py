@@ -21,7 +21,7 @@ from core.storage import CompressedLinear, PrunedLinear
 
 DENSE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 # Formats whose forward also rounds activations: a dense export keeps their weights only.
-ACTIVATION_FORMATS = ("W8A8Linear", "LLMInt8Linear")
+ACTIVATION_FORMATS = ("W8A8Linear", "LLMInt8Linear", "BnbInt8Linear")
 
 
 def dense_layers(model: nn.Module) -> dict[str, nn.Module]:
