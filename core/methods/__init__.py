@@ -5,6 +5,7 @@ from core.methods import bnb as bnb  # noqa: F401
 from core.methods import cast as cast  # noqa: F401
 from core.methods import fp8 as fp8  # noqa: F401
 from core.methods import gptq as gptq  # noqa: F401
+from core.methods import kv as kv  # noqa: F401
 from core.methods import llm_int8 as llm_int8  # noqa: F401
 from core.methods import magnitude as magnitude  # noqa: F401
 from core.methods import rtn as rtn  # noqa: F401
