@@ -20,6 +20,7 @@ do not (their result carries both: ``runs.catalogue`` PREDICTED_KL / PREDICTED_B
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,9 +32,12 @@ from core.recipe import recipe_from_steps
 from core.registry import ConfigError
 from runs import catalogue as cat
 from runs.records import as_float
+from runs.spec import JobSpec
 
 MAX_DP_STATES = 4_000_000  # byte units the exact solver tabulates (else coarser units)
 MAX_BUDGETS = 50  # budgets in one predicted front
+PREDICTED_KL = cat.PREDICTED_KL.key
+PREDICTED_BYTES = cat.PREDICTED_BYTES.key
 
 
 @dataclass(frozen=True)
@@ -298,3 +302,80 @@ def _scored_pair(recipe: Sequence[dict[str, Any]], candidates: Sequence[Candidat
         except ConfigError:
             continue
     return None
+
+
+# --- jobs: what the Search page and ``python -m workers search`` queue -------------
+
+
+def same_setting(spec: JobSpec, template: JobSpec) -> bool:
+    """Whether a stored job ran with the template's model, data and settings (its recipe
+    and prediction aside): only such jobs' numbers can be compared."""
+    return dataclasses.replace(spec, recipe=template.recipe, recipe_name="", prediction={}) == (
+        dataclasses.replace(template, recipe_name="", prediction={})
+    )
+
+
+def scoring_jobs(
+    template: JobSpec, candidates: Sequence[Candidate], missing: Sequence[tuple[str, str]]
+) -> dict[str, list[tuple[str, str]]]:
+    """Per candidate, the (label, spec JSON) of each missing scoring job (one layer each)."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for cand in candidates:
+        for layer, c in missing:
+            if c == cand.name:
+                spec = dataclasses.replace(template, recipe=scoring_recipe(cand, layer))
+                label = f"search score {cand.name} only {layer}"
+                out.setdefault(cand.name, []).append((label, spec.to_json()))
+    return out
+
+
+def verification_jobs(
+    template: JobSpec, candidates: Sequence[Candidate], sols: Sequence[tuple[str, Solution]]
+) -> list[tuple[str, str]]:
+    """(label, spec JSON) of one ordinary run per (budget label, solution): the mixed
+    recipe, with the prediction it is checked against."""
+    jobs = []
+    for name, sol in sols:
+        spec = dataclasses.replace(
+            template,
+            recipe=mixed_recipe(sol.choice, candidates),
+            recipe_name="",
+            prediction={PREDICTED_KL: sol.score, PREDICTED_BYTES: sol.nbytes},
+        )
+        jobs.append((f"search {name}", spec.to_json()))
+    return jobs
+
+
+def verification_points(records: Sequence[dict[str, Any]], table: ScoreTable) -> list[dict]:
+    """Predicted vs measured of finished verification runs (records: ``id``, ``metrics``,
+    ``layers``): KL both ways, bytes of the searched layers both ways, bits per weight."""
+    rows = []
+    n_weights, searched_names = table.total_weights(), set(table.layers)
+    for r in records:
+        m = r.get("metrics") or {}
+        pk = as_float(m.get(PREDICTED_KL), finite=True)
+        if not math.isfinite(pk):
+            continue
+        searched = sum(
+            int(x.get(cat.WEIGHT_BYTES.key) or 0)
+            for x in r.get("layers") or []
+            if x.get("name") in searched_names
+        )
+        rows.append(
+            {
+                "id": r.get("id"),
+                PREDICTED_KL: pk,
+                cat.KL_TO_BASELINE.key: as_float(m.get(cat.KL_TO_BASELINE.key)),
+                PREDICTED_BYTES: m.get(PREDICTED_BYTES),
+                "measured_bytes": searched,
+                cat.BITS_PER_WEIGHT.key: 8 * searched / max(1, n_weights),
+            }
+        )
+    return rows
+
+
+def budget_grid(table: ScoreTable, n: int = 24) -> list[int]:
+    """``n`` budgets from the smallest to the largest choice's bytes (for the front)."""
+    lo = sum(min(table.nbytes[la][c] for c in table.options(la)) for la in table.layers)
+    hi = sum(max(table.nbytes[la][c] for c in table.options(la)) for la in table.layers)
+    return sorted({int(lo + (hi - lo) * i / max(1, n - 1)) for i in range(n)})

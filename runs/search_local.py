@@ -102,10 +102,18 @@ def linear_bytes(model: nn.Module, layers: Sequence[str]) -> tuple[int, int]:
 @torch.no_grad()
 def score_candidate(
     bench: Bench, table: ScoreTable, cand: Candidate, on_progress: Progress
-) -> float:
-    """Fill ``table``'s column of ``cand``; returns the compression seconds."""
+) -> dict[str, float]:
+    """Fill ``table``'s column of ``cand``; returns what the uniform recipe (``cand`` on
+    every searched layer, compressed once for the scores anyway) measures as a whole."""
     steps = [{**s, "targets": list(table.layers), "ignore": []} for s in cand.steps]
     compressed, seconds = compressed_copy(bench, steps)
+    nbytes, n = linear_bytes(compressed, table.layers)
+    whole = {
+        cat.KL_TO_BASELINE.key: kl_of(bench, compressed),
+        cat.WEIGHT_BYTES.key: nbytes,
+        cat.LINEAR_WEIGHTS.key: n,
+        cat.COMPRESS_S.key: seconds,
+    }
     for i, name in enumerate(table.layers):
         new = get_submodule(compressed, name)
         old = get_submodule(bench.model, name)
@@ -118,7 +126,7 @@ def score_candidate(
         info = storage_info(new)
         table.set(name, cand.name, kl, info.weight_bytes, info.n_weights)
         on_progress((i + 1) / len(table.layers), f"{cand.name}: {name}")
-    return seconds
+    return whole
 
 
 def measure_recipe(bench: Bench, steps: list[dict[str, Any]], layers: Sequence[str]) -> dict:

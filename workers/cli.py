@@ -18,6 +18,7 @@ from typing import Any
 from db.queue import text_exists
 from workers import export as export_cmd
 from workers import gc as gc_cmd
+from workers import search as search_cmd
 from workers import tune as tune_cmd
 from workers import users as users_cmd
 
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     users_cmd.add_parser(sub)
     export_cmd.add_parser(sub)
     tune_cmd.add_parser(sub)
+    search_cmd.add_parser(sub)
 
     r = sub.add_parser("run", help="run one job now, record it, print the result")
     r.add_argument("--model", required=True, help="'demo', a local folder, or a hub id")
@@ -68,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--db", help="database URL (default: DATABASE_URL or the app's SQLite file)")
     r.add_argument("--json", action="store_true", help="last line of stdout is one JSON object")
     _job_timeout_arg(r)
+    _budget_arg(r)
     r.add_argument(
         "--save",
         action="store_true",
@@ -96,6 +99,7 @@ def _serve_parsers(sub: Any) -> None:
     s.add_argument("--poll", type=float, default=1.0, help="seconds between queue polls")
     s.add_argument("--max-jobs", type=int, default=None, help="stop after this many jobs")
     _job_timeout_arg(s)
+    _budget_arg(s)
     s.add_argument(
         "--stale-s",
         type=float,
@@ -142,6 +146,32 @@ def _job_timeout_arg(p: argparse.ArgumentParser) -> None:
         default=None,
         help="fail a job that runs longer than this many seconds (default: 21600 = 6 h)",
     )
+
+
+def _budget_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-device-memory",
+        default=None,
+        help="device memory this worker's jobs may use (e.g. 6GiB, 512MiB; on the CPU: host "
+        "memory for weights): a model whose estimated peak does not fit runs one decoder "
+        "block at a time from its safetensors files, or is refused (core/modes.py)",
+    )
+
+
+def apply_budget(args: argparse.Namespace) -> None:
+    """``--max-device-memory`` checked and handed to the jobs of this process."""
+    import os
+
+    from core.modes import BUDGET_ENV, parse_bytes
+
+    value = getattr(args, "max_device_memory", None)
+    if value is None:
+        return
+    try:
+        parse_bytes(value)
+    except ValueError as e:
+        raise UsageError(f"--max-device-memory: {e}") from None
+    os.environ[BUDGET_ENV] = value
 
 
 def runner_options(args: argparse.Namespace) -> dict[str, float]:
@@ -397,6 +427,7 @@ COMMANDS = {
     "users": users_cmd.run_users,
     "export": export_cmd.run_export,
     "tune-kernels": tune_cmd.run_tune,
+    "search": search_cmd.run_search,
 }
 
 
@@ -408,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
+        apply_budget(args)
         return COMMANDS[args.cmd](args)
     except (UsageError, RunFailure) as e:
         if args.verbose:

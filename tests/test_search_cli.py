@@ -1,0 +1,55 @@
+"""``python -m workers search``: bad input exits 2 with nothing queued; missing scores are
+queued as ordinary scoring jobs (one sweep per candidate), each compressing one layer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from db import queue
+from db.session import session_factory
+from runs import search as S
+from workers.cli import main
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--budget-bits", "4", "--candidates", "gptq-9bit"],
+        ["--budget-bits", "-1"],
+        ["--budget-bits", "4", "--budget-mb", "1"],
+        [],
+        ["--budget-mb", "abc"],
+    ],
+)
+def test_bad_input_exits_2_before_queueing(
+    tmp_path: Path, args: list[str], capsys: pytest.CaptureFixture
+) -> None:
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    rc = main(["search", "--model", "tiny-random", "--db", url, *args])
+    assert rc == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    assert not (tmp_path / "q.db").exists() or queue.queue_counts(session_factory(url)) == {}
+
+
+def test_missing_scores_are_queued_as_scoring_jobs(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    argv = ["search", "--model", "tiny-random", "--db", url, "--budget-bits", "5", "--json"]
+    rc = main([*argv, "--candidates", "rtn-int8,gptq-4bit-g128"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    sf = session_factory(url)
+    jobs = queue.list_jobs(sf)
+    assert out["scoring_jobs_queued"] == len(jobs) == 2 * 14  # tiny Llama: 2 blocks x 7
+    assert len(out["sweeps"]) == 2
+    cands = S.parse_candidates(["rtn-int8", "gptq-4bit-g128"])
+    for job in jobs:
+        recipe = json.loads(job.spec_json)["recipe"]
+        targets = {t for step in recipe for t in step["targets"]}
+        assert len(targets) == 1  # one layer per job
+        (layer,) = targets
+        assert recipe in [S.scoring_recipe(c, layer) for c in cands]

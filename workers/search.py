@@ -1,0 +1,214 @@
+"""``python -m workers search``: the best per-layer recipe under a byte budget.
+
+Scores (per layer and candidate: the KL to the baseline when only that layer is
+compressed so, and its stored bytes) come from finished scoring jobs in the database;
+the missing ones are queued (one sweep per candidate) and the command says to run it
+again once workers have run them. ``--here`` measures the scores in this process
+instead (runs/search_local.py: one compression per candidate) and runs the verification
+jobs here. Each budget's chosen recipe is queued as an ordinary run whose result stores
+the prediction beside the measurement (predicted_kl / predicted_bytes).
+
+Exit status: 0 done (or scoring queued), 2 bad input (nothing queued), 1 a failed run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import Any
+
+from runs import catalogue as cat
+from runs import search as S
+
+DEFAULT_CANDIDATES = ",".join(S.DEFAULT_CANDIDATES)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``search`` on the ``python -m workers`` subcommands."""
+    p = subparsers.add_parser("search", help="the best per-layer recipe under a byte budget")
+    p.add_argument("--model", required=True, help="'demo', a local folder, or a hub id")
+    p.add_argument("--budget-mb", help="budget(s) in MB (10^6 bytes) of the searched linears")
+    p.add_argument("--budget-bits", help="budget(s) in bits per weight, e.g. 3.5,4.5,6")
+    p.add_argument(
+        "--candidates",
+        default=DEFAULT_CANDIDATES,
+        help=f"comma-separated candidates per layer (default: {DEFAULT_CANDIDATES})",
+    )
+    p.add_argument("--here", action="store_true", help="score and verify in this process")
+    p.add_argument("--no-verify", action="store_true", help="print the front, queue no run")
+    p.add_argument("--calib", default="stdlib-code", help="calibration set name")
+    p.add_argument("--eval-set", default="stdlib-heldout", help="evaluation set name")
+    p.add_argument("--eval-tokens", type=int, default=4096, help="evaluation tokens")
+    p.add_argument("--ctx", type=int, default=256, help="evaluation window length")
+    p.add_argument("--calib-samples", type=int, default=32, help="calibration sequences")
+    p.add_argument("--calib-seq-len", type=int, default=256, help="tokens per sequence")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration sampling")
+    p.add_argument("--db", help="database URL (default: DATABASE_URL or the app's SQLite file)")
+    p.add_argument("--json", action="store_true", help="last line of stdout is one JSON object")
+
+
+@dataclasses.dataclass
+class Plan:
+    template: Any  # a validated JobSpec; each job replaces its recipe
+    candidates: list[S.Candidate]
+    layers: list[str]
+    budgets: list[tuple[str, float]]  # ("mb" | "bpw", value)
+
+
+def _numbers(text: str, what: str) -> list[float]:
+    from workers.cli import UsageError
+
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    if not values or not all(v > 0 and v < 1e12 for v in values):
+        raise UsageError(f"{what} must be positive numbers, got {text!r}")
+    if len(values) > S.MAX_BUDGETS:
+        raise UsageError(f"at most {S.MAX_BUDGETS} budgets, got {len(values)}")
+    return values
+
+
+def _budgets(args: argparse.Namespace) -> list[tuple[str, float]]:
+    from workers.cli import UsageError
+
+    if (args.budget_mb is None) == (args.budget_bits is None):
+        raise UsageError("give exactly one of --budget-mb and --budget-bits")
+    if args.budget_mb is not None:
+        return [("mb", v) for v in _numbers(args.budget_mb, "--budget-mb")]
+    return [("bpw", v) for v in _numbers(args.budget_bits, "--budget-bits")]
+
+
+def plan(args: argparse.Namespace) -> Plan:
+    """Every check that needs no database (UsageError, exit 2, before anything is queued)."""
+    from core.models import model_skeleton
+    from core.registry import ConfigError
+    from core.sensitivity import model_layers
+    from runs.spec import build_spec
+    from workers.cli import UsageError, check_model_arg
+
+    budgets = _budgets(args)
+    try:
+        cands = S.parse_candidates([c.strip() for c in args.candidates.split(",") if c.strip()])
+        check_model_arg(args.model)
+        names, path = model_layers(model_skeleton(args.model))
+        layers = [n for n in names if n.startswith(path + ".")]
+        spec, _ = build_spec(
+            args.model,
+            S.scoring_recipe(cands[0], layers[0]),
+            text_exists=lambda name: True,  # uploads are checked in the database later
+            calib=args.calib,
+            eval_set=args.eval_set,
+            eval_settings={"ctx": args.ctx, "eval_tokens": args.eval_tokens},
+            calib_settings={
+                "n_samples": args.calib_samples,
+                "seq_len": args.calib_seq_len,
+                "seed": args.seed,
+            },
+        )
+    except (ValueError, ConfigError) as e:
+        raise UsageError(str(e)) from None
+    return Plan(spec, cands, layers, budgets)
+
+
+def stored_scores(sf: Any, p: Plan) -> S.ScoreTable:
+    """The score table from the database's finished scoring jobs of this setting."""
+    from db import queue
+    from runs.spec import JobSpec
+
+    records = []
+    for job in queue.finished_runs(sf):
+        spec = JobSpec.from_json(job.spec_json)
+        if job.model != p.template.model or not S.same_setting(spec, p.template):
+            continue
+        rows = [r.data for r in queue.layer_stats(sf, job.id)]
+        records.append({"recipe": spec.recipe, "metrics": job.result, "layers": rows})
+    return S.scores_from_records(records, p.candidates, p.layers)
+
+
+def queue_scoring(sf: Any, p: Plan, missing: list[tuple[str, str]]) -> list[str]:
+    """One sweep per candidate of the missing (layer, candidate) jobs; the sweep ids."""
+    from db import queue
+
+    by_cand = S.scoring_jobs(p.template, p.candidates, missing)
+    return [queue.submit_sweep(sf, model=p.template.model, jobs=j) for j in by_cand.values()]
+
+
+def local_scores(p: Plan) -> tuple[S.ScoreTable, dict[str, dict[str, float]]]:
+    """Scores measured in this process (one compression per candidate), and what each
+    candidate measures as a uniform recipe (every searched layer compressed so)."""
+    from runs import search_local as L
+
+    t = p.template
+    bench = L.prepare(t.model, t.eval_set, t.calib, t.eval, t.calib_settings)
+    table = S.ScoreTable(list(p.layers), [c.name for c in p.candidates])
+    uniform = {c.name: L.score_candidate(bench, table, c, lambda f, m: None) for c in p.candidates}
+    return table, uniform
+
+
+def solutions(p: Plan, table: S.ScoreTable) -> list[tuple[float, S.Solution | None]]:
+    out = []
+    for kind, value in p.budgets:
+        budget = S.budget_bytes(table, **{kind: value})
+        out.append((value, S.solve(table, budget)))
+    return out
+
+
+def run_here(sf: Any, sweep_id: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Run the verification sweep in this process; one row per run."""
+    from db import queue
+    from workers.cli import local_worker
+
+    rows = []
+    with local_worker(sf, f"sweep {sweep_id} stays queued", args) as runner:
+        for queued in queue.sweep_jobs(sf, sweep_id):
+            job = queue.claim(sf, runner.worker_id, job_id=queued.id)
+            if job is None:
+                continue
+            status = runner.run_claimed(job)
+            done = queue.get_job(sf, queued.id)
+            assert done is not None
+            r = done.result
+            keys = (cat.PREDICTED_KL, cat.KL_TO_BASELINE, cat.PREDICTED_BYTES, cat.BITS_PER_WEIGHT)
+            rows.append(
+                {"run_id": done.id, "status": status, **{m.key: r.get(m.key) for m in keys}}
+            )
+    return rows
+
+
+def _print(obj: dict[str, Any], as_json: bool) -> None:
+    print(json.dumps(obj) if as_json else "\n".join(f"{k}: {v}" for k, v in obj.items()))
+
+
+def run_search(args: argparse.Namespace) -> int:
+    """The ``search`` command."""
+    from db.queue import submit_sweep, text_exists
+    from db.session import session_factory
+
+    p = plan(args)  # exit 2 on bad input, before the database is opened
+    sf = session_factory(args.db)
+    for name in (p.template.calib, p.template.eval_set):
+        if name.startswith("upload:") and not text_exists(sf)(name):
+            print(f"error: {name} is not in the database: upload it again")
+            return 2
+    uniform: dict[str, Any] = {}
+    table, uniform = local_scores(p) if args.here else (stored_scores(sf, p), {})
+    missing = table.missing()
+    if missing:
+        ids = queue_scoring(sf, p, missing)
+        _print({"scoring_jobs_queued": len(missing), "sweeps": ids}, args.json)
+        return 0
+    sols = solutions(p, table)
+    front = S.predicted_front(table, [s.budget for _, s in sols if s is not None])
+    out: dict[str, Any] = {"front": front, "uniform": uniform}
+    chosen = [(f"budget {v:g}", sol) for v, sol in sols if sol is not None]
+    jobs = S.verification_jobs(p.template, p.candidates, chosen)
+    if not args.no_verify and jobs:
+        sweep_id = submit_sweep(sf, model=p.template.model, jobs=jobs)
+        out["verification_sweep"] = sweep_id
+        if args.here:
+            out["runs"] = run_here(sf, sweep_id, args)
+    _print(out, args.json)
+    failed = any(r["status"] != "succeeded" for r in out.get("runs", []))
+    return 1 if failed else 0
