@@ -75,6 +75,7 @@ def _new_sweep(expanded: bool) -> str | None:
             + ", ".join(u.label for u in units[:6])
             + (", ..." if len(units) > 6 else "")
         )
+        st.caption(sensitivity_view.duration_estimate(model, len(units), data[2], data[3]))
         return _queue(model, step, units, data)
 
 

@@ -32,6 +32,7 @@ from runs.sensitivity import (
 from runs.spec import recipe_label
 from ui import forms, shell
 from ui.figures_runs import sensitivity_figure
+from ui.frames import fmt_duration
 
 __all__ = ["DEFAULT_HIGH_STEP", "PlanError", "keep_recipe", "most_sensitive", "plan_units"]
 
@@ -111,11 +112,84 @@ def step_name(step: dict[str, Any]) -> str:
 
 
 def sweep_title(jobs: list[Any]) -> str:
+    """The picker's label: what the sweep is, not how far it got (the live progress under
+    the picker says that; a label fixed at the last full rerun would go stale)."""
     first = jobs[0]
-    done = sum(j.status == SUCCEEDED for j in jobs)
     step = (first.spec.get("recipe") or [{}])[0]
     when = datetime.fromtimestamp(first.created_at).strftime("%Y-%m-%d %H:%M")
-    return f"{first.model} · {step_name(step)} · {done}/{len(jobs)} done · {when}"
+    return f"{first.model} · {step_name(step)} · {len(jobs)} jobs · {when}"
+
+
+# --- how long a sweep will take, before it is queued ----------------------------------
+
+HISTORY = 10  # finished jobs of the model whose wall times predict the next ones
+
+
+def past_job_seconds(jobs: Iterable[Any], model: str) -> list[float]:
+    """Wall seconds (start to finish) of the latest finished compressing jobs on ``model``."""
+    out = []
+    for j in jobs:
+        timed = j.started_at is not None and j.finished_at is not None
+        if j.model == model and j.status == SUCCEEDED and timed:
+            if (j.spec or {}).get("recipe"):
+                out.append(float(j.finished_at - j.started_at))
+        if len(out) >= HISTORY:
+            break
+    return out
+
+
+def forward_seconds_per_job(
+    result: dict[str, Any], ev: dict[str, int], cs: dict[str, int]
+) -> float:
+    """Seconds of the forward passes one job makes, from a finished run's measured
+    prefill (ms for prompt_len tokens) and decode speed on this model: the evaluation
+    windows, two passes over the calibration samples (activations, then the walker) and
+    the interleaved latency rounds (baseline and compressed). Loading not included."""
+    pre_ms = float(result.get(cat.BASELINE_PREFILL_MS.key) or 0.0)
+    tok_s = float(result.get(cat.BASELINE_DECODE_TOK_S.key) or 0.0)
+    prompt = float(ev.get("prompt_len", 128))
+    if pre_ms <= 0 or tok_s <= 0:
+        return 0.0
+    per_token_s = pre_ms / 1000 / prompt
+    evaluate = ev.get("eval_tokens", 4096) * per_token_s
+    calibrate = 2 * cs.get("n_samples", 32) * cs.get("seq_len", 256) * per_token_s
+    rounds = 1 + max(3, ev.get("repeats", 5))
+    decode = 2 * ev.get("decode_tokens", 16) / tok_s
+    latency = rounds * 2 * (3.25 * prompt * per_token_s + decode)
+    return evaluate + calibrate + latency
+
+
+def sweep_duration_text(n_jobs: int, per_job_s: float | None, basis: str, workers: int) -> str:
+    """One sentence: about how long ``n_jobs`` take on ``workers`` workers, and why."""
+    if per_job_s is None or per_job_s <= 0:
+        return (
+            f"How long {n_jobs} jobs take is not known yet: no job on this model has finished "
+            "here (the first one will tell)."
+        )
+    w = max(1, workers)
+    total = per_job_s * -(-n_jobs // w)
+    return (
+        f"About {fmt_duration(total)} for {n_jobs} jobs ({fmt_duration(per_job_s)} each, "
+        f"{basis}; {w} worker{'s' * (w != 1)}). The jobs share one baseline: its log-probs "
+        "are computed once and read from the cache by the others."
+    )
+
+
+def duration_estimate(model: str, n_jobs: int, ev: dict[str, int], cs: dict[str, int]) -> str:
+    """The sentence for the sweep about to be queued, from this database's history."""
+    sf = shell.session()
+    jobs = queue.list_jobs(sf, status=SUCCEEDED, limit=500)
+    workers = len(queue.alive_workers(sf))
+    past = past_job_seconds(jobs, model)
+    if past:
+        median = float(pd.Series(past).median())
+        return sweep_duration_text(
+            n_jobs, median, f"the median of the last {len(past)} finished jobs on it", workers
+        )
+    measured = next((j.result for j in jobs if j.model == model and j.result), None)
+    per_job = forward_seconds_per_job(measured, ev, cs) if measured else None
+    basis = "its measured forward time x the passes one job makes, loading not included"
+    return sweep_duration_text(n_jobs, per_job, basis, workers)
 
 
 def points_of(jobs: list[Any]) -> list[dict[str, Any]]:

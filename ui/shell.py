@@ -120,24 +120,41 @@ def worker_rows(sf: queue.Factory) -> list[dict[str, Any]]:
     ]
 
 
-@st.fragment(run_every=5)
-def _live_status(url: str) -> None:
+def worker_headline(n_alive: int, busy: int, local: LocalWorker, pid_running: bool) -> str:
+    """The sidebar's one line on workers. A local worker this app just started counts as
+    starting (not "no worker alive") until it heartbeats, while its process lives."""
+    if n_alive:
+        return f":green[●] **{n_alive} worker{'s' * (n_alive != 1)} alive** ({busy} busy)"
+    if local.state in ("started", "starting") and pid_running:
+        return f":orange[●] **local worker starting** (pid {local.pid}): queued jobs start soon"
+    return ":red[●] **no worker alive**"
+
+
+def _pid_running(pid: int | None) -> bool:
+    import psutil
+
+    return pid is not None and psutil.pid_exists(pid)
+
+
+STATUS_EVERY_S = 2  # the sidebar's counts refresh this often (two cheap queries)
+
+
+@st.fragment(run_every=STATUS_EVERY_S)
+def _live_status(url: str, local: LocalWorker) -> None:
     sf = _factory(url)
     maybe_recover(sf, url)  # throttled; also runs while a page only reruns its fragments
     alive = worker_rows(sf)
     counts = queue.queue_counts(sf)
-    if alive:
-        busy = sum(1 for w in alive if w["job"] != "idle")
-        st.markdown(
-            f":green[●] **{len(alive)} worker{'s' * (len(alive) != 1)} alive** ({busy} busy)"
+    busy = sum(1 for w in alive if w["job"] != "idle")
+    headline = worker_headline(len(alive), busy, local, _pid_running(local.pid))
+    st.markdown(headline)
+    for w in alive:
+        st.caption(
+            f"{md_text(w['host'])} · {md_text(w['device'])} · {w['job']} · beat {w['heartbeat']}"
         )
-        for w in alive:
-            st.caption(
-                f"{md_text(w['host'])} · {md_text(w['device'])} · {w['job']} · "
-                f"beat {w['heartbeat']}"
-            )
-    else:
-        st.markdown(":red[●] **no worker alive**")
+    if headline.startswith(":red"):
+        if local.state in ("stuck", "failed"):
+            st.caption(local.message)
         st.caption("Start one with `python -m workers serve`; queued jobs wait until then.")
     st.markdown(
         f"Jobs: **{counts.get('queued', 0)}** queued · **{counts.get('running', 0)}** running"
@@ -148,7 +165,5 @@ def sidebar(local: LocalWorker) -> None:
     url = db_url()
     with st.sidebar:
         auth.account(session())
-        _live_status(url)
-        if local.state in ("started", "starting", "stuck", "failed"):
-            st.caption(local.message)
+        _live_status(url, local)  # one status: a starting worker is not "none alive"
         st.caption(f"Database: {md_text(_short_url(url))}")

@@ -1,0 +1,66 @@
+"""Fresh status (issue 18, item 7): one sidebar line on workers (a worker this app just
+started is "starting", never "no worker alive" beside "started a local worker"), a
+sweep picker label that cannot go stale, and how long a sensitivity sweep will take."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from db.models import FAILED, SUCCEEDED
+from runs import catalogue as cat
+from ui.sensitivity_view import (
+    forward_seconds_per_job,
+    past_job_seconds,
+    sweep_duration_text,
+    sweep_title,
+)
+from ui.shell import worker_headline
+from ui.worker import LocalWorker
+
+
+def test_a_just_started_local_worker_reads_as_starting_not_as_none_alive() -> None:
+    started = LocalWorker("started", "started a local worker (pid 42)", 42)
+    line = worker_headline(0, 0, started, pid_running=True)
+    assert "starting" in line and "no worker alive" not in line
+    assert "no worker alive" in worker_headline(0, 0, started, pid_running=False)  # it died
+    assert "2 workers alive** (1 busy)" in worker_headline(2, 1, started, pid_running=True)
+    off = LocalWorker("disabled", "auto-start off")
+    assert "no worker alive" in worker_headline(0, 0, off, pid_running=False)
+
+
+def _job(status: str, started: float, finished: float, model: str = "demo", recipe=True):  # noqa: ANN001, ANN202
+    spec = {"recipe": [{"method": "rtn", "bits": 4}] if recipe else []}
+    return SimpleNamespace(
+        model=model,
+        status=status,
+        started_at=started,
+        finished_at=finished,
+        spec=spec,
+        created_at=1.7e9,
+        result={},
+    )
+
+
+def test_the_sweep_picker_label_has_no_count_that_could_go_stale() -> None:
+    jobs = [_job(SUCCEEDED, 0, 1), _job(FAILED, 0, 1)]
+    assert "done" not in sweep_title(jobs) and "2 jobs" in sweep_title(jobs)
+
+
+def test_a_sweep_duration_from_past_jobs_or_the_forward_time() -> None:
+    jobs = [
+        _job(SUCCEEDED, 0, 90),
+        _job(SUCCEEDED, 0, 100, model="other"),
+        _job(FAILED, 0, 5),
+        _job(SUCCEEDED, 0, 10, recipe=False),  # a baseline run says little of a recipe's
+    ]
+    assert past_job_seconds(jobs, "demo") == [90.0]
+    text = sweep_duration_text(4, 90.0, "basis", workers=2)
+    assert text.startswith("About 3 min 00 s for 4 jobs") and "share one baseline" in text
+    assert "not known yet" in sweep_duration_text(4, None, "", workers=1)
+    result = {cat.BASELINE_PREFILL_MS.key: 128.0, cat.BASELINE_DECODE_TOK_S.key: 100.0}
+    ev = {"prompt_len": 128, "eval_tokens": 1000, "repeats": 5, "decode_tokens": 10}
+    cs = {"n_samples": 2, "seq_len": 100}
+    # 1 ms a token: evaluation 1 s, calibration 0.4 s, latency 6 rounds x 2 x (0.416 + 0.2) s
+    got = forward_seconds_per_job(result, ev, cs)
+    assert abs(got - (1.0 + 0.4 + 6 * 2 * (3.25 * 128 / 1000 + 0.2))) < 1e-9
+    assert forward_seconds_per_job({}, ev, cs) == 0.0
