@@ -325,13 +325,23 @@ def tags_text(job: Any) -> str:
     return ", ".join(tags)
 
 
+def _defaults(method: Any) -> dict[str, Any]:
+    """A method's parameter defaults (a stored step may list only what was changed)."""
+    from core.registry import get_method
+
+    try:
+        return get_method(str(method)).config_cls().to_dict()
+    except (KeyError, ValueError, TypeError):
+        return {}
+
+
 def flat_config(job: Any) -> dict[str, Any]:
     """Every setting of a run as "path: value" (recipe steps as "step 1 rtn.bits"), for
     the config diff; lists shown as text."""
     spec = getattr(job, "spec", None) or {}
     out: dict[str, Any] = {"model": job.model}
     for i, step in enumerate(recipe_steps(job), start=1):
-        for k, v in step.items():
+        for k, v in {**_defaults(step.get("method")), **step}.items():
             if k != "method":
                 out[f"step {i} {step.get('method', '?')}.{k}"] = v
         out[f"step {i}"] = step.get("method")
