@@ -33,7 +33,15 @@ from core.models import LoadedModel, load_model
 from core.recipe import Recipe
 from core.save import save_compressed
 from core.walk import apply_recipe
-from runs import assemble, baseline_cache, calib_check, generations, latency, tasks
+from runs import (
+    assemble,
+    baseline_cache,
+    calib_check,
+    generations,
+    latency,
+    storage_notes,
+    tasks,
+)
 from runs.preflight import check_cache_quota, check_cache_room, quota_problem
 from runs.progress import STAGES, Progress, StageProgress
 from runs.records import LayerRow, RunResult
@@ -196,6 +204,7 @@ def compress(job: Job, report: Progress) -> None:
     )
     job.compress_s = time.perf_counter() - t0
     job.compress_cpu_s = time.process_time() - c0
+    job.notes.extend(storage_notes.sparse_quant_notes(job.loaded.model, job.recipe))
     job.errors = {r.name: r.rel_error for r in reports}
 
 
