@@ -24,10 +24,11 @@ PAGES: tuple[tuple[str, str, str], ...] = (
     ("app_pages/run.py", "Run", ":material/description:"),
     ("app_pages/outliers.py", "Outliers", ":material/troubleshoot:"),
     ("app_pages/sensitivity.py", "Sensitivity", ":material/tune:"),
+    ("app_pages/search.py", "Search", ":material/manage_search:"),
     ("app_pages/concepts.py", "Concepts", ":material/school:"),
 )
 HOME, NEW_RUN, RUNS, COMPARE, WEIGHTS = (p[0] for p in PAGES[:5])
-LEADERBOARD, RUN, OUTLIERS, SENSITIVITY, CONCEPTS = (p[0] for p in PAGES[5:])
+LEADERBOARD, RUN, OUTLIERS, SENSITIVITY, SEARCH, CONCEPTS = (p[0] for p in PAGES[5:])
 
 
 @st.cache_resource(show_spinner=False)
