@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from db import queue
-from ui import auth, bundle, sensitivity_view, shell, tables, tasks_view
+from ui import auth, bundle, leaderboard_view, sensitivity_view, shell, tables, tasks_view
 from ui.frames import LEADERBOARD_SHOWN, PARETO, PERPLEXITY, leaderboard_frame, pareto_mask
 
 sf = shell.session()
@@ -45,7 +45,8 @@ def _import() -> None:
 
 
 _import()
-jobs = queue.finished_runs(sf)
+show_archived = st.toggle("Show archived runs", key="lb_archived")
+jobs = [j for j in queue.finished_runs(sf) if show_archived or not j.archived]
 if not jobs:
     st.info(
         "No finished runs yet. Queue one on New run, or import a teammate's bundle above; "
@@ -82,7 +83,7 @@ def _filter(col: str, label: str, where) -> list:
 
 
 with st.container(border=True):
-    f = st.columns(6)
+    f = st.columns(7)
     picked = {
         "model": _filter("model", "Model", f[0]),
         "method": _filter("method", "Method", f[1]),
@@ -90,7 +91,9 @@ with st.container(border=True):
         "sparsity": _filter("sparsity", "Sparsity", f[3]),
         "calib": _filter("calib", "Calibration set", f[4]),
         "origin": _filter("origin", "Origin", f[5]),
+        "owner": _filter("owner", "Owner", f[6]),
     }
+    keep_ids = leaderboard_view.tag_and_param_filter(jobs)
     only_front = st.toggle(
         "Pareto front only",
         key="lb_front",
@@ -103,6 +106,7 @@ for col, values in picked.items():
         view = view[view[col].isin(values)]
 if only_front:
     view = view[view["pareto"]]
+view = view[view["id"].isin(keep_ids)]
 view = view.sort_values(["model", PERPLEXITY]).reset_index(drop=True)
 
 st.subheader(f"{len(view)} of {len(df)} runs")
@@ -121,7 +125,7 @@ st.subheader("Share")
 c1, c2, c3 = st.columns([1, 1, 2])
 c1.download_button(
     f"CSV ({what})",
-    data=bundle.runs_csv(selected[shown]),
+    data=bundle.runs_csv(selected[[*shown, "notes"]]),
     file_name="compresslab-runs.csv",
     mime="text/csv",
     icon=":material/table:",

@@ -216,9 +216,12 @@ def calib_label(job: Any) -> str:
 PARETO: dict[str, str] = {m.col: m.better or "lower" for m in cat.PARETO}
 LEADERBOARD_SHOWN: list[str] = [
     "id",
+    "open",
+    "name",
     "pareto",
     "model",
     "recipe",
+    "details",
     "method",
     "bits",
     "sparsity",
@@ -235,6 +238,8 @@ LEADERBOARD_SHOWN: list[str] = [
     ),
     "calib",
     "eval",
+    "tags",
+    "owner",
     "origin",
     "fingerprint",
     "finished",
@@ -251,6 +256,12 @@ def leaderboard_frame(jobs: Iterable[Any]) -> pd.DataFrame:
     df["calib"] = [calib_label(j) for j in jobs]
     df["origin"] = [getattr(j, "origin", None) or "local" for j in jobs]
     df["fingerprint"] = [(getattr(j, "fingerprint_hash", None) or "")[:12] for j in jobs]
+    df["name"] = [run_title(j) for j in jobs]
+    df["details"] = [recipe_details(recipe_steps(j)) for j in jobs]
+    df["tags"] = [tags_text(j) for j in jobs]
+    df["notes"] = [getattr(j, "notes", None) or "" for j in jobs]
+    df["owner"] = [getattr(j, "owner", None) or "local" for j in jobs]
+    df["open"] = [f"run?run={j.id}" for j in jobs]
     return df
 
 

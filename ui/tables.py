@@ -75,6 +75,13 @@ LEADERBOARD_COLUMNS: dict[str, Any] = {
     "calib": _cc.TextColumn("calibration set"),
     "origin": _cc.TextColumn("origin", help="who measured it: local, or an imported bundle's"),
     "fingerprint": _cc.TextColumn("fingerprint", help="first 12 characters of its hash"),
+    "open": _cc.LinkColumn("open", display_text="open", help="the run's own page"),
+    "name": _cc.TextColumn("name", width="medium", help="its name, else its recipe label"),
+    "details": _cc.TextColumn(
+        "recipe in full", width="large", help="bits, group size, sparsity of every step"
+    ),
+    "tags": _cc.TextColumn("tags"),
+    "owner": _cc.TextColumn("owner"),
 }
 
 
