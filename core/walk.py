@@ -492,14 +492,15 @@ def _calibrate_group(
 
     The group's layers read the same input, so they share ONE statistics object (one
     Hessian instead of three for q/k/v; methods must not modify it in ``apply``). The
-    forward stops once the group's last layer has run."""
+    forward stops as soon as the group's input reached its first layer (the statistics
+    hook runs first): nothing after it is needed."""
     calib = _LayerCalib(stats=method.init_stats(layers[names[0]], cfg))
     _, hooks = _attach_hooks({names[0]: layers[names[0]]}, method, cfg, {names[0]: calib})
 
-    def stop(_m: nn.Module, _a: tuple, _o: Any) -> None:
+    def stop(_m: nn.Module, _a: tuple) -> None:
         raise _StopForward
 
-    handles = [*hooks, layers[names[-1]].register_forward_hook(stop)]
+    handles = [*hooks, layers[names[0]].register_forward_pre_hook(stop)]
     try:
         for i in range(len(inputs.args)):
             try:
