@@ -216,6 +216,40 @@ def load_model(
     return loaded
 
 
+def model_folder(spec: str) -> Path:
+    """A folder with config.json, tokenizer and safetensors for ``spec``, so its blocks can
+    stay on disk (core/onload.py): the folder itself, the demo model's, the hub snapshot
+    (fetched like any load: from the cache when offline), or ``tiny-random`` written once
+    to the data folder. ModelLoadError when there are no safetensors to read lazily."""
+    source = model_source(spec)
+    if source == TINY_RANDOM:
+        folder = data_dir() / "models" / TINY_RANDOM
+        if not (folder / "model.safetensors").is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            tiny_llama().save_pretrained(folder, safe_serialization=True)
+            byte_tokenizer().save_pretrained(folder)
+    elif isinstance(source, Path):
+        folder = source
+    else:
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = Path(
+                snapshot_download(
+                    source,
+                    local_files_only=hub.probe() is not None,
+                    allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"],
+                )
+            )
+        except Exception as e:  # offline and not cached, unknown id, HTTP errors
+            raise ModelLoadError(f"cannot fetch {source!r} to load it lazily: {e}") from None
+    if not any(folder.glob("*.safetensors")):
+        raise ModelLoadError(
+            f"{spec.strip()!r} has no safetensors files: it cannot be loaded one block at a time"
+        )
+    return folder
+
+
 def auth_mode() -> str:
     """``COMPRESSLAB_AUTH``: 'none' (the default), 'password', 'proxy', ...; lower case."""
     return os.environ.get(AUTH_ENV, "").strip().lower() or "none"

@@ -25,6 +25,7 @@ from torch import nn
 
 from core.calib import CalibSettings
 from core.estimate import FLOAT32, estimate_memory
+from core.models import LoadedModel, content_hash, load_model, model_folder, model_skeleton
 from core.recipe import Recipe
 from core.storage import tensor_bytes
 from core.walk import CALIB_BATCH_TOKENS, find_blocks, find_linears
@@ -52,6 +53,12 @@ class ModePeaks:
         if self.budget is None or self.in_memory <= self.budget:
             return IN_MEMORY
         return ONLOADED if self.onloaded <= self.budget else None
+
+    @property
+    def peak(self) -> int | None:
+        """The estimated peak of the mode that runs (None when refused)."""
+        mode = self.mode
+        return None if mode is None else self.in_memory if mode == IN_MEMORY else self.onloaded
 
     def refusal(self) -> str:
         """Why the budget is too small (empty when a mode fits)."""
@@ -102,8 +109,8 @@ def parse_bytes(text: str) -> int:
     if not m:
         raise ValueError(f"{text!r} is not a memory size (e.g. 512MiB, 6GiB, 8g)")
     value = float(m.group(1)) * UNITS[m.group(2)]
-    if value < 2**20:
-        raise ValueError(f"{text!r}: a device budget under 1 MiB cannot hold a block")
+    if value < 2**16:
+        raise ValueError(f"{text!r}: a device budget under 64 KiB cannot hold a block")
     return int(value)
 
 
@@ -188,3 +195,46 @@ def preset_rows(recipe: Recipe, calib: CalibSettings) -> list[dict[str, object]]
             }
         )
     return rows
+
+
+BUDGET_ENV = "COMPRESSLAB_MAX_DEVICE_MEMORY"  # a worker's --max-device-memory
+
+
+def device_budget(job_budget: str = "") -> int | None:
+    """The tighter of a job's own budget and its worker's (``BUDGET_ENV``), in bytes;
+    None when neither is set. ValueError for a size that cannot be read."""
+    import os
+
+    sizes = [parse_bytes(v) for v in (job_budget, os.environ.get(BUDGET_ENV, "")) if v.strip()]
+    return min(sizes) if sizes else None
+
+
+def plan(spec: str, recipe: Recipe, calib: CalibSettings, budget: int | None) -> ModePeaks:
+    """Both modes' peaks for model ``spec`` (read from its config, nothing loaded) and the
+    mode ``budget`` picks; ModelLoadError when neither fits."""
+    from core.errors import ModelLoadError
+
+    peaks = mode_peaks(model_skeleton(spec), recipe, calib, budget)
+    if peaks.mode is None:
+        raise ModelLoadError(peaks.refusal())
+    return peaks
+
+
+def load_in_mode(spec: str, mode: str, device: torch.device) -> LoadedModel:
+    """``spec`` loaded in memory, or onloaded (its blocks left in its safetensors files)."""
+    from core.onload import load_onloaded
+
+    if mode == IN_MEMORY:
+        return load_model(spec, device=device)
+    from transformers import AutoTokenizer
+
+    folder = model_folder(spec)
+    model = load_onloaded(folder, device=device)
+    return LoadedModel(
+        model=model,
+        tokenizer=AutoTokenizer.from_pretrained(folder),
+        model_id=spec.strip(),
+        revision=content_hash(folder),
+        n_params=sum(p.numel() for p in model.parameters()),
+        note="onloaded: one decoder block on the device at a time",
+    )
