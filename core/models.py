@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"  # the bundled models
 DEMO_DIR = ZOO_DIR / "demo"
+# Bundled models by name: the demo model, and demo-long for KV-cache experiments
+# (trained at 1,024 tokens with a start token; core/zoo/train_long.py)
+BUNDLED: dict[str, Path] = {"demo": DEMO_DIR, "demo-long": ZOO_DIR / "demo-long"}
 AUTH_ENV = "COMPRESSLAB_AUTH"  # none | password | proxy (read here, set up elsewhere)
 ROOTS_ENV = "COMPRESSLAB_MODEL_ROOTS"
 FOLDER_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")  # a path, never a hub id
@@ -206,8 +209,9 @@ def load_model(
             sum(p.numel() for p in model.parameters()),
             note="random weights",
         )
-    elif source == DEMO_DIR:
-        loaded = _from_folder(DEMO_DIR, "demo", trust_remote_code=False)
+    elif source in BUNDLED.values():
+        name = next(k for k, v in BUNDLED.items() if v == source)
+        loaded = _from_folder(source, name, trust_remote_code=False)
     elif isinstance(source, Path):
         loaded = _from_folder(source, spec.strip(), trust_remote_code)
     else:
@@ -312,10 +316,10 @@ def model_source(spec: str) -> str | Path:
         raise ModelLoadError("no model given: use 'demo', a local folder, or a hub id")
     if spec == TINY_RANDOM:
         return TINY_RANDOM
-    if spec == "demo":
-        if not (DEMO_DIR / "config.json").is_file():
-            raise ModelLoadError(f"the bundled demo model is missing from {DEMO_DIR}")
-        return DEMO_DIR
+    if spec in BUNDLED:
+        if not (BUNDLED[spec] / "config.json").is_file():
+            raise ModelLoadError(f"the bundled {spec} model is missing from {BUNDLED[spec]}")
+        return BUNDLED[spec]
     if folders_restricted():
         folder = allowed_folder(spec)
         if folder is not None:

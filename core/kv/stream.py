@@ -118,18 +118,20 @@ def one_pass(model: torch.nn.Module, ids: torch.Tensor, prefix: int) -> Stream:
 
 @torch.no_grad()
 def recompute_stream(
-    model: torch.nn.Module, ids: torch.Tensor, *, prefix: int, window: int
+    model: torch.nn.Module, ids: torch.Tensor, *, prefix: int, window: int, every: int = 1
 ) -> Stream:
     """Sliding-window recomputation: each token predicted by a fresh forward over the
-    ``window`` tokens before it (positions 0..window-1). Slow: one full pass per token."""
+    ``window`` tokens before it (positions 0..window-1). Slow: one full pass per token,
+    so ``every`` > 1 predicts only every ``every``-th token (the rows say which)."""
     dev = next(model.parameters()).device
     rows = []
-    for t in range(prefix, len(ids)):
+    targets = range(prefix, len(ids), every)
+    for t in targets:
         ctx = ids[max(0, t - window) : t].to(dev)
         logits = model(input_ids=ctx[None]).logits[0, -1:]
         rows.append(_record(logits, ids[t : t + 1].to(dev)))
     nll, lp, top = (torch.cat(c) for c in zip(*rows, strict=True))
-    return Stream(torch.arange(prefix, len(ids)), nll.cpu(), lp.cpu(), top.cpu())
+    return Stream(torch.tensor(list(targets)), nll.cpu(), lp.cpu(), top.cpu())
 
 
 def kl_per_token(ref: Stream, got: Stream) -> torch.Tensor:
