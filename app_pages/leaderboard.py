@@ -72,6 +72,7 @@ if not jobs:
     st.info("Only sensitivity-sweep jobs have finished so far: include them above.")
     st.stop()
 df, task_cols = tasks_view.with_task_columns(leaderboard_frame(jobs), jobs)
+df["calib"] = df["calib"].map(leaderboard_view.upload_labels(sf))  # file name, size, hash
 df["pareto"] = pareto_mask(df, PARETO, group=["model", "eval"])
 
 
@@ -138,6 +139,13 @@ with_layers = c3.checkbox(
     help="Histograms, outliers and activations per layer: the teammate's Outliers page "
     "then works on these runs too. Makes the file larger.",
 )
+with_texts = c3.checkbox(
+    "Include the uploaded calibration texts",
+    value=True,
+    key="lb_texts",
+    help="Sets uploaded on New run, so the teammate can rerun these recipes; off: only "
+    "their file name, size and SHA-256 travel (for large sets).",
+)
 origin = c3.text_input(
     "Exported by (shown to whoever imports it)", bundle.default_origin(), key="lb_exporter"
 )
@@ -150,7 +158,9 @@ def _bundle_bytes() -> bytes:  # built only when the button is clicked
         if with_layers
         else None
     )
-    return bundle.bundle_bytes(bundle.make_bundle(chosen, layers, origin=origin))
+    texts = [b for n in bundle.uploads_of(chosen) if (b := queue.get_text(sf, n)) is not None]
+    made = bundle.make_bundle(chosen, layers, origin=origin, texts=texts, with_text=with_texts)
+    return bundle.bundle_bytes(made)
 
 
 c2.download_button(

@@ -127,3 +127,34 @@ def test_annotate_checks_everything_before_writing(sf) -> None:
     assert queue.annotate(sf, jid, "int4 g128", "a, b", "n") == "saved"
     job = queue.get_job(sf, jid)
     assert (job.name, job.tags, job.notes) == ("int4 g128", ["a", "b"], "n")
+
+
+def test_bundles_carry_names_tags_notes_and_uploaded_texts(sf, tmp_path) -> None:
+    from ui import bundle
+
+    text = "def f():\n    return 42\n" * 10
+    upload = queue.store_text(sf, "mine.txt", text)
+    spec = json.dumps({"calib": upload, "recipe": [{"method": "rtn", "bits": 4}]})
+    jid = queue.submit(sf, model="demo", recipe_label="rtn", spec_json=spec)
+    assert queue.claim(sf, "w", jid) is not None
+    assert queue.complete(sf, jid, "w", {"perplexity": 2.5}, [], {"m": 1, "calib": upload})
+    assert queue.annotate(sf, jid, "int4", "paper", "first") == "saved"
+    job = queue.get_job(sf, jid)
+    assert bundle.uploads_of([job]) == [upload]
+    blob = queue.get_text(sf, upload)
+    made = bundle.make_bundle([job], None, origin="alice@box", texts=[blob])
+    (rec,) = made["texts"]
+    assert (rec["filename"], rec["n_bytes"], rec["text"]) == ("mine.txt", len(text), text)
+    assert made["runs"][0]["name"] == "int4" and made["runs"][0]["tags"] == ["paper"]
+    lean = bundle.make_bundle([job], None, origin="alice@box", texts=[blob], with_text=False)
+    assert "text" not in lean["texts"][0] and lean["texts"][0]["sha256"] == blob.sha256
+
+    other = session_factory(f"sqlite:///{tmp_path / 'teammate.db'}")  # a teammate's database
+    report = bundle.import_bundle(other, bundle.bundle_bytes(made), owner="bob")
+    (new,) = report.added
+    got = queue.get_job(other, new)
+    assert (got.name, got.tags, got.notes) == ("int4", ["paper"], "first")
+    assert report.texts == [upload] and queue.get_text(other, upload).text == text
+    made["runs"][0]["tags"] = ["x" * 99]
+    with pytest.raises(bundle.BundleError, match="tags"):
+        bundle.parse_bundle(made)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import hashlib
 import json
 import math
 import socket
@@ -67,6 +68,9 @@ def run_record(job: Any, layers: Sequence[dict[str, Any]] | None = None) -> dict
         "finished_at": job.finished_at,
         "sweep_id": job.sweep_id,
         "source_id": job.id,  # its id where it came from, for the teammate's reference
+        "name": getattr(job, "name", None),
+        "tags": list(getattr(job, "tags", None) or []),
+        "notes": getattr(job, "notes", None),
     }
     if layers is not None:
         rec["layers"] = list(layers)
@@ -79,16 +83,43 @@ def make_bundle(
     *,
     origin: str,
     now: float | None = None,
+    texts: Sequence[Any] = (),
+    with_text: bool = True,
 ) -> dict[str, Any]:
-    """A bundle of finished ``jobs``; ``layers`` maps job id -> layer rows to include."""
+    """A bundle of finished ``jobs``; ``layers`` maps job id -> layer rows to include;
+    ``texts``: the uploaded sets they used (``db.models.TextBlob``s), named by file name,
+    size and SHA-256, with their text unless ``with_text`` is False."""
     runs = [run_record(j, (layers or {}).get(j.id) if layers is not None else None) for j in jobs]
-    return {
+    out = {
         "format": BUNDLE_FORMAT,
         "version": BUNDLE_VERSION,
         "exported_by": origin,
         "exported_at": time.time() if now is None else now,
         "runs": runs,
     }
+    if texts:
+        out["texts"] = [text_record(b, with_text) for b in texts]
+    return out
+
+
+def text_record(blob: Any, with_text: bool = True) -> dict[str, Any]:
+    rec = {"name": blob.name, "filename": blob.filename, "sha256": blob.sha256}
+    rec["n_bytes"] = int(blob.n_bytes)
+    if with_text:
+        rec["text"] = blob.text
+    return rec
+
+
+def uploads_of(jobs: Iterable[Any]) -> list[str]:
+    """The uploaded text sets ("upload:<sha12>") the runs used, in first-use order."""
+    out: list[str] = []
+    for j in jobs:
+        spec = j.spec or {}
+        for key in ("calib", "eval_set"):
+            name = spec.get(key)
+            if isinstance(name, str) and name.startswith("upload:") and name not in out:
+                out.append(name)
+    return out
 
 
 def bundle_bytes(bundle: dict[str, Any]) -> bytes:
@@ -226,6 +257,15 @@ def _check_run(r: Any) -> None:
     for key in ("created_at", "started_at", "finished_at"):
         _number(r, key, "")
     _of_type(r, "source_id", "", int, "a whole number")
+    _text(r, "name", "", queue.MAX_NAME)
+    _text(r, "notes", "", queue.MAX_NOTES)
+    tags = r.get("tags")
+    if tags is not None and (
+        not isinstance(tags, list)
+        or len(tags) > queue.MAX_TAGS
+        or not all(isinstance(t, str) and len(t) <= queue.MAX_TAG for t in tags)
+    ):
+        raise _Bad("tags", f"a list of at most {queue.MAX_TAGS} texts of <= {queue.MAX_TAG}")
     _of_type(r["spec"], "recipe", "spec.", list, "a list of steps")
     _check_result(r["result"])
     _check_layers(r.get("layers"))
@@ -321,6 +361,7 @@ class ImportReport:
     added: list[int]  # new job ids
     duplicates: int
     origins: dict[str, int]  # origin -> runs added
+    texts: list[str] = field(default_factory=list)  # uploaded sets stored from the bundle
 
 
 def import_bundle(
@@ -344,8 +385,27 @@ def import_bundle(
         origins: dict[str, int] = {}
         for r in plan.new:
             origins[r["origin"]] = origins.get(r["origin"], 0) + 1
-        return ImportReport(exporter, added, len(plan.duplicates), origins)
+        texts = import_texts(sf, raw if isinstance(raw, dict) else _load_json(raw), owner)
+        return ImportReport(exporter, added, len(plan.duplicates), origins, texts)
     raise AssertionError("unreachable")
+
+
+MAX_TEXT_BYTES = 50 * 2**20  # as an upload (core.data caps uploads at 50 MB)
+
+
+def import_texts(sf: queue.Factory, data: Any, owner: str) -> list[str]:
+    """Store the bundle's uploaded sets whose text matches its SHA-256 (others: skipped;
+    a set already here is kept as it is). Returns the set names stored or found."""
+    out = []
+    for t in (data.get("texts") or []) if isinstance(data, dict) else []:
+        if not isinstance(t, dict) or not isinstance(t.get("text"), str):
+            continue
+        raw = t["text"].encode("utf-8")
+        if len(raw) > MAX_TEXT_BYTES or hashlib.sha256(raw).hexdigest() != t.get("sha256"):
+            continue
+        filename = str(t.get("filename") or "imported.txt")[:300]
+        out.append(queue.store_text(sf, filename, t["text"], owner=owner))
+    return out
 
 
 def _add_run(s: Session, r: dict[str, Any], owner: str) -> int:
@@ -369,6 +429,9 @@ def _add_run(s: Session, r: dict[str, Any], owner: str) -> int:
         origin=str(r["origin"])[:200],
         owner=owner,
         sweep_id=r.get("sweep_id"),
+        name=queue.clean_name(r.get("name")),
+        tags_json=json.dumps(queue.clean_tags(r["tags"])) if r.get("tags") else None,
+        notes=queue.clean_notes(r.get("notes")),
     )
     s.add(job)
     s.flush()

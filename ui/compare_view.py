@@ -156,7 +156,7 @@ def run_details(job: Job) -> None:
                 "model": spec.get("model"),
                 "evaluation set": spec.get("eval_set"),
                 "evaluation": spec.get("eval"),
-                "calibration set": spec.get("calib"),
+                "calibration set": set_label(spec.get("calib")),
                 "calibration": spec.get("calib_settings"),
                 "worker": job.worker_id,
                 "elapsed": fmt_duration(
@@ -167,6 +167,19 @@ def run_details(job: Job) -> None:
     with t_fp:
         st.caption(f"Fingerprint hash: `{job.fingerprint_hash}`")
         st.json(fp)
+
+
+def set_label(name: Any) -> Any:
+    """A text set's name; an uploaded one also by file name, size and SHA-256."""
+    from db import queue
+    from ui import shell
+    from ui.frames import text_label
+
+    if isinstance(name, str) and name.startswith("upload:"):
+        blob = queue.get_text(shell.session(), name)
+        if blob is not None:
+            return f"{text_label(blob)} [{name}]"
+    return name
 
 
 def run_label(job: Any) -> str:

@@ -364,7 +364,7 @@ def _set_label(sets: dict[str, dict[str, Any]], uploads: dict[str, Any]) -> Any:
     def label(name: str) -> str:
         if name in uploads:
             b = uploads[name]
-            return f"{name}  (upload {b.filename}, {fmt_bytes(b.n_bytes)})"
+            return f"{b.filename}  (upload, {fmt_bytes(b.n_bytes)}, sha256 {b.sha256[:12]})"
         s = sets[name]
         return f"{name}: {s['description']}" + ("  (needs the hub)" if s["needs_hub"] else "")
 

@@ -508,3 +508,8 @@ def chart_frame(jobs: Sequence[Any]) -> pd.DataFrame:
     df["group_size"] = [as_float(_first_param(j, "group_size")) for j in jobs]
     df["sparsity"] = [recipe_sparsity(recipe_steps(j)) for j in jobs]
     return df
+
+
+def text_label(blob: Any) -> str:
+    """An uploaded text set as people know it: file name, size and SHA-256 (12 digits)."""
+    return f"{blob.filename} ({fmt_bytes(blob.n_bytes)}, sha256 {blob.sha256[:12]})"

@@ -6,7 +6,8 @@ from typing import Any
 
 import streamlit as st
 
-from ui.frames import FilterError, matches_params, parse_param_filter
+from db import queue
+from ui.frames import FilterError, matches_params, parse_param_filter, text_label
 
 
 def tag_and_param_filter(jobs: list[Any]) -> set[int]:
@@ -32,3 +33,13 @@ def tag_and_param_filter(jobs: list[Any]) -> set[int]:
         for j in jobs
         if (not chosen or set(chosen) & set(j.tags)) and matches_params(j, clauses)
     }
+
+
+class _Labels(dict):
+    def __missing__(self, key: str) -> str:
+        return key
+
+
+def upload_labels(sf: queue.Factory) -> dict[str, str]:
+    """Uploaded set name -> "file.txt (2.1 kB, sha256 140f5565ae38)"; other names as they are."""
+    return _Labels({b.name: text_label(b) for b in queue.list_texts(sf)})
