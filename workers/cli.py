@@ -19,6 +19,7 @@ from db.queue import text_exists
 from workers import export as export_cmd
 from workers import gc as gc_cmd
 from workers import search as search_cmd
+from workers import seeds as seeds_cmd
 from workers import tune as tune_cmd
 from workers import users as users_cmd
 
@@ -53,20 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--calib-samples", type=int, default=32, help="calibration sequences")
     r.add_argument("--calib-seq-len", type=int, default=256, help="tokens per calibration sequence")
     r.add_argument("--seed", type=int, default=0, help="seed of the calibration sampling")
-    r.add_argument(
-        "--protocol",
-        default="default",
-        choices=("default", "reference"),
-        help="how calibration and evaluation windows are drawn: 'reference' as "
-        "IST-DASLab/gptq and locuslab/wanda do (BOS, random.seed + randint); definitions "
-        "in runs/catalogue.py PROTOCOLS",
-    )
-    r.add_argument(
-        "--seeds",
-        type=int,
-        help="repeat the run over N calibration seeds (seed, seed+1, ...), queued as one "
-        "seed group; prints the mean and spread of perplexity and KL",
-    )
+    seeds_cmd.add_run_args(r)  # --protocol, --seeds
     r.add_argument("--db", help="database URL (default: DATABASE_URL or the app's SQLite file)")
     r.add_argument("--json", action="store_true", help="last line of stdout is one JSON object")
     _job_timeout_arg(r)
@@ -286,9 +274,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.sweep:
         return cmd_run_sweep(args)
     if getattr(args, "seeds", None) is not None:
-        from workers.seeds import cmd_run_seeds
-
-        return cmd_run_seeds(args)
+        return seeds_cmd.cmd_run_seeds(args)
     spec, label, uploads = validate_run(args)
     sf = open_checked(args, uploads)
     job_id = queue.submit(sf, model=spec.model, recipe_label=label, spec_json=spec.to_json())

@@ -9,6 +9,24 @@ import json
 from typing import Any
 
 
+def add_run_args(r: argparse.ArgumentParser) -> None:
+    """The ``run`` options of this feature: the protocol and the seed group."""
+    r.add_argument(
+        "--protocol",
+        default="default",
+        choices=("default", "reference"),
+        help="how calibration and evaluation windows are drawn: 'reference' as "
+        "IST-DASLab/gptq and locuslab/wanda do (BOS, random.seed + randint); definitions "
+        "in runs/catalogue.py PROTOCOLS",
+    )
+    r.add_argument(
+        "--seeds",
+        type=int,
+        help="repeat the run over N calibration seeds (seed, seed+1, ...), queued as one "
+        "seed group; prints the mean and spread of perplexity and KL",
+    )
+
+
 def _seed_row(runner: Any, sf: Any, job_id: int) -> dict[str, Any] | None:
     """Run one queued job of the group here; its line (None if another worker took it)."""
     from db import queue
