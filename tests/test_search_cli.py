@@ -22,6 +22,15 @@ from workers.cli import main
         ["--budget-bits", "4", "--budget-mb", "1"],
         [],
         ["--budget-mb", "abc"],
+        [
+            "--budget-bits",
+            "4",
+            "--candidates",
+            "x",
+            "--candidate",
+            'x=[{"method": "rtn", "bits": 99}]',
+        ],
+        ["--budget-bits", "4", "--candidate", "no-equals-sign"],
     ],
 )
 def test_bad_input_exits_2_before_queueing(

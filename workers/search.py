@@ -35,6 +35,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_CANDIDATES,
         help=f"comma-separated candidates per layer (default: {DEFAULT_CANDIDATES})",
     )
+    p.add_argument(
+        "--candidate",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="an extra candidate: any registered method with parameters, e.g. "
+        """'rtn6=[{"method": "rtn", "bits": 6}]' (repeatable; name it in --candidates too)""",
+    )
     p.add_argument("--here", action="store_true", help="score and verify in this process")
     p.add_argument("--no-verify", action="store_true", help="print the front, queue no run")
     p.add_argument("--calib", default="stdlib-code", help="calibration set name")
@@ -80,6 +88,17 @@ def _budgets(args: argparse.Namespace) -> list[tuple[str, float]]:
     return [("bpw", v) for v in _numbers(args.budget_bits, "--budget-bits")]
 
 
+def _extra_candidate(text: str) -> tuple[str, S.Candidate]:
+    """``NAME=JSON steps`` -> (name, validated candidate); ConfigError if bad."""
+    from core.recipe import loads_json
+    from core.registry import ConfigError
+
+    name, sep, body = text.partition("=")
+    if not sep or not name.strip():
+        raise ConfigError(f"--candidate {text[:60]!r} must look like NAME=JSON")
+    return name.strip(), S.candidate_from_json(name.strip(), loads_json(body, "candidate"))
+
+
 def plan(args: argparse.Namespace) -> Plan:
     """Every check that needs no database (UsageError, exit 2, before anything is queued)."""
     from core.models import model_skeleton
@@ -90,7 +109,9 @@ def plan(args: argparse.Namespace) -> Plan:
 
     budgets = _budgets(args)
     try:
-        cands = S.parse_candidates([c.strip() for c in args.candidates.split(",") if c.strip()])
+        extra = dict(_extra_candidate(text) for text in args.candidate)
+        names = [c.strip() for c in args.candidates.split(",") if c.strip()]
+        cands = S.parse_candidates(names, extra)
         check_model_arg(args.model)
         names, path = model_layers(model_skeleton(args.model))
         layers = [n for n in names if n.startswith(path + ".")]
