@@ -5,7 +5,16 @@ from __future__ import annotations
 import streamlit as st
 
 from db import queue
-from ui import compare_view, figures, generations_view, seed_view, shell, sweep_view, tables
+from ui import (
+    compare_view,
+    figures,
+    generations_view,
+    kv_view,
+    seed_view,
+    shell,
+    sweep_view,
+    tables,
+)
 from ui.frames import PERPLEXITY, SMALLER_BUT_SLOWER, chart_frame
 
 sf = shell.session()
@@ -41,6 +50,7 @@ shown = set(df["id"])
 sweep_view.sweep_chart([j for j in runs if j.id in shown and j.sweep_id])
 seed_view.seed_chart([j for j in runs if j.id in shown and j.sweep_id])
 generations_view.compare_section([j for j in runs if j.id in shown], key="cmp_gen_prompt")
+kv_view.kv_section([j for j in runs if j.id in shown], key="cmp_kv")
 
 table = df.sort_values(PERPLEXITY).reset_index(drop=True)
 

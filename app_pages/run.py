@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from db import queue
-from ui import compare_view, export_view, figures, generations_view, shell, tasks_view
+from ui import compare_view, export_view, figures, generations_view, kv_view, shell, tasks_view
 from ui.figures_runs import layer_error_curves, overlaid_histograms
 from ui.frames import layers_frame, run_option
 
@@ -60,6 +60,7 @@ if len(jobs) == 1:
     compare_view.run_details(job)
     tasks_view.task_section(job)
     generations_view.generations_section(job)
+    kv_view.kv_section([job], key="run_kv")
     export_view.panel(job)
     rows = layer_rows[job.id]
     table = layers_frame(rows.values())
@@ -109,5 +110,6 @@ else:
         "No layer errors recorded for these runs (uncompressed, or imported without layers)."
     )
 generations_view.compare_section(jobs, key="run_gen_prompt")
+kv_view.kv_section(jobs, key="run_kv_many")
 for j in jobs:
     shell.run_page_link([j.id], f"#{j.id} alone: {j.recipe_label}")
