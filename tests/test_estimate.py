@@ -50,15 +50,14 @@ def test_terms_follow_the_walker() -> None:
     assert rtn.block_io_bytes == 2 * rows * 64 * 4  # inputs and outputs of one block
     assert rtn.layer_stats_bytes == 0  # RTN keeps no statistics
     assert rtn.error_rows_bytes == sum(min(256, rows) * i * 4 for i in ins)
-    # GPTQ and SparseGPT calibrate one input group at a time: the largest Hessian; with
-    # true_sequential off, SparseGPT holds the whole block's
+    # GPTQ and SparseGPT with true_sequential calibrate one input group at a time: the
+    # largest Hessian; with it off (SparseGPT's default), the whole block's
     gptq = estimate_memory(model, recipe_from_steps([{"method": "gptq", "bits": 4}]), CALIB)
     assert gptq.layer_stats_bytes == max(ins) ** 2 * 4
     sgpt = {"method": "sparsegpt", "sparsity": 0.5}
-    assert estimate_memory(model, recipe_from_steps([sgpt]), CALIB).layer_stats_bytes == (
-        max(ins) ** 2 * 4
-    )
-    at_once = recipe_from_steps([{**sgpt, "true_sequential": False}])
+    seq = recipe_from_steps([{**sgpt, "true_sequential": True}])
+    assert estimate_memory(model, seq, CALIB).layer_stats_bytes == max(ins) ** 2 * 4
+    at_once = recipe_from_steps([sgpt])
     assert estimate_memory(model, at_once, CALIB).layer_stats_bytes == sum(i * i * 4 for i in ins)
     wanda = estimate_memory(model, recipe_from_steps([{"method": "wanda", "sparsity": 0.5}]), CALIB)
     assert wanda.layer_stats_bytes == sum(i * 8 for i in ins)  # float64 sums of squares
