@@ -47,7 +47,7 @@ def test_front_figure_shows_prediction_measurement_and_uniform() -> None:
 
 
 def test_page_queues_the_scoring_jobs(sf: queue.Factory) -> None:
-    at = AppTest.from_file(APP, default_timeout=120)
+    at = AppTest.from_file(APP, default_timeout=600)  # a loaded CI machine
     at.run()
     at.switch_page(SEARCH).run()
     assert not at.exception, [e.message for e in at.exception]
