@@ -19,8 +19,8 @@ A sparse affine layer (pruned, then quantized: 2:4 + int4) goes out as ``pack-qu
 through its dense affine codes: the zeros stay, the sparse storage does not, because
 compressed-tensors 0.20.0 dropped its sparsity compressors (``sparse-24-bitmask`` is a
 legacy name only) and transformers 5.23.0 reads no ``sparsity_config``; 2:4 sparsity
-alone is refused for the same reason. Every other layer format is refused with :class:`ExportError`, naming the layer, its
-format and the supported ones. The layout follows compressed-tensors 0.20.0, read from
+alone is refused for the same reason. Every other layer format is refused with
+:class:`ExportError`, naming the layer, its format and the supported ones. The layout follows compressed-tensors 0.20.0, read from
 its source; nothing here imports it.
 """
 
@@ -206,11 +206,9 @@ def export_layer(
     """The layer in compressed-tensors terms, or :class:`ExportError`."""
     if type(mod) is SparseAffineLinear:  # lossless: exported as its dense affine codes
         mod = mod.to_affine()
-    to_affine = getattr(mod, "to_affine", None)  # sparse affine (pruned, then quantized)
-    if type(mod) is AffineLinear or callable(to_affine):
-        affine = mod if type(mod) is AffineLinear else to_affine()
+    if type(mod) is AffineLinear:
         try:
-            return _affine(affine, dtype, zero_points)
+            return _affine(mod, dtype, zero_points)
         except ExportError as e:
             raise _refusal(name, mod, str(e)) from None
     if type(mod) is W8A8Linear:
