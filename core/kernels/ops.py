@@ -237,7 +237,8 @@ def heuristic_path(op: str, m: int, k: int) -> str:
         return "native"
     if op == "int8_weight_only_linear":
         return "native" if m <= 16 else "dequant"
-    return "native" if m <= 4 else "dequant"
+    # int4: the AVX-512 kernel (table lookups) keeps up to M = 16, the AVX2 one to M = 4
+    return "native" if m <= (16 if cpu.native_vector_bits() == 512 else 4) else "dequant"
 
 
 def cpu_description() -> str:
