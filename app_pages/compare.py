@@ -15,7 +15,7 @@ from ui import (
     sweep_view,
     tables,
 )
-from ui.frames import PERPLEXITY, SMALLER_BUT_SLOWER, chart_frame
+from ui.frames import PERPLEXITY, SMALLER_BUT_SLOWER, chart_frame, run_option
 
 sf = shell.session()
 st.title("Compare")
@@ -66,12 +66,12 @@ st.caption("Click a column header to sort; select a row to see its details below
 tables.runs_table(table, key="cmp_table", on_select=_pick_from_table)
 
 ids = table["id"].tolist()
-labels = dict(zip(table["id"], table["model"] + " · " + table["recipe"], strict=True))
+by_id = {j.id: j for j in runs}
 if ids and st.session_state.get("cmp_detail") not in ids:
     st.session_state["cmp_detail"] = max(ids)
 if ids:
     picked = st.selectbox(
-        "Details of run", ids, format_func=lambda i: f"#{i}: {labels[i]}", key="cmp_detail"
+        "Details of run", ids, format_func=lambda i: run_option(by_id[i]), key="cmp_detail"
     )
     job = queue.get_job(sf, picked)
     if job is not None:

@@ -46,8 +46,10 @@ def recipe_steps(job: Any) -> list[dict[str, Any]]:
 
 
 def run_option(job: Any) -> str:
-    """How a run is named in the pages' pickers: "#12: demo · rtn-int8"."""
-    return f"#{job.id}: {job.model} · {job.recipe_label}"
+    """How a run is named in the pages' pickers: its name (else recipe label) and its
+    recipe in full, "#12: demo · rtn-int8 — rtn(bits=8, per-channel)"."""
+    title, details = run_title(job), recipe_details(recipe_steps(job))
+    return f"#{job.id}: {job.model} · {title if title == details else f'{title} — {details}'}"
 
 
 def method_label(steps: Sequence[dict[str, Any]]) -> str:
