@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import auth, estimate_view, forms, seed_view, shell, sweep_view, tasks_view
+from ui import auth, estimate_view, forms, modes_view, seed_view, shell, sweep_view, tasks_view
 from ui.submit import steps_from_json, submit_run, submit_sweep_run
 
 sf = shell.session()
@@ -44,6 +44,7 @@ try:
 except ValueError:
     estimate_steps = None
 estimate_view.show(model, estimate_steps, cs, calib, sf)
+modes_view.show(model, estimate_steps, cs)  # in memory or one block at a time
 
 keep = st.checkbox(
     "Keep the compressed model for download",

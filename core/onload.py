@@ -262,6 +262,27 @@ def materialize(model: nn.Module) -> nn.Module:
     return model
 
 
+def each_linear(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``find_linears(model)``'s items with their weights present: an onloaded model's
+    blocks are loaded one at a time while their linears are read (statistics, storage)."""
+    from core.walk import find_linears
+
+    store = store_of(model)
+    if store is None:
+        yield from find_linears(model).items()
+        return
+    for b, block in enumerate(store.blocks):
+        was_loaded = b in store.loaded
+        store.load(b)
+        try:
+            yield from find_linears(block, prefix=f"{store.prefix}.{b}").items()
+        finally:
+            if not was_loaded:
+                store.release(b)
+    inside = store.prefix + "."
+    yield from ((n, m) for n, m in find_linears(model).items() if not n.startswith(inside))
+
+
 def describe(store: BlockStore) -> dict[str, Any]:
     """What onloading held at most: blocks and their MiB at once."""
     return {"blocks_at_once": store.peak_loaded, "block_mib_at_once": store.peak_bytes / MIB}

@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from core.modes import IN_MEMORY
+from core.onload import each_linear
 from core.save import folder_bytes
 from core.stats import layer_weight, weight_stats
 from core.storage import storage_info
-from core.walk import find_linears
 from runs import catalogue as cat
 from runs import latency
 from runs.records import LayerRow, RunResult, nominal_bits, recipe_ref
@@ -55,7 +56,7 @@ def _layer_row(name: str, mod: nn.Module, job: Job) -> LayerRow:
 
 def layer_rows(job: Job) -> list[LayerRow]:
     assert job.loaded is not None
-    return [_layer_row(n, m, job) for n, m in find_linears(job.loaded.model).items()]
+    return [_layer_row(n, m, job) for n, m in each_linear(job.loaded.model)]
 
 
 def run_nominal_bits(rows: list[LayerRow], compressed: set[str]) -> list[float]:
@@ -104,6 +105,9 @@ def run_result(job: Job, rows: list[LayerRow]) -> RunResult:
         linear_weights=job.mem.linear_weights,
         n_params=job.loaded.n_params,
         peak_mem_bytes=job.peak.peak,
+        peak_host_rss_bytes=job.host_peak.peak,
+        memory_mode=job.modes.mode if job.modes else IN_MEMORY,
+        estimated_peak_bytes=job.modes.peak if job.modes else None,
         baseline_weight_bytes=job.base_mem.weight_bytes,
         **_speed(job),
         compress_s=job.compress_s,

@@ -16,8 +16,8 @@ from core.calib import DEFAULT_PROTOCOL
 from core.data import TextSet
 from core.metrics import EvalSettings, LogprobStore, evaluate
 from core.models import LoadedModel
+from core.onload import each_linear
 from core.stats import layer_weight, weight_stats
-from core.walk import find_linears
 from runs import catalogue as cat
 from runs.progress import Progress
 
@@ -91,4 +91,4 @@ def ensure_baseline(
 
 def stats_before(model: nn.Module) -> dict[str, dict[str, Any]]:
     """Weight statistics of every linear of the uncompressed model."""
-    return {n: weight_stats(layer_weight(m)).to_dict() for n, m in find_linears(model).items()}
+    return {n: weight_stats(layer_weight(m)).to_dict() for n, m in each_linear(model)}

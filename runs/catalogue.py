@@ -184,6 +184,41 @@ PEAK_MEM_BYTES = Metric(
     scale=1 / MB,
     kind="size",
 )
+PEAK_HOST_RSS_BYTES = Metric(
+    "peak_host_rss_bytes",
+    "Peak host memory",
+    "bytes",
+    "peak RSS of the worker process sampled every 50 ms during the job, on every device "
+    "(on the CPU the same as peak memory)",
+    "lower",
+    "%.0f",
+    short="peak host (MB)",
+    column="peak_host_mb",
+    scale=1 / MB,
+    kind="size",
+)
+MEMORY_MODE = Metric(
+    "memory_mode",
+    "Memory mode",
+    "",
+    "'in memory' (the whole model on the device) or 'onloaded' (decoder blocks left in "
+    "their safetensors files, one on the device at a time), as the device budget picked "
+    "(core/modes.py)",
+    kind="text",
+)
+ESTIMATED_PEAK_BYTES = Metric(
+    "estimated_peak_bytes",
+    "Estimated peak memory",
+    "bytes",
+    "the peak the pre-run estimate gave for the mode that ran (core/modes.py); null "
+    "without a device budget",
+    "lower",
+    "%.0f",
+    short="est. peak (MB)",
+    column="estimated_peak_mb",
+    scale=1 / MB,
+    kind="size",
+)
 PREFILL_MS = Metric(
     "prefill_ms",
     "Prefill latency",
@@ -562,6 +597,9 @@ RESULT: tuple[Metric, ...] = (
     SPARSITY,
     NOMINAL_BITS,
     PEAK_MEM_BYTES,
+    PEAK_HOST_RSS_BYTES,
+    MEMORY_MODE,
+    ESTIMATED_PEAK_BYTES,
     PREFILL_MS,
     DECODE_TOK_S,
     PREFILL_SPEEDUP,

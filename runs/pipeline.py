@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from core.metrics import (
     weight_memory,
 )
 from core.models import LoadedModel, load_model
+from core.modes import IN_MEMORY, ModePeaks, device_budget, load_in_mode, plan
+from core.onload import store_of, streaming
 from core.recipe import Recipe
 from core.save import save_compressed
 from core.walk import apply_recipe
@@ -81,6 +84,8 @@ class Job:
     save_dir: Path | None
     device: torch.device
     peak: PeakMemory
+    host_peak: PeakMemory = field(default_factory=lambda: PeakMemory(torch.device("cpu")))
+    modes: ModePeaks | None = None  # the estimate a device budget picked the mode by
     loaded: LoadedModel | None = None
     eval_text: TextSet | None = None
     windows: list[torch.Tensor] = field(default_factory=list)
@@ -143,7 +148,7 @@ def load(job: Job, report: Progress) -> None:
     """The model and the evaluation windows; then the baseline cache's size is checked
     against its cap and the free disk (runs.preflight) before the baseline computes it."""
     report(0.0, f"loading model {job.spec.model}")
-    job.loaded = load_model(job.spec.model, device=job.device)
+    job.loaded, job.modes = load_within_budget(job)
     calib_check.check_before_work(job)  # a set shorter than one window, before the baseline
     if job.eval_text is None:
         job.eval_text = job.resolve_text(job.spec.eval_set)
@@ -160,6 +165,15 @@ def load(job: Job, report: Progress) -> None:
     )
     check_cache_room(job.logprobs, job.cache_dir)
     check_cache_quota(job.logprobs, job.data_folders)
+
+
+def load_within_budget(job: Job) -> tuple[LoadedModel, ModePeaks | None]:
+    """Without a device budget, the model in memory; with one, in the mode it picks."""
+    budget = device_budget(job.spec.max_device_memory)
+    if budget is None:
+        return load_model(job.spec.model, device=job.device), None
+    modes = plan(job.spec.model, job.recipe, job.spec.calib_settings, budget)
+    return load_in_mode(job.spec.model, modes.mode or IN_MEMORY, job.device), modes
 
 
 def baseline(job: Job, report: Progress) -> None:
@@ -238,7 +252,9 @@ def store(job: Job, report: Progress) -> None:
     note says why not), and write the run's records (the runner puts them in the
     database)."""
     assert job.loaded is not None
-    if job.spec.save_model and job.compresses and job.save_dir is not None:
+    if job.spec.save_model and job.compresses and store_of(job.loaded.model) is not None:
+        job.notes.append("the compressed model was not kept: onloaded runs do not save yet")
+    elif job.spec.save_model and job.compresses and job.save_dir is not None:
         problem = quota_problem(
             job.data_folders, state_bytes(job.loaded.model), "keeping the compressed model"
         )
@@ -305,9 +321,11 @@ def run_job(
     progress = StageProgress(on_progress)
     *work, (last, _) = STAGES
     try:
-        with job.peak.track():  # peak memory of the work, not of saving the model afterwards
+        # peak memory of the work, not of saving the model afterwards
+        with job.peak.track(), job.host_peak.track():
             for name, _ in work:
-                STAGE_FUNCTIONS[name](job, progress.stage(name))
+                with streaming(job.loaded.model) if job.loaded else nullcontext():
+                    STAGE_FUNCTIONS[name](job, progress.stage(name))
     finally:
         latency.discard_baseline(job)  # the temporary copy of the original weights
     STAGE_FUNCTIONS[last](job, progress.stage(last))  # store

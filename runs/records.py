@@ -78,6 +78,9 @@ class RunResult:
     sparsity_reached: float | None = None  # zeros / weights of compressed linears (assemble)
     nominal_bits: list[float] | None = None
     peak_mem_bytes: int | None = None
+    peak_host_rss_bytes: int | None = None  # core/onload.py, core/modes.py
+    memory_mode: str | None = None
+    estimated_peak_bytes: int | None = None
     prefill_ms: float | None = None
     decode_tok_s: float | None = None
     prefill_speedup: float | None = None

@@ -54,6 +54,9 @@ class JobSpec:
     # What a budget search predicted for this recipe (runs/search.py), by catalogue key;
     # copied into the result beside the measured numbers. {} for every other run.
     prediction: dict[str, float] = field(default_factory=dict)
+    # Device memory this job may use ("6GiB", "512MiB"; "": the worker's own budget, if
+    # any): a model whose estimated peak does not fit runs onloaded (core/modes.py).
+    max_device_memory: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -3,6 +3,7 @@ evaluated one block on the device at a time, gives what the in-memory run gives.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,33 @@ def test_onloaded_compression_matches_the_in_memory_run(folder: Path, steps: lis
     assert _nll(lazy) == pytest.approx(_nll(ref), rel=1e-5)
     assert _nll(lazy) != pytest.approx(_nll(AutoModelForCausalLM.from_pretrained(folder)), rel=1e-6)
     store.close()
+
+
+def test_a_job_under_a_device_budget_runs_onloaded_and_matches_the_in_memory_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.data import get_text_set
+    from core.models import byte_tokenizer, model_skeleton
+    from core.modes import BUDGET_ENV, ONLOADED, mode_peaks
+    from runs import catalogue as cat
+    from runs.pipeline import run_job
+    from tests.tiny import tiny_spec
+
+    monkeypatch.setenv("COMPRESSLAB_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv(BUDGET_ENV, raising=False)
+    folder = tmp_path / "tiny4"  # 4 blocks: the onloaded peak is 2 blocks below in memory
+    tiny_llama(layers=4).save_pretrained(folder, safe_serialization=True)
+    byte_tokenizer().save_pretrained(folder)
+    spec = dataclasses.replace(tiny_spec("gptq-4bit-g128"), model=str(folder))
+    peaks = mode_peaks(model_skeleton(str(folder)), spec.parsed_recipe(), spec.calib_settings)
+    assert peaks.onloaded < peaks.in_memory
+    free = run_job(spec, cache_dir=tmp_path / "c1", resolve_text=get_text_set).metrics
+    monkeypatch.setenv(BUDGET_ENV, str(peaks.onloaded))  # the worker's --max-device-memory
+    tight = run_job(spec, cache_dir=tmp_path / "c2", resolve_text=get_text_set).metrics
+    assert free[cat.MEMORY_MODE.key] == "in memory"
+    assert tight[cat.MEMORY_MODE.key] == ONLOADED
+    assert tight[cat.ESTIMATED_PEAK_BYTES.key] == peaks.onloaded
+    assert tight[cat.PEAK_HOST_RSS_BYTES.key] > 0
+    key = cat.PERPLEXITY.key
+    assert tight[key] == pytest.approx(free[key], rel=1e-4)
+    assert tight[cat.WEIGHT_BYTES.key] == free[cat.WEIGHT_BYTES.key]

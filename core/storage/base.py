@@ -69,7 +69,7 @@ def module_storage_bytes(module: nn.Module) -> int:
     seen: set[int] = set()
     total = 0
     for t in list(module.parameters()) + list(module.buffers()):
-        key = t.data_ptr() if t.numel() else id(t)
+        key = t.data_ptr() if t.numel() and not t.is_meta else id(t)  # meta: no address
         if key in seen:
             continue
         seen.add(key)
