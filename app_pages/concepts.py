@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from ui import concepts
+from ui import concepts, concepts_kv
 from ui.frames import fmt_bytes
 
 st.title("Concepts")
@@ -227,3 +227,7 @@ st.caption(
     "row confines the damage to the outlier's row (for a few more bytes of scales); clipping "
     "gives everyone else fine steps but saturates the outlier itself."
 )
+
+# --- the KV cache -------------------------------------------------------------------
+
+concepts_kv.section()

@@ -584,6 +584,152 @@ SEED_SPREAD_DEF = (
 )
 
 # Every run-level result key, in the order the Run page lists them.
+# --- the key/value cache under a KV policy (runs/kv_eval.py, core/kv) -----------------
+_KV_STREAM = (
+    "decode-through-cache on one stream of the evaluation set (up to the model's trained "
+    "length, 2048 tokens at most): a prefill of 64 tokens, then one token per forward "
+    "pass through the cache; every later token is predicted from the cache as it stands"
+)
+KV_POLICY = Metric(
+    "kv_policy",
+    "KV cache policy",
+    "",
+    "the cache policy the recipe's KV steps chose (core.kv.cache.KVSpec), or none",
+    kind="text",
+)
+KV_BYTES_PER_TOKEN = Metric(
+    "kv_bytes_per_token",
+    "KV bytes per token",
+    "bytes",
+    "bytes of every tensor the cache stores (codes, scales, zero points, full-precision "
+    "residual) at the end of the stream / tokens it holds then; all layers, keys and values",
+    "lower",
+    "%.1f",
+    short="KV B/token",
+    axis="KV cache bytes per token",
+)
+KV_BYTES_PER_TOKEN_ANALYTIC = Metric(
+    "kv_bytes_per_token_analytic",
+    "KV bytes per token (formula)",
+    "bytes",
+    "2 x layers x KV heads x head dim x bits / 8, plus float16 scales (and zero points) per "
+    "group; the per-channel keys' residual left out",
+    "lower",
+    "%.1f",
+)
+KV_PEAK_BYTES = Metric(
+    "kv_peak_bytes",
+    "KV cache peak",
+    "bytes",
+    "largest size of the cache's stored tensors over the stream",
+    "lower",
+    "%.4g",
+    kind="size",
+)
+KV_STREAM_TOKENS = Metric(
+    "kv_stream_tokens",
+    "KV stream tokens",
+    "tokens",
+    "tokens of the stream " + _KV_STREAM,
+    None,
+    "%d",
+)
+KV_PERPLEXITY = Metric(
+    "kv_perplexity",
+    "Perplexity through the cache",
+    "",
+    "exp(mean NLL) of the stream's tokens after the prefill, " + _KV_STREAM,
+    "lower",
+    "%.3f",
+    short="KV ppl",
+    axis="Perplexity through the KV cache",
+)
+KV_REF_PERPLEXITY = Metric(
+    "kv_ref_perplexity",
+    "Perplexity through the plain cache",
+    "",
+    "the same with the plain "
+    "(uncompressed, nothing evicted) cache, on the same model in the same job",
+    "lower",
+    "%.3f",
+)
+KV_KL = Metric(
+    "kv_kl",
+    "KL to the plain cache",
+    "nats/token",
+    "mean over the stream's predicted tokens "
+    "of KL(plain cache || this cache) of the next-token distributions",
+    "lower",
+    "%.2e",
+    short="KV KL",
+    axis="KL to the plain cache (nats/token)",
+)
+KV_TOP1 = Metric(
+    "kv_top1_agreement",
+    "Top-1 agreement with the plain cache",
+    "fraction",
+    "fraction of predicted tokens whose argmax matches the plain cache's",
+    "higher",
+    "%.3f",
+)
+KV_BY_POSITION = Metric(
+    "kv_by_position",
+    "KV metrics by position",
+    "",
+    "per position bucket (<=256, <=512, "
+    "<=1024, <=2048): mean NLL, KL and top-1 agreement through this cache and the plain one",
+    kind="list",
+)
+KV_DECODE_TOK_S = Metric(
+    "kv_decode_tok_s",
+    "Decode through the cache",
+    "tokens/s",
+    "stream tokens decoded per second through this cache (prefill excluded)",
+    "higher",
+    "%.1f",
+)
+KV_DECODE_SPEEDUP = Metric(
+    "kv_decode_speedup",
+    "Decode speed-up vs plain cache",
+    "x",
+    "kv_decode_tok_s / the plain cache's, same stream, same job",
+    "higher",
+    "%.2f",
+)
+KV_PASSKEY = Metric(
+    "kv_passkey",
+    "Passkey retrieval",
+    "",
+    "a passkey line planted at 10%, 50% and 90% "
+    "depth of a held-out context as long as the stream, asked for at the end (the context "
+    "fed in 32-token chunks, evicting between them): found or not and the answer's NLL, "
+    "with this cache and the plain one",
+    kind="list",
+)
+KV_ATTENTION = Metric(
+    "kv_attention",
+    "Attention implementation (KV stage)",
+    "",
+    "eager when the policy needs attention weights (H2O), else the model's default",
+    kind="text",
+)
+KV_METRICS: tuple[Metric, ...] = (
+    KV_POLICY,
+    KV_BYTES_PER_TOKEN,
+    KV_BYTES_PER_TOKEN_ANALYTIC,
+    KV_PEAK_BYTES,
+    KV_STREAM_TOKENS,
+    KV_PERPLEXITY,
+    KV_REF_PERPLEXITY,
+    KV_KL,
+    KV_TOP1,
+    KV_BY_POSITION,
+    KV_DECODE_TOK_S,
+    KV_DECODE_SPEEDUP,
+    KV_PASSKEY,
+    KV_ATTENTION,
+)
+
 RESULT: tuple[Metric, ...] = (
     PERPLEXITY,
     BASELINE_PERPLEXITY,
@@ -646,6 +792,7 @@ RESULT: tuple[Metric, ...] = (
     CALIB_SET_TOKENS,
     PREDICTED_KL,
     PREDICTED_BYTES,
+    *KV_METRICS,
 )
 
 # Metric column -> (its first, its third quartile): the error bars of the charts.

@@ -41,6 +41,7 @@ from runs import (
     baseline_cache,
     calib_check,
     generations,
+    kv_eval,
     latency,
     storage_notes,
     tasks,
@@ -294,6 +295,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[Job, Progress], None]] = {
     "compress": compress,
     "evaluate": evaluate_compressed,
     "outputs": generations.run_outputs,
+    "kv cache": kv_eval.evaluate_kv,
     "measure speed": measure_speed,
     "store": store,
 }

@@ -12,9 +12,10 @@ STAGES: tuple[tuple[str, float], ...] = (
     ("baseline", 0.20),  # uncompressed log-probs (cached), statistics, latency
     ("baseline outputs", 0.05),  # its generations and task scores (cached)
     ("calibrate", 0.05),  # calibration batches, input activations
-    ("compress", 0.30),  # the recipe, layer by layer
+    ("compress", 0.25),  # the recipe, layer by layer
     ("evaluate", 0.20),  # perplexity, bits per byte, KL against the baseline
     ("outputs", 0.05),  # generations and task scores of the compressed model
+    ("kv cache", 0.05),  # decoding through the recipe's KV cache policy, if it has one
     ("measure speed", 0.05),  # prefill and decode latency, weight memory
     ("store", 0.05),  # the saved model (if asked) and the run's records
 )

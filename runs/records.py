@@ -128,6 +128,20 @@ class RunResult:
     calib_set_tokens: int | None = None
     predicted_kl: float | None = None  # a search's prediction (runs/search.py)
     predicted_bytes: int | None = None
+    kv_policy: str | None = None  # runs/kv_eval.py
+    kv_bytes_per_token: float | None = None
+    kv_bytes_per_token_analytic: float | None = None
+    kv_peak_bytes: int | None = None
+    kv_stream_tokens: int | None = None
+    kv_perplexity: float | None = None
+    kv_ref_perplexity: float | None = None
+    kv_kl: float | None = None
+    kv_top1_agreement: float | None = None
+    kv_by_position: list[dict[str, Any]] | None = None
+    kv_decode_tok_s: float | None = None
+    kv_decode_speedup: float | None = None
+    kv_passkey: list[dict[str, Any]] | None = None
+    kv_attention: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
