@@ -26,7 +26,7 @@ def test_generations_side_by_side_with_the_first_difference_marked(
     flow.go_to(page, "New run")
     flow.fill_fast_run(page, "magnitude-50")
     main.get_by_text("Generations: prompts to continue (optional)", exact=True).click()
-    box = main.get_by_label("Prompts, separated by a line holding only ---")
+    box = main.get_by_role("textbox", name="Prompts, separated by a line holding only ---")
     box.fill(PROMPTS[0] + "---\n" + PROMPTS[1])
     box.press("Control+Enter")  # commit the text area before queueing
     flow.wait_idle(page)
