@@ -136,6 +136,8 @@ def model_picker(prefix: str = "") -> str:
     ``prefix`` keeps the widget keys of two pages apart."""
     kinds = {
         "demo": "Bundled demo model (a small Llama trained on Python stdlib code)",
+        "demo-long": "Bundled demo-long (the demo model trained further at 1,024 tokens with a "
+        "start token: for KV-cache steps)",
         TINY_RANDOM: "Tiny Llama, random weights (for smoke tests: its perplexity means nothing)",
         "hub": "Hugging Face model",
         "folder": "Local folder",
@@ -150,6 +152,8 @@ def model_picker(prefix: str = "") -> str:
                 f"The demo model is not in this checkout yet ({DEMO_DIR}); the job will fail."
             )
         return "demo"
+    if kind == "demo-long":
+        return "demo-long"
     if kind == TINY_RANDOM:
         st.caption("Random weights: use it to check the pipeline, not to compare methods.")
         return TINY_RANDOM
@@ -490,7 +494,7 @@ def prefill_new_run(
 
 
 def _model_keys(model: str) -> dict[str, Any]:
-    if model in ("demo", TINY_RANDOM):
+    if model in ("demo", "demo-long", TINY_RANDOM):
         return {"model_kind": model}
     if is_folder_spec(model):
         return {"model_kind": "folder", "folder_path": model}
