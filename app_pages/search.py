@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import streamlit as st
 
-from runs import search as S
 from ui import auth, forms, search_view, shell
 
 sf = shell.session()
@@ -20,9 +19,7 @@ st.caption(
 
 def _inputs() -> tuple[str, list[str], str, str, tuple]:
     model = forms.model_picker(prefix="search_")
-    names = st.multiselect(
-        "Candidates per layer", list(S.DEFAULT_CANDIDATES), list(S.DEFAULT_CANDIDATES)
-    )
+    names = st.multiselect("Candidates per layer", search_view.CANDIDATES, search_view.CANDIDATES)
     c1, c2 = st.columns([1, 2])
     unit = c1.radio("Budget in", list(search_view.UNITS), format_func=search_view.UNITS.get)
     budgets = c2.text_input("Budgets (comma-separated)", "3.5, 4.5, 6", key="search_budgets")
@@ -31,7 +28,7 @@ def _inputs() -> tuple[str, list[str], str, str, tuple]:
     return model, names, unit, budgets, (calib, eval_set, ev, cs)
 
 
-def _scoring(p: search_view.SearchPlan, table: S.ScoreTable) -> None:
+def _scoring(p: search_view.SearchPlan, table: search_view.ScoreTable) -> None:
     missing = table.missing()
     st.info(f"{len(missing)} of {len(p.layers) * len(p.candidates)} scores still to measure.")
     if st.button(f"Queue {len(missing)} scoring jobs", type="primary"):
@@ -39,8 +36,10 @@ def _scoring(p: search_view.SearchPlan, table: S.ScoreTable) -> None:
         st.success(f"Queued {n} scoring jobs; this page fills in as they finish.")
 
 
-def _front(p: search_view.SearchPlan, table: S.ScoreTable, measured: list, unit: str, b: str):
-    front = S.predicted_front(table, S.budget_grid(table))
+def _front(
+    p: search_view.SearchPlan, table: search_view.ScoreTable, measured: list, unit: str, b: str
+):
+    front = search_view.front(table)
     fig = search_view.front_figure(front, measured, search_view.uniform_points(table))
     st.plotly_chart(fig, use_container_width=True)
     if measured:

@@ -22,6 +22,13 @@ from runs.spec import JobSpec
 from ui.submit import build_spec
 
 UNITS = {"bpw": "bits per weight", "mb": "MB (10^6 bytes)"}
+CANDIDATES = list(S.DEFAULT_CANDIDATES)
+ScoreTable = S.ScoreTable
+
+
+def front(table: S.ScoreTable) -> list[dict[str, Any]]:
+    """The predicted front over a grid of budgets from the smallest to the largest choice."""
+    return S.predicted_front(table, S.budget_grid(table))
 
 
 class SearchInputError(ValueError):
