@@ -154,9 +154,20 @@ def _multiselect(flow: ModuleType, page: Any, label: str, option: str) -> None:
 
 
 def _pick_run(flow: ModuleType, page: Any, job_id: int) -> None:
+    """Pick the run in the history's "Run" box; the history refreshes every 5 s and may
+    close an open list, so the pick is tried again."""
     box = flow.main_area(page).get_by_role("combobox", name="Run", exact=True)
-    box.click()
-    page.get_by_role("option", name=re.compile(rf"^#{job_id}: ")).click()
+    option = page.get_by_role("option", name=re.compile(rf"^#{job_id}: "))
+    for attempt in range(5):
+        try:
+            box.click()
+            option.click(timeout=10_000)
+            break
+        except Exception:
+            if attempt == 4:
+                raise
+            page.keyboard.press("Escape")
+    flow.expect(box).to_have_value(re.compile(rf"^#{job_id}: "))
     flow.wait_idle(page)
 
 
@@ -249,13 +260,14 @@ def test_choosing_a_custom_axis_on_compare(
     flow.wait_idle(page)
     flow.choose(page, "x axis", "Decode throughput (tokens/s, median)")
     flow.choose(page, "y axis", "KL to baseline (nats/token)")
-    chart = flow.charts(page).nth(2)  # after the memory and the latency charts
+    chart = flow.charts(page).filter(has_text="KL to baseline")  # the chosen y axis
+    flow.expect(chart).to_have_count(1)
     flow.expect(chart.locator(".scatterlayer path.point").first).to_be_visible()
     layout = flow.plotly_layout(chart)
     assert "tokens/s" in layout["xaxis"]["title"]["text"]
     assert "KL" in layout["yaxis"]["title"]["text"]
     traces = [t for t in flow.plotly_traces(chart) if t.get("mode") == "markers"]
     assert sum(len(t["x"]) for t in traces) >= 2
-    parallel = flow.plotly_traces(flow.charts(page).nth(3))
+    parallel = flow.plotly_traces(flow.charts(page).filter(has_text="Parameters and metrics"))
     assert parallel[0]["type"] == "parcoords"
     shots("custom-axes")
