@@ -546,6 +546,10 @@ FORM_KEYS = (
     *_CALIB_KEYS.values(),
     "save_model",
     "sweep_step",
+    "task_preset",  # ui/tasks_view.py's New run widgets
+    "task_custom",
+    "task_limit",
+    "gen_prompts",  # ui/generations_view.py's
 )
 _FORM_PATTERN = re.compile(r"^(nr_|step\d+:|sweep_param:)")
 _SAVED_FORM = "_new_run_form"  # not a widget key: Streamlit keeps it across pages
