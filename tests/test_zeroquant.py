@@ -24,9 +24,8 @@ def _batches(n: int = 4, t: int = 32, vocab: int = 256, seed: int = 1) -> list[t
 
 @torch.no_grad()
 def _output_mse(model: torch.nn.Module, ref: torch.nn.Module, batches: list) -> float:
-    return sum(
-        torch.mean((model(b).logits - ref(b).logits) ** 2).item() for b in batches
-    ) / len(batches)
+    errors = [torch.mean((model(b).logits - ref(b).logits) ** 2).item() for b in batches]
+    return sum(errors) / len(errors)
 
 
 def _compress(model: torch.nn.Module, batches: list, **params: object) -> torch.nn.Module:
