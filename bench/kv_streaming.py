@@ -102,9 +102,9 @@ def _quality_row(name: str, ref: Stream, got: Stream) -> dict:
     c = compare(ref, got)
     return {
         "cache": name,
-        "perplexity": round(c["perplexity"], 4),
+        "perplexity": round(c["ppl"], 4),
         "kl": float(f"{c['kl']:.3g}"),
-        "top1": round(c["top1_agreement"], 4),
+        "top1": round(c["top1"], 4),
         "bytes_per_token": round(got.bytes_per_token, 1),
         "decode_vs_plain": round(got.tokens_per_s / ref.tokens_per_s, 3),
     }

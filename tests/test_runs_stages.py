@@ -27,6 +27,7 @@ NAMES = (
     "compress",
     "evaluate",
     "outputs",
+    "kv cache",
     "measure speed",
     "store",
 )

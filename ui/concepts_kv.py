@@ -164,7 +164,7 @@ def section() -> None:
     head = c3.slider("Query head", 0, cfg.num_attention_heads - 1, 0, key="kv_head")
     text = st.text_area("Prompt (first 160 tokens used)", PROMPT, height=160, key="kv_prompt")
     amap = attention_map(lm, text, layer, head)
-    st.plotly_chart(attention_figure(amap), key="kv_attention")
+    st.plotly_chart(attention_figure(amap), key="kvc_attention_map")
     st.caption(
         "Attention mass on the first token, per layer (uniform would be about "
         f"{1 / max(1, len(amap.pieces) / 2):.3f}): "
@@ -180,7 +180,7 @@ def section() -> None:
         "H2O (half heavy)": KVSpec(heavy=budget // 2, window=budget - budget // 2),
     }
     kept = {k: _kept(name, text, s, layer, kv_head) for k, s in policies.items()}
-    st.plotly_chart(kept_figure(len(amap.pieces), kept), key="kv_kept")
+    st.plotly_chart(kept_figure(len(amap.pieces), kept), key="kvc_kept")
     st.caption(
         f"Layer {layer}, KV head {kv_head} (shared by query heads "
         f"{kv_head * (cfg.num_attention_heads // cfg.num_key_value_heads)}..). "

@@ -159,10 +159,10 @@ def compare(ref: Stream, got: Stream) -> dict[str, object]:
     kl = kl_per_token(ref, got)
     agree = (ref.top1 == got.top1).float()
     return {
-        "perplexity": got.perplexity,
-        "ref_perplexity": ref.perplexity,
+        "ppl": got.perplexity,
+        "ref_ppl": ref.perplexity,
         "kl": float(kl.mean()),
-        "top1_agreement": float(agree.mean()),
+        "top1": float(agree.mean()),
         "nll_by_position": by_bucket(got.positions, got.nll),
         "kl_by_position": by_bucket(got.positions, kl),
         "top1_by_position": by_bucket(got.positions, agree),
