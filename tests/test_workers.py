@@ -90,12 +90,14 @@ def test_the_baseline_is_computed_once_and_reused(sf, tmp_path: Path) -> None:
     # Speed against the uncompressed model, measured in the same job.
     assert base["prefill_speedup"] == 1.0 and base["smaller_but_slower"] is False
     assert quant["weight_bytes"] < quant["baseline_weight_bytes"] == base["weight_bytes"]
-    assert quant["prefill_speedup"] == pytest.approx(
-        quant["baseline_prefill_ms"] / quant["prefill_ms"]
-    )
-    assert quant["decode_speedup"] == pytest.approx(
-        quant["decode_tok_s"] / quant["baseline_decode_tok_s"]
-    )
+    # Speed-ups: the median of the per-round pair ratios (runs/latency.py), inside their
+    # stored middle half, or no number where the spread makes it not measurable.
+    for key in ("prefill_speedup", "decode_speedup"):
+        if quant[key] is None:
+            assert "not measurable on this machine at this load" in quant["latency_verdict"]
+        else:
+            assert quant[f"{key}_q1"] <= quant[key] <= quant[f"{key}_q3"]
+    assert quant["latency_interleaved"] is True
 
 
 @pytest.mark.parametrize("recipe", ["rtn-int8", "baseline"])
