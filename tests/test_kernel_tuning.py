@@ -274,3 +274,37 @@ def test_the_guard_is_off_where_tuning_is_off_and_for_forced_paths(
     with ops.use_path("slow"):
         ops.int8_linear(x, w, ws, None, "dynamic")
     assert ops.path_log()[0]["path"] == "slow" and ops.verdicts() == {}
+
+
+def test_a_table_choosing_float_where_an_integer_path_is_faster_is_overruled(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other direction: a table tuned on a busy machine picked the float path; the
+    heuristic's integer path is timed against it on first use and wins when faster."""
+    calls: list[int] = []
+    real_float = ops.CPU_PATHS["int8_linear"]["dequant"].fn
+
+    def slow_float(*args):
+        calls.append(1)
+        time.sleep(0.02)
+        return real_float(*args)
+
+    monkeypatch.setitem(
+        ops.CPU_PATHS["int8_linear"], "dequant", ops.KernelPath(slow_float, lambda: True)
+    )
+    monkeypatch.setattr(ops, "heuristic_path", lambda op, m, k: "int_mm")
+    monkeypatch.setattr(ops, "_table", lambda: _table_forcing("dequant"))
+    monkeypatch.setattr(ops, "verify_enabled", lambda: True)
+    ops.forget_verdicts()
+    w, ws = _w8()
+    x = torch.randn(3, 100)
+    want = ref.int8_linear(x, w, ws, None, "dynamic")
+    for _ in range(2):
+        ops.reset_path_log()
+        got = ops.int8_linear(x, w, ws, None, "dynamic")
+        assert ((got - want).norm() / want.norm()).item() <= 1e-4
+        assert ops.path_log()[0]["path"] == "int_mm"
+    assert ops.verdicts() == {("int8_linear", 16, 100, 24, "dequant"): "int_mm"}
+    n = len(calls)
+    ops.int8_linear(x, w, ws, None, "dynamic")
+    assert len(calls) == n  # decided once: the slow float path never runs again

@@ -414,7 +414,9 @@ def tune_in_background(names: tuple[str, ...] = OPS) -> threading.Thread | None:
 # the first call of each (op, M bucket, K, N) cell on a non-float path also times the
 # float path on the same arguments, in turns, and keeps the chosen path only if it is not
 # slower than float by more than the noise. So a wrong, stale or foreign table costs a
-# few extra calls once, never a slow path for good.
+# few extra calls once, never a slow path for good. The same check runs the other way
+# when a table chose the float path where the heuristic would take an integer path (a
+# table tuned on a busy machine): the integer path wins only if faster beyond the noise.
 
 VERIFY_ROUNDS = 2  # timed calls of each of the two paths on first use
 _VERDICTS: dict[tuple[str, int, int, int, str], str] = {}
@@ -437,15 +439,30 @@ def verdicts() -> dict[tuple[str, int, int, int, str], str]:
         return dict(_VERDICTS)
 
 
+def _challenger(op: str, path: str, x2: torch.Tensor, args: tuple) -> str | None:
+    """The path a first-use check times against ``path``: the float path, or for a float
+    choice the heuristic's integer path where it serves these arguments."""
+    if path != FLOAT_PATH:
+        return FLOAT_PATH
+    name = heuristic_path(op, x2.shape[0], x2.shape[1])
+    other = CPU_PATHS[op].get(name)
+    if name == FLOAT_PATH or other is None or not other.available():
+        return None
+    return name if other.serves(x2, *args) else None
+
+
 def _guarded(op: str, path: str, x2: torch.Tensor, args: tuple) -> tuple[str, torch.Tensor | None]:
-    """The path to run (``path`` or the float path) and, when the check ran now, its
-    output (so the first call is not computed twice)."""
+    """The path to run (``path`` or its challenger) and, when the check ran now and kept
+    ``path``, its output (so the first call is not computed twice)."""
     key = (op, m_bucket(x2.shape[0]), x2.shape[1], args[0].shape[0], path)
     with _VERDICT_LOCK:
         verdict = _VERDICTS.get(key)
     if verdict is not None or not verify_enabled():
         return verdict or path, None
-    fns = {p: CPU_PATHS[op][p].fn for p in (path, FLOAT_PATH)}
+    other = _challenger(op, path, x2, args)
+    if other is None:
+        return path, None
+    fns = {p: CPU_PATHS[op][p].fn for p in (path, other)}
     with torch.no_grad():
         y = fns[path](x2, *args)  # this call's result
         times = tune.time_paths_all(
@@ -455,12 +472,15 @@ def _guarded(op: str, path: str, x2: torch.Tensor, args: tuple) -> tuple[str, to
         )
     best = {p: min(v) for p, v in times.items()}
     noise = min(tune.MAX_NOISE, max(DEFAULT_NOISE, tune.noise(times)))
-    keep = best[path] <= best[FLOAT_PATH] * (1 + noise)
-    verdict = path if keep else FLOAT_PATH
+    if path == FLOAT_PATH:  # the integer path must win beyond the noise
+        keep = best[other] * (1 + noise) >= best[path]
+    else:
+        keep = best[path] <= best[other] * (1 + noise)
+    verdict = path if keep else other
     if not keep:
         log.info(
-            "%s %s: %s measured %.3g ms against float %.3g ms: using float",
-            op, key[1:4], path, best[path] * 1e3, best[FLOAT_PATH] * 1e3,
+            "%s %s: %s measured %.3g ms against %s %.3g ms: using %s",
+            op, key[1:4], path, best[path] * 1e3, other, best[other] * 1e3, other,
         )  # fmt: skip
     with _VERDICT_LOCK:
         _VERDICTS[key] = verdict
@@ -519,7 +539,7 @@ def _cpu_impl(op: str) -> Callable[..., torch.Tensor]:
         if not CPU_PATHS[op][path].serves(x2, *args):
             path = FLOAT_PATH
         y = None
-        if path != FLOAT_PATH and source != "forced":
+        if source != "forced":
             path, y = _guarded(op, path, x2, args)
         _record(op, "cpu", path, x2.shape[0], source)
         if y is None:
