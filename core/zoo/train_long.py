@@ -239,14 +239,31 @@ def _row(name: str, r: dict) -> str:
     return f"| {name} | {cells} | {r['perplexity']:.2f} |"
 
 
+def sink_verdict(r: dict) -> str:
+    """One sentence: did a sink form (a layer putting over 5x uniform mass on token 0)?"""
+    top, uniform = max(r["sink_mass_per_layer"]), r["uniform_mass"]
+    if top > 5 * uniform:
+        return f"A sink formed: up to {top:.3f} of the attention mass on the start token."
+    return (
+        f"No sink formed at this size and training budget: at most {top:.4f} of the mass "
+        f"goes to the start token in any layer, at or below uniform ({uniform:.4f}). "
+        "So StreamingLLM's sinks have nothing to keep here, and the Compare / Concepts "
+        "charts show that they add nothing for this model."
+    )
+
+
 def model_card(report: dict) -> str:
     cfg, tr, ev = report["config"], report["training"], report["heldout"]
+    sinks = lambda r: ", ".join(f"{x:.3f}" for x in r["sink_mass_per_layer"])  # noqa: E731
     stages = report.get("stages") or [{"command": report["command"], "training": tr}]
     commands = "\n".join(st["command"] for st in stages)
     all_steps = sum(st["training"]["steps"] for st in stages)
-    heads = " | ".join(ev["trained"]["nll_by_position"])
+    measured = {k: v for k, v in ev.items() if isinstance(v, dict)}  # demo, stages, trained
+    names = {"init": "start of the last stage", "trained": "demo-long"}
+    rows = "\n".join(_row(names.get(k, k), v) for k, v in measured.items())
+    sink_lines = "\n".join(f"- {names.get(k, k)}: {sinks(v)}" for k, v in measured.items())
+    heads = " | ".join(ev["trained"]["nll_by_position"])  # the position buckets
     sep = "|".join(["---"] * (len(ev["trained"]["nll_by_position"]) + 2))
-    sinks = lambda r: ", ".join(f"{x:.3f}" for x in r["sink_mass_per_layer"])  # noqa: E731
     return f"""---
 library_name: transformers
 pipeline_tag: text-generation
@@ -284,16 +301,16 @@ start token first); mean NLL (nats) of the tokens predicted at each range of pos
 
 | model | {heads} | perplexity |
 |{sep}|
-{_row("demo (before)", ev["init"])}
-{_row("demo-long", ev["trained"])}
+{rows}
 
 ## Attention sink
 
 Mean attention mass that queries (positions 17 and later) put on position 0, per layer
 (uniform attention would give {ev["trained"]["uniform_mass"]}):
 
-- demo (before): {sinks(ev["init"])}
-- demo-long: {sinks(ev["trained"])}
+{sink_lines}
+
+{sink_verdict(ev["trained"])}
 """
 
 
