@@ -22,6 +22,9 @@ from core.registry import ConfigError, describe_method, describe_params, methods
 from core.walk import apply_recipe, select_targets
 
 METHODS = [m.name for m in methods()]
+# KV-cache policies change no weight: they have a contract of their own (below)
+WEIGHT_METHODS = [m.name for m in methods() if m.kind != "kv"]
+KV_METHODS = [m.name for m in methods() if m.kind == "kv"]
 TEXT = "def f(x):\n    return x * 2 + 1\n" * 200
 MAX_LAYER_ERROR = 0.5  # default settings on the tiny model: measured at most ~0.3 (pruning)
 
@@ -31,7 +34,7 @@ def calib() -> list[torch.Tensor]:
     return calibration_batches(byte_tokenizer(), TEXT, CalibSettings(n_samples=4, seq_len=64))
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", WEIGHT_METHODS)
 def test_method_contract(name: str, calib: list[torch.Tensor]) -> None:
     cls = next(m for m in methods() if m.name == name)
     cfg = cls.config_cls()
@@ -65,6 +68,31 @@ def test_method_contract(name: str, calib: list[torch.Tensor]) -> None:
     assert sorted(r.name for r in reports) == sorted(targets)
     errors = {r.name: r.rel_error for r in reports}
     assert all(e is not None and 0.0 <= e < MAX_LAYER_ERROR for e in errors.values()), errors
+
+
+@pytest.mark.parametrize("name", KV_METHODS)
+def test_kv_method_contract(name: str) -> None:
+    """A KV step leaves every weight and the one-pass logits alone, reports no layer, and
+    records its cache policy on the model for the job's KV stage."""
+    from core.methods.kv import kv_spec
+
+    cls = _method(name)
+    assert cls.config_cls.from_dict(json.loads(json.dumps(cls.config_cls().to_dict())))
+    model = tiny_llama(hidden=64, layers=2, seed=1)
+    ids = torch.randint(0, 256, (1, 32))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        ref = model(ids).logits
+    reports = apply_recipe(
+        model,
+        recipe_from_steps([{"method": name}]),
+        on_progress=lambda f, m: None,
+        should_cancel=lambda: False,
+    )
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, ref)
+    assert reports == [] and kv_spec(model) is not None
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
 def _method(name: str):
