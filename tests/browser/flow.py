@@ -371,12 +371,14 @@ def queue_run(page: Page) -> int:
 
 def _in_history(main: Locator, job_id: int) -> bool:
     """Whether the Runs page's history table (its last grid: the workers table comes
-    first) has a row for ``job_id``."""
+    first) has a row for ``job_id`` (in its first or, after the selection column, second
+    column)."""
     grid = main.get_by_test_id("stDataFrame")
     if grid.count() == 0:
         return False
-    first_column = grid.last.locator("[data-testid^='glide-cell-0-']").all_text_contents()
-    return str(job_id) in (t.strip() for t in first_column)
+    # column 0 is the row-selection checkbox where rows can be selected, the job id next
+    cells = grid.last.locator("[data-testid^='glide-cell-0-'], [data-testid^='glide-cell-1-']")
+    return str(job_id) in (t.strip() for t in cells.all_text_contents())
 
 
 def wait_run_finished(
