@@ -114,7 +114,7 @@ def attention_figure(m: AttentionMap) -> go.Figure:
 
 def kept_figure(n: int, kept: dict[str, list[int]]) -> go.Figure:
     fig = go.Figure()
-    for row, (name, idx) in enumerate(kept.items()):
+    for name, idx in kept.items():
         held = set(idx)
         fig.add_trace(
             go.Scatter(
@@ -130,7 +130,6 @@ def kept_figure(n: int, kept: dict[str, list[int]]) -> go.Figure:
                 hovertemplate="token %{x}<extra></extra>",
             )
         )
-        del row
     fig.update_layout(
         height=80 + 40 * len(kept),
         margin={"t": 10},

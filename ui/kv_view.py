@@ -35,7 +35,7 @@ def position_frame(jobs: Sequence[Any]) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     if not frame.empty:
         order = {b: i for i, b in enumerate(BUCKET_ORDER)}
-        frame = frame.sort_values(["run", "bucket"], key=lambda s: s.map(order).fillna(s))
+        frame = frame.sort_values(["run", "bucket"], key=lambda s: s.map(lambda v: order.get(v, v)))
     return frame
 
 

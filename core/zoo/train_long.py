@@ -34,7 +34,12 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from core.data import get_text_set
 from core.zoo import DEMO_MODEL_DIR
-from core.zoo.train_demo import encode, encode_prefix, make_optimizer
+from core.zoo.train_demo import (
+    _portable_tokenizer_class,
+    encode,
+    encode_prefix,
+    make_optimizer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -223,11 +228,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    config = json.loads((out / "tokenizer_config.json").read_text())
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    for key in ("is_local", "local_files_only"):
-        config.pop(key, None)
-    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    _portable_tokenizer_class(out / "tokenizer_config.json")
     report["weights_bytes"] = (out / "model.safetensors").stat().st_size
     (out / "training_run.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "README.md").write_text(model_card(report))
