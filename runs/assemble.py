@@ -123,6 +123,7 @@ def run_result(job: Job, rows: list[LayerRow]) -> RunResult:
         saved_model_bytes=folder_bytes(job.saved) if job.saved else None,
         predicted_kl=job.spec.prediction.get(cat.PREDICTED_KL.key),
         predicted_bytes=job.spec.prediction.get(cat.PREDICTED_BYTES.key),
+        predicted_linear_ms=job.spec.prediction.get(cat.PREDICTED_LINEAR_MS.key),
     )
 
 

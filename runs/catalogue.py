@@ -560,6 +560,18 @@ PREDICTED_BYTES = Metric(
     short="predicted bytes",
     kind="size",
 )
+PREDICTED_LINEAR_MS = Metric(
+    "predicted_linear_ms",
+    "Predicted linear time (search)",
+    "ms",
+    "for a recipe chosen under a latency budget: the sum of the chosen candidates' op "
+    "times of the searched linears at the search's target shape (latency_m tokens), each "
+    "timed alone on the searching machine (median of interleaved repeats); leaves out "
+    "attention, norms, embeddings, lm_head and the framework's overhead",
+    "lower",
+    "%.3g",
+    short="predicted linear ms",
+)
 
 # How a job draws its calibration and evaluation windows (JobSpec.protocol,
 # core.calib.PROTOCOLS): name -> definition, shown beside the New run option.
@@ -792,6 +804,7 @@ RESULT: tuple[Metric, ...] = (
     CALIB_SET_TOKENS,
     PREDICTED_KL,
     PREDICTED_BYTES,
+    PREDICTED_LINEAR_MS,
     *KV_METRICS,
 )
 

@@ -128,6 +128,7 @@ class RunResult:
     calib_set_tokens: int | None = None
     predicted_kl: float | None = None  # a search's prediction (runs/search.py)
     predicted_bytes: int | None = None
+    predicted_linear_ms: float | None = None
     kv_policy: str | None = None  # runs/kv_eval.py
     kv_bytes_per_token: float | None = None
     kv_bytes_per_token_analytic: float | None = None
