@@ -36,6 +36,8 @@ from runs.spec import JobSpec
 
 MAX_DP_STATES = 4_000_000  # byte units the exact solver tabulates (else coarser units)
 MAX_BUDGETS = 50  # budgets in one predicted front
+TIME_BINS = 1000  # a time budget's DP resolution (times rounded up: never over budget)
+BYTES, SECONDS = "bytes", "seconds"  # the two kinds of budget
 PREDICTED_KL = cat.PREDICTED_KL.key
 PREDICTED_BYTES = cat.PREDICTED_BYTES.key
 
@@ -112,6 +114,9 @@ class ScoreTable:
     score: dict[str, dict[str, float]] = field(default_factory=dict)
     nbytes: dict[str, dict[str, int]] = field(default_factory=dict)
     n_weights: dict[str, int] = field(default_factory=dict)
+    # seconds[layer][candidate]: the layer's op time at the target shape (latency budget)
+    seconds: dict[str, dict[str, float]] = field(default_factory=dict)
+    latency: dict[str, Any] = field(default_factory=dict)  # how the seconds were measured
 
     def set(self, layer: str, cand: str, score: float, nbytes: int, n_weights: int) -> None:
         self.score.setdefault(layer, {})[cand] = float(score)
@@ -131,8 +136,27 @@ class ScoreTable:
         return sum(self.n_weights.get(layer, 0) for layer in self.layers)
 
     def options(self, layer: str) -> list[str]:
-        """The candidates measured for ``layer``."""
-        return [c for c in self.candidates if math.isfinite(self.score[layer].get(c, math.nan))]
+        """The candidates measured for ``layer`` (with a time too, once times are set)."""
+        timed = bool(self.seconds)
+        return [
+            c
+            for c in self.candidates
+            if math.isfinite(self.score[layer].get(c, math.nan))
+            and (not timed or math.isfinite(self.seconds.get(layer, {}).get(c, math.nan)))
+        ]
+
+    def set_seconds(self, seconds: Mapping[str, Mapping[str, float]], how: dict) -> None:
+        """Each layer x candidate's op time (seconds) and how it was measured."""
+        self.seconds = {la: {c: float(t) for c, t in row.items()} for la, row in seconds.items()}
+        self.latency = dict(how)
+
+    def cost(self, kind: str, layer: str, cand: str) -> float:
+        """What ``cand`` costs on ``layer`` against a budget of ``kind`` (BYTES or SECONDS)."""
+        if kind == BYTES:
+            return self.nbytes[layer][cand]
+        if kind == SECONDS:
+            return self.seconds[layer][cand]
+        raise ConfigError(f"unknown budget kind {kind!r}: {BYTES} or {SECONDS}")
 
     def rows(self) -> list[dict[str, Any]]:
         return [
@@ -142,6 +166,7 @@ class ScoreTable:
                 "score": self.score[layer][c],
                 "bytes": self.nbytes[layer][c],
                 cat.BITS_PER_WEIGHT.key: 8 * self.nbytes[layer][c] / max(1, self.n_weights[layer]),
+                **({"ms": 1e3 * self.seconds[layer][c]} if self.seconds else {}),
             }
             for layer in self.layers
             for c in self.options(layer)
@@ -162,12 +187,15 @@ def budget_bytes(table: ScoreTable, *, mb: float | None = None, bpw: float | Non
 
 @dataclass(frozen=True)
 class Solution:
-    """One candidate per layer, with the predicted (summed) score and bytes."""
+    """One candidate per layer, with the predicted (summed) score, bytes and, where the
+    table has times, seconds; ``budget`` in bytes or seconds as ``kind`` says."""
 
     choice: dict[str, str]
     score: float
     nbytes: int
-    budget: int
+    budget: float
+    seconds: float | None = None
+    kind: str = BYTES
 
 
 def _units(table: ScoreTable, budget: int) -> int:
@@ -181,27 +209,55 @@ def _units(table: ScoreTable, budget: int) -> int:
     return max(g, math.ceil(budget / MAX_DP_STATES))
 
 
-def solve(table: ScoreTable, budget: int) -> Solution | None:
-    """The choice minimising the summed score with summed bytes <= ``budget`` (exact when
-    the bytes' GCD gives at most MAX_DP_STATES units); None when nothing fits."""
+def solve(table: ScoreTable, budget: float, kind: str = BYTES) -> Solution | None:
+    """The choice minimising the summed score with summed cost <= ``budget``; None when
+    nothing fits. Bytes: dynamic programming in units of the bytes' GCD (exact when that
+    gives at most MAX_DP_STATES units). Seconds: an exact MILP (scipy's HiGHS) when scipy
+    is installed, else the same DP over TIME_BINS bins of the budget with each time rounded
+    up to a bin (never over budget; optimal over the rounded times)."""
     for layer in table.layers:
         if not table.options(layer):
             raise ConfigError(f"layer {layer} has no measured candidate")
-    unit = _units(table, budget)
-    cap = budget // unit
-    inf = math.inf
-    best = np.full(cap + 1, inf)
+    if kind == SECONDS:
+        if not table.seconds:
+            raise ConfigError("a time budget needs the layers' measured times")
+        sol = _solve_milp(table, float(budget))
+        if sol is not _UNSOLVED:
+            return sol
+        unit, cap = budget / TIME_BINS, TIME_BINS
+    else:
+        unit = _units(table, int(budget))
+        cap = int(budget) // unit
+    return _solve_dp(table, budget, kind, unit, cap)
+
+
+def _weights(table: ScoreTable, kind: str, unit: float) -> dict[str, dict[str, int]]:
+    """Each option's cost in DP units, rounded up (an exact integer for bytes over GCD)."""
+    out = {}
+    for layer in table.layers:
+        row = {}
+        for c in table.options(layer):
+            cost = table.cost(kind, layer, c)
+            row[c] = -(-cost // unit) if kind == BYTES else math.ceil(cost / unit - 1e-9)
+        out[layer] = {c: int(w) for c, w in row.items()}
+    return out
+
+
+def _solve_dp(table: ScoreTable, budget: float, kind: str, unit: float, cap: int):
+    """Multiple-choice knapsack over ``cap`` units of ``unit`` (cost rounded up)."""
+    weights = _weights(table, kind, unit)
+    best = np.full(cap + 1, math.inf)
     best[0] = 0.0
     picks = []  # per layer: (cap+1) index of the option chosen at each used-units value
     for layer in table.layers:
         opts = table.options(layer)
-        new = np.full(cap + 1, inf)
+        new = np.full(cap + 1, math.inf)
         arg = np.full(cap + 1, -1, dtype=np.int64)
         for k, c in enumerate(opts):
-            w = math.ceil(table.nbytes[layer][c] / unit)
+            w = weights[layer][c]
             if w > cap:
                 continue
-            cand = np.full(cap + 1, inf)
+            cand = np.full(cap + 1, math.inf)
             cand[w:] = best[: cap + 1 - w] + table.score[layer][c]
             better = cand < new
             new[better], arg[better] = cand[better], k
@@ -210,46 +266,89 @@ def solve(table: ScoreTable, budget: int) -> Solution | None:
     if not np.isfinite(best).any():
         return None
     used = int(np.argmin(best))
-    return _trace(table, picks, used, unit, budget, float(best[used]))
-
-
-def _trace(table: ScoreTable, picks: list, used: int, unit: int, budget: int, score: float):
     choice: dict[str, str] = {}
     for layer, (opts, arg) in zip(reversed(table.layers), reversed(picks), strict=True):
-        c = opts[int(arg[used])]
-        choice[layer] = c
-        used -= math.ceil(table.nbytes[layer][c] / unit)
+        choice[layer] = opts[int(arg[used])]
+        used -= weights[layer][choice[layer]]
+    return _solution(table, choice, budget, kind)
+
+
+def _solution(table: ScoreTable, choice: Mapping[str, str], budget: float, kind: str):
     choice = {layer: choice[layer] for layer in table.layers}
     nbytes = sum(table.nbytes[layer][c] for layer, c in choice.items())
     total = sum(table.score[layer][c] for layer, c in choice.items())
-    assert math.isclose(total, score, rel_tol=1e-9, abs_tol=1e-12)
-    return Solution(choice, total, nbytes, budget)
+    secs = sum(table.seconds[la][c] for la, c in choice.items()) if table.seconds else None
+    return Solution(choice, total, nbytes, budget, secs, kind)
 
 
-def predicted_front(table: ScoreTable, budgets: Sequence[int]) -> list[dict[str, Any]]:
-    """One row per budget: budget, predicted score and bytes, bits per weight, the choice
-    counts (budgets nothing fits are left out)."""
+_UNSOLVED = object()  # the MILP could not answer (no scipy, solver failure): use the DP
+
+
+def _solve_milp(table: ScoreTable, budget: float) -> Any:
+    """Exact time-budget choice by scipy.optimize.milp: x[l, c] in {0, 1}, one per layer,
+    sum(seconds * x) <= budget. Scores are shifted per layer (the layer's least) and scaled
+    to at most 1 so HiGHS's absolute tolerances do not hide differences; None if nothing
+    fits; _UNSOLVED if scipy is missing or the answer does not check out."""
+    try:
+        from scipy.optimize import Bounds, LinearConstraint, milp
+    except ImportError:
+        return _UNSOLVED
+    pairs = [(la, c) for la in table.layers for c in table.options(la)]
+    low = {la: min(table.score[la][c] for c in table.options(la)) for la in table.layers}
+    obj = np.array([table.score[la][c] - low[la] for la, c in pairs])
+    obj = obj / max(float(obj.max(initial=0.0)), 1e-300)
+    one = np.array([[1.0 if la == layer else 0.0 for la, _ in pairs] for layer in table.layers])
+    t = np.array([[table.seconds[la][c] / budget for la, c in pairs]])
+    res = milp(
+        obj,
+        constraints=[LinearConstraint(one, 1, 1), LinearConstraint(t, -np.inf, 1)],
+        integrality=np.ones(len(pairs)),
+        bounds=Bounds(0, 1),
+        options={"mip_rel_gap": 0.0},
+    )
+    if res.status == 2:  # infeasible
+        return None
+    if not res.success or res.x is None:
+        return _UNSOLVED
+    choice = {la: c for (la, c), x in zip(pairs, res.x, strict=True) if x > 0.5}
+    if set(choice) != set(table.layers):
+        return _UNSOLVED
+    sol = _solution(table, choice, budget, SECONDS)
+    return sol if sol.seconds is not None and sol.seconds <= budget else _UNSOLVED
+
+
+def predicted_front(
+    table: ScoreTable, budgets: Sequence[float], kind: str = BYTES
+) -> list[dict[str, Any]]:
+    """One row per budget: budget, predicted score and bytes, bits per weight (and the
+    predicted linear ms where the table has times), the choice counts (budgets nothing
+    fits are left out)."""
     if len(budgets) > MAX_BUDGETS:
         raise ConfigError(f"at most {MAX_BUDGETS} budgets in one front")
     rows = []
-    n = max(1, table.total_weights())
     for b in budgets:
-        sol = solve(table, int(b))
-        if sol is None:
-            continue
-        counts: dict[str, int] = {}
-        for c in sol.choice.values():
-            counts[c] = counts.get(c, 0) + 1
-        rows.append(
-            {
-                "budget_bytes": int(b),
-                cat.PREDICTED_KL.key: sol.score,
-                cat.PREDICTED_BYTES.key: sol.nbytes,
-                cat.BITS_PER_WEIGHT.key: 8 * sol.nbytes / n,
-                "choice": counts,
-            }
-        )
+        sol = solve(table, b if kind == SECONDS else int(b), kind)
+        if sol is not None:
+            rows.append(front_row(table, sol))
     return rows
+
+
+def front_row(table: ScoreTable, sol: Solution) -> dict[str, Any]:
+    """A solution as a row of the front (budget, predictions, choice counts)."""
+    counts: dict[str, int] = {}
+    for c in sol.choice.values():
+        counts[c] = counts.get(c, 0) + 1
+    row: dict[str, Any] = (
+        {"budget_ms": 1e3 * sol.budget} if sol.kind == SECONDS else {"budget_bytes": sol.budget}
+    )
+    row |= {
+        cat.PREDICTED_KL.key: sol.score,
+        cat.PREDICTED_BYTES.key: sol.nbytes,
+        cat.BITS_PER_WEIGHT.key: 8 * sol.nbytes / max(1, table.total_weights()),
+    }
+    if sol.seconds is not None:
+        row[cat.PREDICTED_LINEAR_MS.key] = 1e3 * sol.seconds
+    return row | {"choice": counts}
 
 
 def mixed_recipe(choice: Mapping[str, str], candidates: Sequence[Candidate]) -> list[dict]:
@@ -329,6 +428,14 @@ def scoring_jobs(
     return out
 
 
+def prediction(sol: Solution) -> dict[str, float]:
+    """What a verification run carries (copied into its result beside the measurement)."""
+    out = {PREDICTED_KL: sol.score, PREDICTED_BYTES: sol.nbytes}
+    if sol.seconds is not None:
+        out[cat.PREDICTED_LINEAR_MS.key] = 1e3 * sol.seconds
+    return out
+
+
 def verification_jobs(
     template: JobSpec, candidates: Sequence[Candidate], sols: Sequence[tuple[str, Solution]]
 ) -> list[tuple[str, str]]:
@@ -340,7 +447,7 @@ def verification_jobs(
             template,
             recipe=mixed_recipe(sol.choice, candidates),
             recipe_name="",
-            prediction={PREDICTED_KL: sol.score, PREDICTED_BYTES: sol.nbytes},
+            prediction=prediction(sol),
         )
         jobs.append((f"search {name}", spec.to_json()))
     return jobs
@@ -374,8 +481,11 @@ def verification_points(records: Sequence[dict[str, Any]], table: ScoreTable) ->
     return rows
 
 
-def budget_grid(table: ScoreTable, n: int = 24) -> list[int]:
-    """``n`` budgets from the smallest to the largest choice's bytes (for the front)."""
-    lo = sum(min(table.nbytes[la][c] for c in table.options(la)) for la in table.layers)
-    hi = sum(max(table.nbytes[la][c] for c in table.options(la)) for la in table.layers)
+def budget_grid(table: ScoreTable, n: int = 24, kind: str = BYTES) -> list[float]:
+    """``n`` budgets from the least to the most costly choice (for the front): bytes, or
+    seconds of the summed layer times."""
+    lo = sum(min(table.cost(kind, la, c) for c in table.options(la)) for la in table.layers)
+    hi = sum(max(table.cost(kind, la, c) for c in table.options(la)) for la in table.layers)
+    if kind == SECONDS:
+        return sorted({lo + (hi - lo) * i / max(1, n - 1) for i in range(n)})
     return sorted({int(lo + (hi - lo) * i / max(1, n - 1)) for i in range(n)})

@@ -125,3 +125,89 @@ def test_scores_read_back_from_scoring_jobs() -> None:
     sol = S.solve(t, 300)
     assert sol is not None and sol.nbytes == 300
     assert sorted(sol.choice.values()) == ["gptq-4bit-g128", "rtn-int8"]
+
+
+def timed_table(rng: random.Random, n_layers: int, n_cands: int) -> S.ScoreTable:
+    t = random_table(rng, n_layers, n_cands)
+    t.set_seconds(
+        {la: {c: rng.uniform(1e-5, 4e-4) for c in t.candidates} for la in t.layers},
+        {"m": 1},
+    )
+    return t
+
+
+def brute_time(table: S.ScoreTable, budget: float, cost=None) -> float | None:
+    cost = cost or (lambda la, c: table.seconds[la][c])
+    best = None
+    for combo in itertools.product(*(table.options(la) for la in table.layers)):
+        pairs = list(zip(table.layers, combo, strict=True))
+        if sum(cost(la, c) for la, c in pairs) <= budget:
+            sc = sum(table.score[la][c] for la, c in pairs)
+            best = sc if best is None or sc < best else best
+    return best
+
+
+def _time_budgets(t: S.ScoreTable) -> list[float]:
+    lo = sum(min(t.seconds[la].values()) for la in t.layers)
+    hi = sum(max(t.seconds[la].values()) for la in t.layers)
+    return [lo * 0.999, lo * 1.0001, lo + (hi - lo) / 3, (lo + hi) / 2, hi * 1.0001]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_time_budget_is_exact_against_brute_force(seed: int) -> None:
+    pytest.importorskip("scipy.optimize")
+    rng = random.Random(100 + seed)
+    t = timed_table(rng, rng.randint(1, 5), rng.randint(2, 4))
+    for budget in _time_budgets(t):
+        want = brute_time(t, budget)
+        got = S.solve(t, budget, S.SECONDS)
+        if want is None:
+            assert got is None
+            continue
+        assert got is not None and got.kind == S.SECONDS
+        assert got.seconds is not None and got.seconds <= budget
+        assert math.isclose(got.score, want, rel_tol=1e-9, abs_tol=1e-12)
+        assert got.nbytes == sum(t.nbytes[la][c] for la, c in got.choice.items())
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_time_budget_dp_without_scipy_is_exact_over_rounded_bins(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the MILP: times rounded up to budget / TIME_BINS bins; never over budget,
+    and the optimum over the rounded times."""
+    monkeypatch.setattr(S, "_solve_milp", lambda table, budget: S._UNSOLVED)
+    monkeypatch.setattr(S, "TIME_BINS", 50)  # coarse bins: rounding matters
+    rng = random.Random(200 + seed)
+    t = timed_table(rng, rng.randint(1, 5), rng.randint(2, 4))
+    for budget in _time_budgets(t):
+        unit = budget / 50
+        binned = brute_time(t, 50, lambda la, c, u=unit: math.ceil(t.seconds[la][c] / u - 1e-9))
+        got = S.solve(t, budget, S.SECONDS)
+        if binned is None:
+            assert got is None
+            continue
+        assert got is not None and got.seconds is not None and got.seconds <= budget
+        assert math.isclose(got.score, binned, rel_tol=1e-9, abs_tol=1e-12)
+        exact = brute_time(t, budget)
+        assert exact is not None and got.score >= exact - 1e-12  # rounding can only cost
+
+
+def test_time_budget_front_and_prediction_carry_the_milliseconds() -> None:
+    rng = random.Random(7)
+    t = timed_table(rng, 4, 3)
+    grid = S.budget_grid(t, 6, S.SECONDS)
+    rows = S.predicted_front(t, grid, S.SECONDS)
+    assert len(rows) == len(grid)  # the least costly choice fits the lowest budget
+    ms = cat.PREDICTED_LINEAR_MS.key
+    assert all(r[ms] <= r["budget_ms"] * (1 + 1e-12) for r in rows)
+    kls = [r[cat.PREDICTED_KL.key] for r in rows]
+    assert kls == sorted(kls, reverse=True)  # more time allowed never predicts worse
+    sol = S.solve(t, grid[2], S.SECONDS)
+    assert sol is not None and S.prediction(sol)[ms] == pytest.approx(1e3 * sol.seconds)
+
+
+def test_time_budget_needs_times() -> None:
+    t = random_table(random.Random(1), 2, 2)
+    with pytest.raises(ConfigError, match="measured times"):
+        S.solve(t, 1.0, S.SECONDS)
