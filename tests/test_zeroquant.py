@@ -100,3 +100,18 @@ def test_bad_configs_are_refused() -> None:
         ZeroQuantConfig(group_size=96)
     with pytest.raises(ConfigError):
         ZeroQuantConfig(learn="everything")
+
+
+def test_bench_table_compares_every_method_at_both_bit_widths() -> None:
+    """bench/zeroquant_table.py's recipes are valid and cover RTN, GPTQ, AWQ and ZeroQuant
+    with and without LKD at 4 and 3 bits, g128 (the closing note's table)."""
+    from bench import zeroquant_table as zt
+
+    rows = zt.all_recipes()
+    for label, steps in rows.items():
+        (step,) = recipe_from_steps(steps).to_list()
+        assert step["group_size"] == 128 and str(step["bits"]) in label
+    methods = {(s[0]["method"], s[0].get("lkd_steps", 100) > 0) for s in rows.values()}
+    assert methods >= {("rtn", True), ("gptq", True), ("awq", True)}
+    assert {("zeroquant", True), ("zeroquant", False)} <= methods
+    assert {s[0]["bits"] for s in rows.values()} == {3, 4}
