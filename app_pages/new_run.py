@@ -83,10 +83,8 @@ if st.button(
         st.error(f"Not queued: {e}")
     else:
         st.session_state.pop("prefill_note", None)
-        st.success(f"Queued job #{job_id} ({model}).")
-        st.page_link(
-            shell.RUNS, label="Follow its progress on Runs", icon=":material/arrow_forward:"
-        )
+        shell.queued(f"Queued job #{job_id} ({model}).")  # reruns: the sidebar counts it
+shell.show_queued()
 
 with st.expander("Sweep one parameter instead (one run per value, compared on Compare)"):
     sweep = sweep_view.sweep_form(estimate_steps)
@@ -110,8 +108,10 @@ with st.expander("Sweep one parameter instead (one run per value, compared on Co
         except ValueError as e:
             st.error(f"Not queued: {e}")
         else:
-            st.success(f"Queued a sweep of {n} runs over {param} (sweep {sweep_id[:8]}).")
-            st.page_link(shell.RUNS, label="Follow them on Runs", icon=":material/arrow_forward:")
+            shell.queued(
+                f"Queued a sweep of {n} runs over {param} (sweep {sweep_id[:8]}).",
+                "Follow them on Runs",
+            )
 
 with st.expander("Repeat over calibration seeds instead (mean and spread on Compare)"):
     n_seeds = seed_view.seed_count()
@@ -133,4 +133,7 @@ with st.expander("Repeat over calibration seeds instead (mean and spread on Comp
         except ValueError as e:
             st.error(f"Not queued: {e}")
         else:
-            st.success(f"Queued {n_seeds} runs over calibration seeds (group {sweep_id[:8]}).")
+            shell.queued(
+                f"Queued {n_seeds} runs over calibration seeds (group {sweep_id[:8]}).",
+                "Follow them on Runs",
+            )

@@ -64,3 +64,29 @@ def test_a_sweep_duration_from_past_jobs_or_the_forward_time() -> None:
     got = forward_seconds_per_job(result, ev, cs)
     assert abs(got - (1.0 + 0.4 + 6 * 2 * (3.25 * 128 / 1000 + 0.2))) < 1e-9
     assert forward_seconds_per_job({}, ev, cs) == 0.0
+
+
+def _sidebar_text(at) -> str:  # noqa: ANN001
+    return "\n".join(str(m.value) for m in at.sidebar.markdown)
+
+
+def test_the_sidebar_counts_a_run_as_soon_as_it_is_queued(sf, db_url) -> None:  # noqa: ANN001
+    """The sidebar is drawn before the page; queueing reruns the app, so the counts on
+    the page that shows "Queued job #N" already include it (no worker runs here)."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from db import queue
+    from ui.shell import NEW_RUN
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"))
+    at.run(timeout=90)
+    at.switch_page(NEW_RUN).run(timeout=90)
+    at.radio(key="model_kind").set_value("tiny-random").run(timeout=90)
+    assert "**0** queued" in _sidebar_text(at)
+    next(b for b in at.button if b.label == "Queue run").click().run(timeout=90)
+    assert not at.exception and not at.error
+    (job,) = queue.list_jobs(sf)
+    assert any(f"Queued job #{job.id}" in s.value for s in at.success)
+    assert "**1** queued · **0** running" in _sidebar_text(at)

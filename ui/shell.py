@@ -162,6 +162,26 @@ def _live_status(url: str, local: LocalWorker) -> None:
     )
 
 
+FLASH = "_queued_flash"  # the message of what was just queued, shown after the rerun
+
+
+def queued(message: str, link_label: str = "Follow its progress on Runs") -> None:
+    """After a queue action: rerun the whole app at once, so that the sidebar's counts,
+    drawn before the page, already include the new jobs (they would otherwise say "0
+    queued" until the next refresh); the page shows ``message`` on that rerun
+    (:func:`show_queued`). Does not return."""
+    st.session_state[FLASH] = (message, link_label)
+    st.rerun()
+
+
+def show_queued() -> None:
+    """The message :func:`queued` left, once, with a link to the Runs page."""
+    item = st.session_state.pop(FLASH, None)
+    if item:
+        st.success(item[0])
+        st.page_link(RUNS, label=item[1], icon=":material/arrow_forward:")
+
+
 def sidebar(local: LocalWorker) -> None:
     url = db_url()
     with st.sidebar:
