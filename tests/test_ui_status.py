@@ -90,3 +90,14 @@ def test_the_sidebar_counts_a_run_as_soon_as_it_is_queued(sf, db_url) -> None:  
     (job,) = queue.list_jobs(sf)
     assert any(f"Queued job #{job.id}" in s.value for s in at.success)
     assert "**1** queued · **0** running" in _sidebar_text(at)
+
+
+def test_the_sensitivity_page_reruns_whole_when_a_job_of_its_sweep_ends() -> None:
+    from ui.sensitivity_view import ended_since_last_look
+
+    state: dict = {}
+    assert not ended_since_last_look(state, "a", 0)  # first look
+    assert not ended_since_last_look(state, "a", 0)  # nothing new
+    assert ended_since_last_look(state, "a", 1)  # a job ended: the kept recipe follows
+    assert not ended_since_last_look(state, "a", 1)  # once only
+    assert not ended_since_last_look(state, "b", 3)  # another sweep picked: a full run anyway

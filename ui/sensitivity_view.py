@@ -206,14 +206,29 @@ def points_of(jobs: list[Any]) -> list[dict[str, Any]]:
     )
 
 
+SEEN = "sens_seen"  # (sweep id, jobs ended) as the page last showed them
+
+
+def ended_since_last_look(state: Any, sweep_id: str, ended: int) -> bool:
+    """Whether more (or fewer) of the sweep's jobs have ended than the page last showed:
+    then the whole page reruns, so that what is drawn outside the live fragment (the
+    recipe that keeps the most costly units) follows too. Records what it saw."""
+    seen = state.get(SEEN)
+    state[SEEN] = (sweep_id, ended)
+    return seen is not None and seen[0] == sweep_id and seen[1] != ended
+
+
 @st.fragment(run_every=3)
 def live_results(sweep_id: str) -> None:
-    """Progress of the sweep and the cost per unit so far, refreshed every 3 s."""
+    """Progress of the sweep and the cost per unit so far, refreshed every 3 s; the whole
+    page once a job has ended since the last look."""
     jobs = queue.sweep_jobs(shell.session(), sweep_id)
     if not jobs:
         st.caption("This sweep has no jobs.")
         return
     counts = {s: sum(j.status == s for j in jobs) for s in (SUCCEEDED, RUNNING, QUEUED, FAILED)}
+    if ended_since_last_look(st.session_state, sweep_id, counts[SUCCEEDED] + counts[FAILED]):
+        st.rerun(scope="app")  # the sections outside this fragment (the kept recipe) too
     n = len(jobs)
     running = [j for j in jobs if j.status == RUNNING]
     detail = f" · now: {running[0].recipe_label} ({running[0].progress:.0%})" if running else ""
