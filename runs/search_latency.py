@@ -218,7 +218,8 @@ def layer_seconds(
         for sh, names in groups.items()
         for la in names
     }
-    how = {**asdict(s), **key, "measured": len(fresh), "cached": len(groups) * len(candidates)}
+    facts = {k: v for k, v in key.items() if k != "flags"}  # the flags stay in the cache key
+    how = {**asdict(s), **facts, "measured": len(fresh), "cached": len(groups) * len(candidates)}
     how["cached"] -= len(fresh)
     return seconds, how | {"load_before": load, "load_after": machine_load()}
 

@@ -10,6 +10,7 @@ import pytest
 
 from db import queue
 from db.session import session_factory
+from runs import catalogue as cat
 from runs import search as S
 from workers.cli import main
 
@@ -62,3 +63,36 @@ def test_missing_scores_are_queued_as_scoring_jobs(
         assert len(targets) == 1  # one layer per job
         (layer,) = targets
         assert recipe in [S.scoring_recipe(c, layer) for c in cands]
+
+
+def test_latency_budget_here_times_layers_and_the_whole_models(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--budget-ms: the layers are timed on this machine, the choice's predicted linear
+    time is within the budget, the verification run carries it, and the whole models are
+    timed at the same shape (no timing asserted beyond sanity)."""
+    monkeypatch.setenv("COMPRESSLAB_DATA", str(tmp_path))
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    small = ["--eval-tokens", "64", "--ctx", "32", "--calib-samples", "2", "--calib-seq-len", "32"]
+    argv = ["search", "--model", "tiny-random", "--db", url, "--here", "--json", *small]
+    rc = main([*argv, "--budget-ms", "1000,1e-9", "--latency-repeats", "1"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    ms = cat.PREDICTED_LINEAR_MS.key
+    (row,) = out["front"]
+    assert 0 < row[ms] <= 1000 and out["nothing_fits"] == [1e-9]
+    assert out["layer_timing"]["m"] == 1 and out["layer_timing"]["measured"] > 0
+    (run,) = out["runs"]
+    assert run["status"] == "succeeded" and run[ms] == pytest.approx(row[ms])
+    rows = {r["model"]: r for r in out["model_latency"]["rows"]}
+    assert {"float (as loaded)", "budget 1000"} <= set(rows)
+    assert all(r["measured_model_ms"] > 0 for r in rows.values())
+    assert rows["budget 1000"]["predicted_linear_ms"] == pytest.approx(row[ms])
+
+
+def test_latency_settings_out_of_range_exit_2(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    rc = main(
+        ["search", "--model", "tiny-random", "--db", url, "--budget-ms", "5", "--latency-m", "0"]
+    )
+    assert rc == 2

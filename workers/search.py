@@ -31,6 +31,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--budget-mb", help="budget(s) in MB (10^6 bytes) of the searched linears")
     p.add_argument("--budget-bits", help="budget(s) in bits per weight, e.g. 3.5,4.5,6")
     p.add_argument(
+        "--budget-ms",
+        help="latency budget(s): milliseconds of the searched linears' summed op times at "
+        "--latency-m tokens, timed on this machine (cached per machine)",
+    )
+    p.add_argument(
+        "--latency-m",
+        type=int,
+        default=1,
+        help="tokens per call the layers are timed at (1: decode step, e.g. 512: prefill)",
+    )
+    p.add_argument("--latency-repeats", type=int, default=5, help="interleaved timing rounds")
+    p.add_argument(
+        "--retime", action="store_true", help="time the layers again (ignore this machine's cache)"
+    )
+    p.add_argument(
         "--candidates",
         default=DEFAULT_CANDIDATES,
         help=f"comma-separated candidates per layer (default: {DEFAULT_CANDIDATES})",
@@ -61,7 +76,12 @@ class Plan:
     template: Any  # a validated JobSpec; each job replaces its recipe
     candidates: list[S.Candidate]
     layers: list[str]
-    budgets: list[tuple[str, float]]  # ("mb" | "bpw", value)
+    budgets: list[tuple[str, float]]  # ("mb" | "bpw" | "ms", value)
+    latency: Any = None  # LatencySettings when the budget is in ms
+
+    @property
+    def kind(self) -> str:
+        return S.SECONDS if self.budgets[0][0] == "ms" else S.BYTES
 
 
 def _numbers(text: str, what: str) -> list[float]:
@@ -81,11 +101,29 @@ def _numbers(text: str, what: str) -> list[float]:
 def _budgets(args: argparse.Namespace) -> list[tuple[str, float]]:
     from workers.cli import UsageError
 
-    if (args.budget_mb is None) == (args.budget_bits is None):
-        raise UsageError("give exactly one of --budget-mb and --budget-bits")
-    if args.budget_mb is not None:
-        return [("mb", v) for v in _numbers(args.budget_mb, "--budget-mb")]
-    return [("bpw", v) for v in _numbers(args.budget_bits, "--budget-bits")]
+    given = [
+        (k, t)
+        for k, t in (("mb", args.budget_mb), ("bpw", args.budget_bits), ("ms", args.budget_ms))
+        if t is not None
+    ]
+    if len(given) != 1:
+        raise UsageError("give exactly one of --budget-mb, --budget-bits and --budget-ms")
+    (kind, text), flag = (
+        given[0],
+        {"mb": "--budget-mb", "bpw": "--budget-bits", "ms": "--budget-ms"},
+    )
+    return [(kind, v) for v in _numbers(text, flag[kind])]
+
+
+def latency_settings(args: argparse.Namespace) -> Any:
+    """The layers' timing settings (UsageError if out of range)."""
+    from runs.search_latency import LatencySettings
+    from workers.cli import UsageError
+
+    try:
+        return LatencySettings(m=args.latency_m, repeats=args.latency_repeats)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def _extra_candidate(text: str) -> tuple[str, S.Candidate]:
@@ -108,6 +146,7 @@ def plan(args: argparse.Namespace) -> Plan:
     from workers.cli import UsageError, check_model_arg
 
     budgets = _budgets(args)
+    latency = latency_settings(args) if budgets[0][0] == "ms" else None
     try:
         extra = dict(_extra_candidate(text) for text in args.candidate)
         names = [c.strip() for c in args.candidates.split(",") if c.strip()]
@@ -130,7 +169,7 @@ def plan(args: argparse.Namespace) -> Plan:
         )
     except (ValueError, ConfigError) as e:
         raise UsageError(str(e)) from None
-    return Plan(spec, cands, layers, budgets)
+    return Plan(spec, cands, layers, budgets, latency)
 
 
 def stored_scores(sf: Any, p: Plan) -> S.ScoreTable:
@@ -156,24 +195,67 @@ def queue_scoring(sf: Any, p: Plan, missing: list[tuple[str, str]]) -> list[str]
     return [queue.submit_sweep(sf, model=p.template.model, jobs=j) for j in by_cand.values()]
 
 
-def local_scores(p: Plan) -> tuple[S.ScoreTable, dict[str, dict[str, float]]]:
-    """Scores measured in this process (one compression per candidate), and what each
-    candidate measures as a uniform recipe (every searched layer compressed so)."""
+def local_scores(p: Plan) -> tuple[Any, S.ScoreTable, dict[str, dict[str, float]]]:
+    """(the bench, scores measured in this process: one compression per candidate, what
+    each candidate measures as a uniform recipe: every searched layer compressed so)."""
     from runs import search_local as L
 
     t = p.template
     bench = L.prepare(t.model, t.eval_set, t.calib, t.eval, t.calib_settings)
     table = S.ScoreTable(list(p.layers), [c.name for c in p.candidates])
     uniform = {c.name: L.score_candidate(bench, table, c, lambda f, m: None) for c in p.candidates}
-    return table, uniform
+    return bench, table, uniform
+
+
+NOT_IN_SUM = (
+    "rest_ms = measured whole model - predicted sum of the searched linears: attention, "
+    "norms, rotary, embeddings, lm_head and framework overhead (the layers were timed "
+    "alone, weights warm in cache)"
+)
+
+
+def model_latency(bench: Any, p: Plan, chosen: list, table: S.ScoreTable) -> dict[str, Any]:
+    """The whole models' time at the plan's shape (the float model, each budget's recipe
+    and each uniform recipe, interleaved) beside the predicted sum of their linears."""
+    from runs import search_local as L
+    from runs.search_latency import model_seconds
+
+    predicted: dict[str, float | None] = {"float (as loaded)": None}
+    models = {"float (as loaded)": bench.model}
+    for label, sol in chosen:
+        models[label], _ = L.compressed_copy(bench, S.mixed_recipe(sol.choice, p.candidates))
+        predicted[label] = 1e3 * sol.seconds
+    for c in p.candidates:
+        steps = [{**st, "targets": list(p.layers), "ignore": []} for st in c.steps]
+        models[f"uniform {c.name}"], _ = L.compressed_copy(bench, steps)
+        predicted[f"uniform {c.name}"] = 1e3 * sum(table.seconds[la][c.name] for la in p.layers)
+    measured = model_seconds(models, p.latency)
+    rows = []
+    for label, pred in predicted.items():
+        ms = 1e3 * measured[label]
+        rest = None if pred is None else ms - pred
+        rows.append(
+            {"model": label, "measured_model_ms": ms, "predicted_linear_ms": pred, "rest_ms": rest}
+        )
+    return {"m": p.latency.m, "rows": rows, "note": NOT_IN_SUM}
 
 
 def solutions(p: Plan, table: S.ScoreTable) -> list[tuple[float, S.Solution | None]]:
     out = []
     for kind, value in p.budgets:
-        budget = S.budget_bytes(table, **{kind: value})
-        out.append((value, S.solve(table, budget)))
+        if kind == "ms":
+            out.append((value, S.solve(table, value / 1e3, S.SECONDS)))
+        else:
+            out.append((value, S.solve(table, S.budget_bytes(table, **{kind: value}))))
     return out
+
+
+def add_times(p: Plan, table: S.ScoreTable, model: Any, retime: bool) -> None:
+    """Each layer x candidate's op time at the plan's shape (this machine, cached)."""
+    from runs.search_latency import layer_seconds
+
+    seconds, how = layer_seconds(model, p.layers, p.candidates, p.latency, use_cache=not retime)
+    table.set_seconds(seconds, how)
 
 
 def run_here(sf: Any, sweep_id: str, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -191,7 +273,13 @@ def run_here(sf: Any, sweep_id: str, args: argparse.Namespace) -> list[dict[str,
             done = queue.get_job(sf, queued.id)
             assert done is not None
             r = done.result
-            keys = (cat.PREDICTED_KL, cat.KL_TO_BASELINE, cat.PREDICTED_BYTES, cat.BITS_PER_WEIGHT)
+            keys = (
+                cat.PREDICTED_KL,
+                cat.KL_TO_BASELINE,
+                cat.PREDICTED_BYTES,
+                cat.BITS_PER_WEIGHT,
+                cat.PREDICTED_LINEAR_MS,
+            )
             rows.append(
                 {"run_id": done.id, "status": status, **{m.key: r.get(m.key) for m in keys}}
             )
@@ -200,6 +288,19 @@ def run_here(sf: Any, sweep_id: str, args: argparse.Namespace) -> list[dict[str,
 
 def _print(obj: dict[str, Any], as_json: bool) -> None:
     print(json.dumps(obj) if as_json else "\n".join(f"{k}: {v}" for k, v in obj.items()))
+
+
+def _scores(sf: Any, p: Plan, args: argparse.Namespace) -> tuple[Any, S.ScoreTable, dict]:
+    """(bench or None, the score table, the uniform recipes' whole measurements)."""
+    if args.here:
+        return local_scores(p)
+    return None, stored_scores(sf, p), {}
+
+
+def _timing_model(bench: Any, p: Plan) -> Any:
+    from core.models import load_model
+
+    return bench.model if bench is not None else load_model(p.template.model).model
 
 
 def run_search(args: argparse.Namespace) -> int:
@@ -213,23 +314,30 @@ def run_search(args: argparse.Namespace) -> int:
         if name.startswith("upload:") and not text_exists(sf)(name):
             print(f"error: {name} is not in the database: upload it again")
             return 2
-    uniform: dict[str, Any] = {}
-    table, uniform = local_scores(p) if args.here else (stored_scores(sf, p), {})
+    bench, table, uniform = _scores(sf, p, args)
     missing = table.missing()
     if missing:
         ids = queue_scoring(sf, p, missing)
         _print({"scoring_jobs_queued": len(missing), "sweeps": ids}, args.json)
         return 0
+    if p.latency is not None:
+        add_times(p, table, _timing_model(bench, p), args.retime)
     sols = solutions(p, table)
-    front = S.predicted_front(table, [s.budget for _, s in sols if s is not None])
+    front = S.predicted_front(table, [s.budget for _, s in sols if s is not None], p.kind)
     out: dict[str, Any] = {"front": front, "uniform": uniform}
+    if p.latency is not None:
+        out["layer_timing"] = table.latency
     chosen = [(f"budget {v:g}", sol) for v, sol in sols if sol is not None]
+    if len(chosen) < len(sols):
+        out["nothing_fits"] = [v for v, sol in sols if sol is None]
     jobs = S.verification_jobs(p.template, p.candidates, chosen)
     if not args.no_verify and jobs:
         sweep_id = submit_sweep(sf, model=p.template.model, jobs=jobs)
         out["verification_sweep"] = sweep_id
         if args.here:
             out["runs"] = run_here(sf, sweep_id, args)
+    if args.here and p.latency is not None and chosen and not args.no_verify:
+        out["model_latency"] = model_latency(bench, p, chosen, table)
     _print(out, args.json)
     failed = any(r["status"] != "succeeded" for r in out.get("runs", []))
     return 1 if failed else 0
