@@ -9,9 +9,10 @@ SmoothQuant folded) are swapped back in from that file (memory-mapped), then swa
 again (:class:`ModuleSwap`). The swap never copies the embeddings or unchanged layers.
 
 Speed-ups come from the pairs (baseline time / compressed time of the same round). A
-speed-up is a number only where its spread allows it: when the middle half of the pair
-ratios straddles 1 and is wider than the tolerance, the run says "not measurable on this
-machine at this load" instead.
+speed-up is a number only where the pairs allow it (:func:`direction`): their middle half
+lies on one side of 1, beyond what the machine's load alone could do to a round
+(:func:`load_factor`), and the claimed factor is larger than the spread of the pairs.
+Otherwise the run says "not measurable on this machine at this load" instead.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -81,33 +82,51 @@ class Spread:
         return Spread(k / self.median, k / self.q3, k / self.q1, k / self.hi, k / self.lo, self.n)
 
 
-def direction(ratio: Spread, tolerance: float = SLOWER_TOLERANCE) -> Direction:
-    """What the pair ratios (baseline time / compressed time) say: faster or slower when
-    their middle half lies on one side of 1; the same speed when it straddles 1 within
-    the tolerance; otherwise the spread is too wide for the difference claimed."""
-    if ratio.q1 > 1.0:
+def direction(ratio: Spread, tolerance: float = SLOWER_TOLERANCE, load: float = 1.0) -> Direction:
+    """What the pair ratios (baseline time / compressed time, one per round) say.
+
+    ``load`` (>= 1, :func:`load_factor`) is how much the machine's load could have
+    slowed one round against the other. A difference is claimed only when
+
+    - the middle half of the ratios (q1-q3) lies beyond ``load`` on one side of 1 (the
+      load alone could not have made it), and
+    - the claimed factor (the median, or its inverse) is larger than the spread of the
+      ratios themselves (q3 / q1): the difference must exceed the noise it is read from;
+
+    "same" only when the middle half lies within the tolerance of 1 and the load could
+    not move a round by more than the tolerance; fewer than MIN_REPEATS pairs, or any
+    other case, is "unmeasurable"."""
+    noise = max(1.0, load)
+    band = ratio.q3 / ratio.q1 if ratio.q1 > 0 else float("inf")
+    if ratio.n < MIN_REPEATS:
+        return "unmeasurable"
+    if ratio.q1 > noise and ratio.median > band:
         return "faster"
-    if ratio.q3 < 1.0:
+    if ratio.q3 < 1.0 / noise and 1.0 / ratio.median > band:
         return "slower"
-    if ratio.q3 / ratio.q1 <= tolerance:
+    if noise <= tolerance and 1.0 / tolerance <= ratio.q1 and ratio.q3 <= tolerance:
         return "same"
     return "unmeasurable"
 
 
-def is_slower(ratio: Spread, tolerance: float = SLOWER_TOLERANCE) -> bool:
+def is_slower(ratio: Spread, tolerance: float = SLOWER_TOLERANCE, load: float = 1.0) -> bool:
     """Measurably slower, by more than the tolerance (the "smaller but slower" test)."""
-    return direction(ratio, tolerance) == "slower" and ratio.median < 1.0 / tolerance
+    return direction(ratio, tolerance, load) == "slower" and ratio.median < 1.0 / tolerance
 
 
-def verdict_text(name: str, ratio: Spread | None, tolerance: float = SLOWER_TOLERANCE) -> str:
+def verdict_text(
+    name: str, ratio: Spread | None, tolerance: float = SLOWER_TOLERANCE, load: float = 1.0
+) -> str:
     if ratio is None:
         return f"{name}: no baseline to compare with"
-    d = direction(ratio, tolerance)
+    d = direction(ratio, tolerance, load)
     if d == "unmeasurable":
-        return (
-            f"{name}: {NOT_MEASURABLE} (pair ratios {ratio.q1:.2f}x-{ratio.q3:.2f}x "
-            f"over the middle half of {ratio.n} rounds)"
+        why = (
+            f"pair ratios {ratio.q1:.2f}x-{ratio.q3:.2f}x over the middle half of {ratio.n} rounds"
         )
+        if load > tolerance:
+            why += f"; the machine's load could move a round by {load:.2f}x"
+        return f"{name}: {NOT_MEASURABLE} ({why})"
     what = {"faster": "faster", "slower": "slower", "same": "no measurable difference"}[d]
     return f"{name}: {ratio.median:.2f}x [{ratio.q1:.2f}-{ratio.q3:.2f}] {what}"
 
@@ -316,8 +335,10 @@ class BaselineCopy:
 
 
 def machine_load() -> dict[str, float]:
-    """Load averages (1, 5, 15 min) and CPU use in percent over 0.2 s."""
-    out: dict[str, float] = {}
+    """Load averages (1, 5, 15 min), CPU use in percent over 0.2 s, the CPUs they cover,
+    and the counters :func:`load_factor` takes differences of: the machine's busy CPU
+    seconds (all processes), this process's CPU seconds, a monotonic clock."""
+    out: dict[str, float] = {"cpus": float(os.cpu_count() or 1), "wall_s": time.monotonic()}
     try:
         out.update(zip(("load1", "load5", "load15"), os.getloadavg(), strict=True))
     except OSError:  # not on this platform
@@ -326,9 +347,40 @@ def machine_load() -> dict[str, float]:
         import psutil
 
         out["cpu_percent"] = float(psutil.cpu_percent(interval=0.2))
+        t = psutil.cpu_times()._asdict()  # Linux counts guest time in user time too
+        idle = ("idle", "iowait", "guest", "guest_nice")
+        out["busy_s"] = sum(v for k, v in t.items() if k not in idle)
+        own = psutil.Process().cpu_times()
+        out["own_s"] = own.user + own.system
+        out["wall_s"] = time.monotonic()
     except ImportError:
         pass
     return out
+
+
+def load_factor(before: dict[str, float], after: dict[str, float], threads: int) -> float:
+    """How many times over the machine's CPUs were asked for around the timing (>= 1):
+    a round can be slowed by up to this factor by the load alone, so a pair ratio within
+    [1 / factor, factor] could be the load's doing. The largest of
+
+    - the 1-minute load average before and after, over the CPUs (it counts the timed
+      threads too, so above 1 more threads wanted a CPU than there were), and
+    - during the timing: the timed threads plus the CPUs other processes kept busy
+      (the machine's busy CPU seconds less this process's, per second), over the CPUs."""
+    cpus = max(1.0, after.get("cpus") or before.get("cpus") or 1.0)
+    factor = 1.0
+    for d in (before, after):
+        if "load1" in d:
+            factor = max(factor, d["load1"] / cpus)
+    counters = ("busy_s", "own_s", "wall_s")
+    if all(k in before and k in after for k in counters):
+        wall = after["wall_s"] - before["wall_s"]
+        busy = after["busy_s"] - before["busy_s"]
+        own = after["own_s"] - before["own_s"]
+        if wall > 0:
+            others = max(0.0, busy - own) / wall
+            factor = max(factor, (threads + others) / cpus)
+    return factor
 
 
 @dataclass
@@ -341,10 +393,15 @@ class MeasureResult:
     baseline: Spread | None
     speedup: Spread | None  # per-round pair ratios (above 1: faster than the baseline)
     verdict: str
+    load: float = 1.0  # how much the load could move a round (load_factor)
 
     @property
     def direction(self) -> Direction | None:
-        return direction(self.speedup) if self.speedup else None
+        return direction(self.speedup, load=self.load) if self.speedup else None
+
+    def judged(self, load: float) -> MeasureResult:
+        """The same measurement, its verdict given the machine's load factor."""
+        return replace(self, load=load, verdict=verdict_text(self.name, self.speedup, load=load))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"direction": self.direction}
@@ -399,6 +456,7 @@ class LatencyReport:
     load_after: dict[str, float]
     prompt_len: int
     note: str = ""
+    load: float = 1.0  # load_factor around the timing: the verdicts take it into account
 
     def headline(self, kind: str) -> MeasureResult:
         """The measure the run's headline numbers come from: prefill of the longest prompt
@@ -424,27 +482,32 @@ def measure_latency_report(
     device_name: str = "",
     note: str = "",
     on_progress: Callable[[float, str], None] = lambda f, m: None,
+    probe: Callable[[], dict[str, float]] = machine_load,
 ) -> LatencyReport:
     """Every measure of :func:`measures`, interleaving the baseline (through ``swap``)
-    and the model as it is; without a swap only the model as it is is timed."""
-    before = machine_load()
+    and the model as it is; without a swap only the model as it is is timed. ``probe``
+    reads the machine's load before and after; the verdicts take it into account."""
+    before = probe()
     todo = measures(settings, len(prompt))
     results = []
     with swap.restoring() if swap is not None else _nothing():
         for i, m in enumerate(todo):
             on_progress(i / len(todo), f"timing {m.name}")
             results.append(run_measure(model, m, prompt, settings, swap))
+    after, threads = probe(), torch.get_num_threads()
+    factor = load_factor(before, after, threads)
     return LatencyReport(
-        results,
+        [r.judged(factor) for r in results],
         max(MIN_REPEATS, settings.repeats),
         WARMUP,
-        torch.get_num_threads(),
+        threads,
         device_name or str(next(model.parameters()).device),
         swap is not None,
         before,
-        machine_load(),
+        after,
         settings.prompt_len,
         note,
+        factor,
     )
 
 
@@ -482,23 +545,14 @@ def combine_apart(base: LatencyReport, comp: LatencyReport) -> LatencyReport:
     """One report from the baseline's and the compressed model's, timed at different
     moments (no pairs: the spread of the speed-up is the crossed quartiles)."""
     by_name = {m.name: m for m in base.measures}
+    factor = max(base.load, comp.load)  # either timing may have been moved by the load
     out = []
     for m in comp.measures:
         b = by_name.get(m.name)
         ratio = _ratio_apart(m, b.compressed, m.compressed) if b else None
         bs = b.compressed if b else None
-        out.append(
-            MeasureResult(
-                m.name,
-                m.kind,
-                m.seq_len,
-                m.batch,
-                m.compressed,
-                bs,
-                ratio,
-                verdict_text(m.name, ratio),
-            )
-        )
+        one = MeasureResult(m.name, m.kind, m.seq_len, m.batch, m.compressed, bs, ratio, "")
+        out.append(one.judged(factor))
     note = "; ".join(n for n in (base.note, comp.note) if n)
     return LatencyReport(
         out,
@@ -511,6 +565,7 @@ def combine_apart(base: LatencyReport, comp: LatencyReport) -> LatencyReport:
         comp.load_after,
         comp.prompt_len,
         note,
+        factor,
     )
 
 
@@ -519,7 +574,7 @@ def combine_apart(base: LatencyReport, comp: LatencyReport) -> LatencyReport:
 
 def _speedup(m: MeasureResult) -> float | None:
     """The median pair ratio where the spread allows a number, else None."""
-    if m.speedup is None or direction(m.speedup) == "unmeasurable":
+    if m.speedup is None or m.direction == "unmeasurable":
         return None
     return m.speedup.median
 
@@ -535,7 +590,7 @@ def result_fields(
     decode at batch 1), their quartiles, speed-ups only where measurable, the verdicts,
     the whole report and the conditions it was measured under."""
     pre, dec = report.headline("prefill"), report.headline("decode")
-    slower = any(m.speedup is not None and is_slower(m.speedup) for m in (pre, dec))
+    slower = any(m.speedup is not None and is_slower(m.speedup, load=m.load) for m in (pre, dec))
     base_pre = pre.baseline or pre.compressed  # without a recipe: the measurement itself
     base_dec = dec.baseline or dec.compressed
     return {

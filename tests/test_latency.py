@@ -36,6 +36,9 @@ def test_spread_quartiles_and_range() -> None:
         ([0.5, 0.52, 0.49, 0.51, 0.5], "slower"),
         ([0.99, 1.0, 1.01, 1.0, 0.995], "same"),
         ([0.4, 0.8, 1.3, 2.5, 0.6], "unmeasurable"),
+        # the middle half above 1, but wider (2.08x) than the 1.5x it would claim
+        ([1.1, 1.2, 1.5, 2.5, 3.0], "unmeasurable"),
+        ([2.0, 2.1], "unmeasurable"),  # two pairs: no spread worth the name
     ],
 )
 def test_direction_from_pair_ratios(ratios: list[float], expected: str) -> None:
@@ -43,6 +46,57 @@ def test_direction_from_pair_ratios(ratios: list[float], expected: str) -> None:
     assert lat.direction(s) == expected
     text = lat.verdict_text("prefill", s)
     assert (lat.NOT_MEASURABLE in text) == (expected == "unmeasurable")
+
+
+def test_a_difference_the_load_could_make_is_not_measurable() -> None:
+    steady = lat.Spread.of([1.3, 1.32, 1.35, 1.38, 1.4])  # 1.35x, tight
+    assert lat.direction(steady, load=1.0) == "faster"
+    assert lat.direction(steady, load=1.2) == "faster"  # beyond what the load could do
+    assert lat.direction(steady, load=2.0) == "unmeasurable"  # within it
+    text = lat.verdict_text("prefill", steady, load=2.0)
+    assert lat.NOT_MEASURABLE in text and "load could move a round by 2.00x" in text
+    same = lat.Spread.of([0.99, 1.0, 1.01, 1.0, 0.995])
+    assert lat.direction(same, load=1.5) == "unmeasurable"  # "same" needs a quiet machine
+    slow = lat.Spread.of([0.4, 0.41, 0.42, 0.4, 0.39])
+    assert lat.is_slower(slow, load=2.0) and not lat.is_slower(slow, load=3.0)
+
+
+def test_the_load_factor_from_load_averages_and_others_cpu_time() -> None:
+    quiet = {"cpus": 2.0, "load1": 1.0, "busy_s": 100.0, "own_s": 10.0, "wall_s": 0.0}
+    # 10 s of timing on 2 CPUs: this process used 10 CPU s, others 2 CPU s (0.2 CPU)
+    after = {"cpus": 2.0, "load1": 1.5, "busy_s": 112.0, "own_s": 20.0, "wall_s": 10.0}
+    assert lat.load_factor(quiet, after, threads=1) == 1.0  # demand 1.2 of 2 CPUs
+    assert lat.load_factor(quiet, after, threads=2) == pytest.approx(2.2 / 2)
+    busy = after | {"busy_s": 140.0}  # others kept 3 CPUs busy
+    assert lat.load_factor(quiet, busy, threads=1) == pytest.approx(4.0 / 2)
+    loaded = {"cpus": 2.0, "load1": 6.0}  # the load average alone: 3x the CPUs
+    assert lat.load_factor(quiet, loaded, threads=1) == pytest.approx(3.0)
+    assert lat.load_factor({}, {}, threads=8) == 1.0  # nothing known: no factor
+
+
+def test_under_extreme_load_even_a_known_slowdown_is_not_measurable() -> None:
+    """The load rule end to end: the machine's load (a probe reading a load average of a
+    million per CPU) could explain any ratio, so no speed-up and no "smaller but slower"
+    flag are stored, and the verdict says why; the spreads are still stored."""
+    model = Synthetic()
+    slow = SlowLinear(model.proj, delay_s=0.05)
+    originals = {"proj": model.proj}
+    lat.replace_module(model, "proj", slow)
+    swap = lat.ModuleSwap(model, originals, {})
+
+    def probe() -> dict[str, float]:
+        return {"cpus": 2.0, "load1": 2e6}
+
+    report = lat.measure_latency_report(model, torch.arange(64), SETTINGS, swap, probe=probe)
+    assert report.load == pytest.approx(1e6)
+    pre = report.headline("prefill")
+    assert pre.speedup is not None and pre.speedup.q3 < 0.1  # 50 ms slower, as timed
+    assert pre.direction == "unmeasurable"
+    fields = lat.result_fields(report, weight_bytes=10, base_weight_bytes=100)
+    assert fields[cat.PREFILL_SPEEDUP.key] is None
+    assert fields[cat.SMALLER_BUT_SLOWER.key] is False
+    assert "load could move a round" in fields[cat.LATENCY_VERDICT.key]
+    assert fields[cat.PREFILL_SPEEDUP_Q3.key] < 0.1  # the spread is kept all the same
 
 
 def test_rounds_alternate_their_order_and_drop_the_warmup() -> None:
