@@ -1,5 +1,6 @@
-"""Search: the best per-layer recipe under a budget (bits per weight or MB), predicted from
-per-layer scores and checked by ordinary runs."""
+"""Search: the best per-layer recipe under a budget (bits per weight, MB, or milliseconds of
+the searched linears at a target shape), predicted from per-layer scores and checked by
+ordinary runs."""
 
 from __future__ import annotations
 
@@ -17,15 +18,45 @@ st.caption(
 )
 
 
-def _inputs() -> tuple[str, list[str], str, str, tuple]:
+def _inputs() -> tuple[str, list[str], str, str, int, tuple]:
     model = forms.model_picker(prefix="search_")
-    names = st.multiselect("Candidates per layer", search_view.CANDIDATES, search_view.CANDIDATES)
+    names = st.multiselect(
+        "Candidates per layer", search_view.CANDIDATES, search_view.CANDIDATES, key="search_cands"
+    )
     c1, c2 = st.columns([1, 2])
-    unit = c1.radio("Budget in", list(search_view.UNITS), format_func=search_view.UNITS.get)
+    unit = c1.radio(
+        "Budget in", list(search_view.UNITS), format_func=search_view.UNITS.get, key="search_unit"
+    )
     budgets = c2.text_input("Budgets (comma-separated)", "3.5, 4.5, 6", key="search_budgets")
+    m = 1
+    if unit == "ms":
+        m = c2.selectbox(
+            "Layers timed at",
+            list(search_view.LATENCY_M),
+            format_func=search_view.LATENCY_M.get,
+            key="search_latency_m",
+        )
     calib, eval_set = forms.data_pickers(sf, "search_calib", "search_eval", upload_calib=False)
     ev, cs = forms.eval_settings(prefix="search_")
-    return model, names, unit, budgets, (calib, eval_set, ev, cs)
+    return model, names, unit, budgets, m, (calib, eval_set, ev, cs)
+
+
+def _times(p: search_view.SearchPlan, table: search_view.ScoreTable, model: str, m: int) -> bool:
+    """Set the layers' times from this machine's cache; offer to measure them if missing."""
+    seconds = search_view.cached_times(model, p, m)
+    if seconds is not None:
+        table.set_seconds(seconds, {"m": m})
+        return True
+    st.info(
+        f"A latency budget needs each layer x candidate's op time at {m} token(s), timed on "
+        "this app's machine (its kernels, one representative layer per shape, medians of "
+        "interleaved rounds); they are then cached for this machine."
+    )
+    if st.button("Time the layers on this machine", type="primary"):
+        with st.spinner("Compressing one layer per shape with each candidate and timing it"):
+            search_view.time_layers(model, p, m)
+        st.rerun()
+    return False
 
 
 def _scoring(p: search_view.SearchPlan, table: search_view.ScoreTable) -> None:
@@ -39,8 +70,8 @@ def _scoring(p: search_view.SearchPlan, table: search_view.ScoreTable) -> None:
 def _front(
     p: search_view.SearchPlan, table: search_view.ScoreTable, measured: list, unit: str, b: str
 ):
-    front = search_view.front(table)
-    fig = search_view.front_figure(front, measured, search_view.uniform_points(table))
+    front = search_view.front(table, unit)
+    fig = search_view.front_figure(front, measured, search_view.uniform_points(table), unit)
     st.plotly_chart(fig, use_container_width=True)
     if measured:
         st.dataframe(measured, hide_index=True)
@@ -55,7 +86,7 @@ def _front(
         st.success(f"Queued {n} verification runs (ordinary runs: see Runs, Compare).")
 
 
-model, names, unit, budgets, data = _inputs()
+model, names, unit, budgets, latency_m, data = _inputs()
 if not model or not names:
     st.info("Choose a model and at least one candidate.")
     st.stop()
@@ -67,5 +98,5 @@ except ValueError as e:
 table, measured = search_view.state(sf, plan)
 if table.missing():
     _scoring(plan, table)
-else:
+elif unit != "ms" or _times(plan, table, model, latency_m):
     _front(plan, table, measured, unit, budgets)

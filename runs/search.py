@@ -476,9 +476,21 @@ def verification_points(records: Sequence[dict[str, Any]], table: ScoreTable) ->
                 PREDICTED_BYTES: m.get(PREDICTED_BYTES),
                 "measured_bytes": searched,
                 cat.BITS_PER_WEIGHT.key: 8 * searched / max(1, n_weights),
+                cat.PREDICTED_LINEAR_MS.key: m.get(cat.PREDICTED_LINEAR_MS.key),
+                **_measured_latency(m),
             }
         )
     return rows
+
+
+def _measured_latency(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's own whole-model latency (decode ms per token at batch 1, prefill ms at
+    its prompt length), to set beside a latency search's predicted linear time."""
+    tok_s = as_float(metrics.get(cat.DECODE_TOK_S.key), finite=True)
+    return {
+        "decode_ms": 1e3 / tok_s if math.isfinite(tok_s) and tok_s > 0 else None,
+        cat.PREFILL_MS.key: metrics.get(cat.PREFILL_MS.key),
+    }
 
 
 def budget_grid(table: ScoreTable, n: int = 24, kind: str = BYTES) -> list[float]:

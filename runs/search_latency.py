@@ -224,6 +224,22 @@ def layer_seconds(
     return seconds, how | {"load_before": load, "load_after": machine_load()}
 
 
+def cached_seconds(
+    model: nn.Module, layers: Sequence[str], candidates: Sequence[Candidate], m: int
+) -> dict[str, dict[str, float]] | None:
+    """This machine's cached times of every layer x candidate at ``m`` tokens (CPU), or
+    None when one is missing; ``model`` may be a meta-device skeleton (shapes only)."""
+    found = load_cache(machine_key(torch.device("cpu")))
+    try:
+        return {
+            la: {c.name: found[entry_key(c, sh, m)] for c in candidates}
+            for sh, names in shapes(model, layers).items()
+            for la in names
+        }
+    except KeyError:
+        return None
+
+
 def prompt_ids(model: nn.Module, m: int) -> torch.Tensor:
     """``m`` random token ids (batch 1) for timing the whole model."""
     vocab = int(model.get_output_embeddings().weight.shape[0])

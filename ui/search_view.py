@@ -21,14 +21,42 @@ from runs import search as S
 from runs.spec import JobSpec
 from ui.submit import build_spec
 
-UNITS = {"bpw": "bits per weight", "mb": "MB (10^6 bytes)"}
+UNITS = {
+    "bpw": "bits per weight",
+    "mb": "MB (10^6 bytes)",
+    "ms": "ms of the searched linears (latency, timed on this app's machine)",
+}
+BUDGET_LABEL = {"bpw": "bpw", "mb": "MB", "ms": "ms"}
+LATENCY_M = {1: "decode step (1 token)", 512: "prefill (512 tokens)"}
 CANDIDATES = list(S.DEFAULT_CANDIDATES)
 ScoreTable = S.ScoreTable
 
 
-def front(table: S.ScoreTable) -> list[dict[str, Any]]:
-    """The predicted front over a grid of budgets from the smallest to the largest choice."""
-    return S.predicted_front(table, S.budget_grid(table))
+def kind_of(unit: str) -> str:
+    return S.SECONDS if unit == "ms" else S.BYTES
+
+
+def front(table: S.ScoreTable, unit: str = "bpw") -> list[dict[str, Any]]:
+    """The predicted front over a grid of budgets from the least to the most costly choice."""
+    kind = kind_of(unit)
+    return S.predicted_front(table, S.budget_grid(table, kind=kind), kind)
+
+
+def cached_times(model: str, p: SearchPlan, m: int) -> dict | None:
+    """This machine's cached layer times at ``m`` tokens, or None if one is missing."""
+    from runs.search_latency import cached_seconds
+
+    return cached_seconds(model_skeleton(model), p.layers, p.candidates, m)
+
+
+def time_layers(model: str, p: SearchPlan, m: int) -> dict[str, dict[str, float]]:
+    """Time every layer x candidate on this machine at ``m`` tokens (then cached)."""
+    from core.models import load_model
+    from runs.search_latency import LatencySettings, layer_seconds
+
+    loaded = load_model(model)
+    seconds, _ = layer_seconds(loaded.model, p.layers, p.candidates, LatencySettings(m=m))
+    return seconds
 
 
 class SearchInputError(ValueError):
@@ -102,8 +130,11 @@ def solutions(table: S.ScoreTable, unit: str, budgets: list[float]) -> list[tupl
     """(label, Solution or None) per budget in ``unit`` ("bpw" or "mb")."""
     out = []
     for b in budgets:
-        sol = S.solve(table, S.budget_bytes(table, **{unit: b}))
-        out.append((f"budget {b:g} {'bpw' if unit == 'bpw' else 'MB'}", sol))
+        if unit == "ms":
+            sol = S.solve(table, b / 1e3, S.SECONDS)
+        else:
+            sol = S.solve(table, S.budget_bytes(table, **{unit: b}))
+        out.append((f"budget {b:g} {BUDGET_LABEL[unit]}", sol))
     return out
 
 
@@ -126,16 +157,31 @@ def uniform_points(table: S.ScoreTable) -> list[dict[str, Any]]:
         if all(math.isfinite(table.score[la].get(c, math.nan)) for la in table.layers):
             nbytes = sum(table.nbytes[la][c] for la in table.layers)
             score = sum(table.score[la][c] for la in table.layers)
-            rows.append({"candidate": c, "bpw": 8 * nbytes / n, "predicted": score})
+            row = {"candidate": c, "bpw": 8 * nbytes / n, "predicted": score}
+            if table.seconds:
+                row["ms"] = 1e3 * sum(table.seconds[la][c] for la in table.layers)
+            rows.append(row)
     return rows
 
 
+X_TITLE = {
+    "bytes": "bits per weight of the searched layers (as stored)",
+    "ms": "predicted ms of the searched linears (sum of their op times, this machine)",
+}
+
+
 def front_figure(
-    front: list[dict[str, Any]], measured: list[dict[str, Any]], uniform: list[dict[str, Any]]
+    front: list[dict[str, Any]],
+    measured: list[dict[str, Any]],
+    uniform: list[dict[str, Any]],
+    unit: str = "bpw",
 ) -> go.Figure:
     """Predicted front (line), verification runs (measured KL, with their prediction) and
-    uniform recipes (as predicted), KL against bits per weight of the searched layers."""
-    bpw = cat.BITS_PER_WEIGHT.key
+    uniform recipes (as predicted), KL against bits per weight of the searched layers, or
+    against their predicted milliseconds (``unit="ms"``)."""
+    by_time = unit == "ms"
+    bpw = cat.PREDICTED_LINEAR_MS.key if by_time else cat.BITS_PER_WEIGHT.key
+    measured = [r for r in measured if r.get(bpw) is not None]
     fig = go.Figure()
     fig.add_scatter(
         x=[r[bpw] for r in front],
@@ -155,7 +201,7 @@ def front_figure(
         )
     if uniform:
         fig.add_scatter(
-            x=[r["bpw"] for r in uniform],
+            x=[r["ms" if by_time else "bpw"] for r in uniform],
             y=[r["predicted"] for r in uniform],
             mode="markers+text",
             text=[r["candidate"] for r in uniform],
@@ -164,7 +210,7 @@ def front_figure(
             name="uniform recipes (predicted)",
         )
     fig.update_layout(
-        xaxis_title="bits per weight of the searched layers (as stored)",
+        xaxis_title=X_TITLE["ms" if by_time else "bytes"],
         yaxis_title=cat.KL_TO_BASELINE.axis,
         yaxis_type="log",
         legend={"orientation": "h", "y": -0.2},
