@@ -295,3 +295,6 @@ def test_charts_draw_the_middle_half_as_error_bars() -> None:
         }
     )
     assert "alternation" in text and "5 rounds" in text and "0.50 before" in text
+    assert "load could slow" not in text  # no report with a load factor above 1
+    loaded = {cat.LATENCY_REPEATS.key: 5, cat.LATENCY_REPORT.key: [{"load": 2.4}, {}]}
+    assert "could slow a round by up to 2.40x" in conditions(loaded)

@@ -30,6 +30,18 @@ def conditions(result: dict[str, Any]) -> str:
         f"{result.get(cat.LATENCY_THREADS.key)} threads on "
         f"{result.get(cat.LATENCY_DEVICE.key) or 'this device'}{load_text}. "
         "Error bars: the middle half (first to third quartile) of the rounds."
+        + load_factor_text(result.get(cat.LATENCY_REPORT.key) or [])
+    )
+
+
+def load_factor_text(report: list[dict[str, Any]]) -> str:
+    """How much the load could move a round (runs/latency.load_factor), where above 1."""
+    factor = max((float(m.get("load") or 1.0) for m in report), default=1.0)
+    if factor <= 1.0:
+        return ""
+    return (
+        f" The machine's load could slow a round by up to {factor:.2f}x: a speed-up within "
+        "that is not claimed."
     )
 
 
