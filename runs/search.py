@@ -1,5 +1,5 @@
 """Budget-driven recipe search: one candidate per linear layer, the least summed loss
-under a byte budget, and the recipe that realises the choice.
+under a byte (or time) budget, and the recipe that realises the choice.
 
 Everything here is pure (names, step dicts, numbers in; recipes and rows out):
 
@@ -8,8 +8,11 @@ Everything here is pure (names, step dicts, numbers in; recipes and rows out):
   to the baseline when only that layer is compressed so) and the layer's stored bytes;
   it is filled from finished sensitivity-style jobs (:func:`scores_from_records`) or by
   a measurement in one process (``workers/search.py``);
-- :func:`solve` is an exact multiple-choice knapsack (dynamic programming over bytes in
-  units of their greatest common divisor), :func:`predicted_front` sweeps budgets;
+- :func:`solve` is an exact multiple-choice knapsack under a byte budget (dynamic
+  programming over bytes in units of their greatest common divisor) or a time budget
+  (each layer x candidate's op time at a target shape, measured by
+  ``runs/search_latency.py``: an exact MILP with scipy, else the DP over 1,000 bins of the
+  budget, times rounded up); :func:`predicted_front` sweeps budgets;
 - :func:`mixed_recipe` turns a choice into an ordinary per-layer recipe (targets per
   step), which a verification run measures like any other.
 

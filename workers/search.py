@@ -1,4 +1,8 @@
-"""``python -m workers search``: the best per-layer recipe under a byte budget.
+"""``python -m workers search``: the best per-layer recipe under a byte budget, or under a
+latency budget (``--budget-ms`` with ``--latency-m``: the searched linears' summed op
+times at that many tokens, each layer x candidate timed on this machine and cached per
+machine; with ``--here`` the whole models are timed at the same shape too, beside the
+predicted sum, which leaves out attention, norms, embeddings and lm_head).
 
 Scores (per layer and candidate: the KL to the baseline when only that layer is
 compressed so, and its stored bytes) come from finished scoring jobs in the database;
@@ -26,7 +30,9 @@ DEFAULT_CANDIDATES = ",".join(S.DEFAULT_CANDIDATES)
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``search`` on the ``python -m workers`` subcommands."""
-    p = subparsers.add_parser("search", help="the best per-layer recipe under a byte budget")
+    p = subparsers.add_parser(
+        "search", help="the best per-layer recipe under a byte or latency budget"
+    )
     p.add_argument("--model", required=True, help="'demo', a local folder, or a hub id")
     p.add_argument("--budget-mb", help="budget(s) in MB (10^6 bytes) of the searched linears")
     p.add_argument("--budget-bits", help="budget(s) in bits per weight, e.g. 3.5,4.5,6")
