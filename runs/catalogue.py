@@ -268,7 +268,8 @@ SMALLER_BUT_SLOWER = Metric(
     "Smaller but slower",
     "",
     "weights smaller than the uncompressed model's, yet prefill or decode measurably "
-    f"slower (the middle half of the pair ratios below 1) and by more than "
+    f"slower (see latency_verdict: the middle half of the pair ratios below 1 beyond the "
+    f"load factor) and by more than "
     f"{round(100 * (1 - 1 / SLOWER_TOLERANCE))}%: a space saving is not a speed-up",
     short="smaller but slower",
     kind="flag",
@@ -456,10 +457,13 @@ LATENCY_VERDICT = Metric(
     "latency_verdict",
     "Speed verdict",
     "",
-    "per timed workload: the median speed-up with its middle half, faster / slower when "
-    "the middle half of the pair ratios lies on one side of 1, no measurable difference "
-    f"when it straddles 1 within {round(100 * (SLOWER_TOLERANCE - 1))}%, else 'not "
-    "measurable on this machine at this load' (and no speed-up number is stored)",
+    "per timed workload: the median speed-up with its middle half; faster / slower when "
+    "the middle half of the pair ratios lies on one side of 1 beyond the load factor (how "
+    "much the machine's load could slow a round: load average and others' CPU use over "
+    "the CPUs) and the median exceeds the pairs' spread (q3/q1); no measurable difference "
+    f"when the middle half lies within {round(100 * (SLOWER_TOLERANCE - 1))}% of 1 on a "
+    "quiet machine; else 'not measurable on this machine at this load' (and no speed-up "
+    "number is stored)",
     kind="text",
 )
 LATENCY_REPORT = Metric(
