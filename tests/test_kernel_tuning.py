@@ -156,6 +156,29 @@ def test_background_tuning_measures_missing_ops_once(
     assert ops.tune_in_background(("int8_linear",)) is None  # already measured
 
 
+def test_ops_tuned_on_a_busy_machine_are_tuned_again_when_it_is_quiet(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cores = 4
+    monkeypatch.setattr(tune.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(tune, "load_now", lambda: 9.0)  # busy while tuning
+    table = ops.tune_ops(["int8_linear"], budget_s=5.0)
+    assert table["load"]["int8_linear"] == 9.0
+    assert tune.stale_ops(table, ["int8_linear"]) == []  # still busy: keep what we have
+    monkeypatch.setattr(tune, "load_now", lambda: 0.5)  # quiet now
+    assert tune.stale_ops(table, ["int8_linear", "int4_weight_only_linear"]) == [
+        "int8_linear",
+        "int4_weight_only_linear",
+    ]
+    monkeypatch.setenv("COMPRESSLAB_NO_AUTOTUNE", "0")
+    thread = ops.tune_in_background(("int8_linear",))
+    assert thread is not None
+    thread.join(timeout=30)
+    stored = json.loads(tune.table_file().read_text())
+    assert stored["load"]["int8_linear"] == 0.5
+    assert ops.tune_in_background(("int8_linear",)) is None  # measured quiet: kept
+
+
 def test_tables_from_two_processes_merge(data: Path) -> None:
     ops.tune_ops(["int8_linear"], budget_s=5.0)
     path = tune.table_file()

@@ -381,9 +381,10 @@ def tune_ops(
     with _TUNE_LOCK:
         table = tuned_table() or tune.new_table()
         for op in names:
-            if force or op not in table["rules"]:
-                t0 = time.perf_counter()
+            if force or op in tune.stale_ops(table, [op]):
+                t0, load0 = time.perf_counter(), tune.load_now()
                 table["rules"][op] = tune.tune_op(op, tuning_paths(op), budget_s)
+                table.setdefault("load", {})[op] = round(max(load0, tune.load_now()), 2)
                 log.info("tuned %s in %.1fs", op, time.perf_counter() - t0)
         on_disk = tune.load_tuned()  # another process may have measured other ops
         for op, rules in (on_disk or {}).get("rules", {}).items():
@@ -397,11 +398,11 @@ def tune_ops(
 
 
 def tune_in_background(names: tuple[str, ...] = OPS) -> threading.Thread | None:
-    """Tune the ops not yet measured here in a daemon thread (a worker calls this at
-    start so no job pays for tuning); None where there is nothing to do or auto-tuning
+    """Tune the ops not yet measured here, or measured while the machine was busy and it
+    is quiet now (tune.stale_ops), in a daemon thread (a worker calls this at start so no
+    job pays for tuning); None where there is nothing to do or auto-tuning
     is off. Ops used meanwhile wait for the table (one lock) instead of tuning twice."""
-    table = tuned_table()
-    missing = [op for op in names if table is None or op not in table["rules"]]
+    missing = tune.stale_ops(tuned_table(), names)
     if not missing or not tune.autotune_enabled():
         return None
     thread = threading.Thread(target=tune_ops, args=(missing,), name="tune-kernels", daemon=True)

@@ -218,6 +218,34 @@ def _drop(last: dict[str, tuple[int, float]], path: str, size: int) -> bool:
     return prev_ms > 0 and prev_ms / 1000 * size / prev_size > SLOW_CALL_S
 
 
+def load_now() -> float:
+    """The 1-minute load average (0.0 where the platform has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
+
+
+def busy(load: float, cores: int | None = None) -> bool:
+    """More runnable tasks than cores: timings then measure the other work too."""
+    return load > (cores or os.cpu_count() or 1)
+
+
+def stale_ops(table: dict | None, names: Iterable[str]) -> list[str]:
+    """Ops of ``names`` to time (again): not in the table, or timed while the machine was
+    busy (the 1-minute load above the core count) when it is quiet now (load at most half
+    the cores). A table tuned under load can prefer a path that was only unlucky."""
+    if table is None:
+        return list(names)
+    loads = table.get("load", {})
+    quiet = load_now() <= (os.cpu_count() or 1) / 2
+    return [
+        op
+        for op in names
+        if op not in table["rules"] or (quiet and busy(float(loads.get(op, 0.0))))
+    ]
+
+
 def new_table(key: dict | None = None) -> dict:
     return {
         "version": TABLE_VERSION,
@@ -225,6 +253,7 @@ def new_table(key: dict | None = None) -> dict:
         "threads": torch.get_num_threads(),
         "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
         "rules": {},
+        "load": {},  # op -> the highest 1-minute load average seen while it was timed
     }
 
 
