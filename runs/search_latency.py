@@ -182,6 +182,39 @@ def _time_shape(model: nn.Module, rep: str, mods: Mapping[str, nn.Module], s: La
     return time_modules(mods, x.to(layer.weight.device), s)
 
 
+AS_LOADED = Candidate("as loaded", ())  # the float linear as the model holds it (reference)
+
+
+def _build(model: nn.Module, reps: Sequence[str], cand: Candidate) -> dict[str, nn.Module]:
+    if cand is AS_LOADED:
+        linears = find_linears(model)
+        return {r: linears[r] for r in reps}
+    return compressed_layers(model, reps, cand)
+
+
+def _measure(
+    model: nn.Module,
+    groups: Mapping[Shape, list[str]],
+    todo: Sequence[Candidate],
+    s: LatencySettings,
+    on_progress: Progress,
+) -> dict[str, float]:
+    """Time ``todo`` on one representative per shape; seconds by cache entry key."""
+    reps = [names[0] for names in groups.values()]
+    built = {}
+    for i, cand in enumerate(todo):
+        built[cand.name] = _build(model, reps, cand)
+        on_progress(0.5 * (i + 1) / max(1, len(todo)), f"compressed {cand.name} for timing")
+    by_name = {c.name: c for c in todo}
+    fresh: dict[str, float] = {}
+    for j, (shape, names) in enumerate(groups.items()):
+        mods = {c: built[c][names[0]] for c in built}
+        for c, secs in (_time_shape(model, names[0], mods, s) if mods else {}).items():
+            fresh[entry_key(by_name[c], shape, s.m)] = secs
+        on_progress(0.5 + 0.5 * (j + 1) / len(groups), f"timed {len(names)} layers of {shape}")
+    return fresh
+
+
 def layer_seconds(
     model: nn.Module,
     layers: Sequence[str],
@@ -191,25 +224,16 @@ def layer_seconds(
     use_cache: bool = True,
     on_progress: Progress = lambda f, msg: None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
-    """(seconds[layer][candidate] at ``s.m`` tokens, how they were measured)."""
-    device = next(model.parameters()).device
-    key = machine_key(device)
+    """(seconds[layer][candidate] at ``s.m`` tokens, how they were measured: settings,
+    machine, load, counts, and ``as_loaded_ms``, the float layers' summed time, timed in
+    the same interleaved rounds as a reference)."""
+    key = machine_key(next(model.parameters()).device)
     cached = load_cache(key) if use_cache else {}
     groups = shapes(model, layers)
-    todo = [c for c in candidates if any(entry_key(c, sh, s.m) not in cached for sh in groups)]
+    everyone = [AS_LOADED, *candidates]
+    todo = [c for c in everyone if any(entry_key(c, sh, s.m) not in cached for sh in groups)]
     load = machine_load()
-    reps = [names[0] for names in groups.values()]
-    built = {}
-    for i, cand in enumerate(todo):
-        built[cand.name] = compressed_layers(model, reps, cand)
-        on_progress(0.5 * (i + 1) / max(1, len(todo)), f"compressed {cand.name} for timing")
-    by_name = {c.name: c for c in todo}
-    fresh: dict[str, float] = {}
-    for j, (shape, names) in enumerate(groups.items()):
-        mods = {c: built[c][names[0]] for c in built}
-        for c, secs in (_time_shape(model, names[0], mods, s) if mods else {}).items():
-            fresh[entry_key(by_name[c], shape, s.m)] = secs
-        on_progress(0.5 + 0.5 * (j + 1) / len(groups), f"timed {len(names)} layers of {shape}")
+    fresh = _measure(model, groups, todo, s, on_progress)
     if fresh:
         save_cache(key, fresh)
     found = {**cached, **fresh}
@@ -218,9 +242,11 @@ def layer_seconds(
         for sh, names in groups.items()
         for la in names
     }
+    loaded = sum(found[entry_key(AS_LOADED, sh, s.m)] * len(n) for sh, n in groups.items())
     facts = {k: v for k, v in key.items() if k != "flags"}  # the flags stay in the cache key
-    how = {**asdict(s), **facts, "measured": len(fresh), "cached": len(groups) * len(candidates)}
-    how["cached"] -= len(fresh)
+    n_all = len(groups) * len(everyone)
+    how = {**asdict(s), **facts, "measured": len(fresh), "cached": n_all - len(fresh)}
+    how |= {"as_loaded_ms": 1e3 * loaded}
     return seconds, how | {"load_before": load, "load_after": machine_load()}
 
 

@@ -88,6 +88,7 @@ def test_latency_budget_here_times_layers_and_the_whole_models(
     assert {"float (as loaded)", "budget 1000"} <= set(rows)
     assert all(r["measured_model_ms"] > 0 for r in rows.values())
     assert rows["budget 1000"]["predicted_linear_ms"] == pytest.approx(row[ms])
+    assert rows["float (as loaded)"]["predicted_linear_ms"] > 0  # the float linears' sum
 
 
 def test_latency_settings_out_of_range_exit_2(tmp_path: Path) -> None:

@@ -37,7 +37,9 @@ def test_every_layer_and_candidate_gets_a_positive_time_and_the_cache_is_reused(
         assert set(row) == {c.name for c in cands}
         assert all(0 < t < 1 for t in row.values())
     groups = SL.shapes(model, layers)
-    assert how["measured"] == len(groups) * len(cands) and how["cached"] == 0
+    # the float layers as loaded are timed too, as a reference
+    assert how["measured"] == len(groups) * (len(cands) + 1) and how["cached"] == 0
+    assert how["as_loaded_ms"] > 0
     assert how["m"] == 1 and how["threads"] == torch.get_num_threads()
     # layers of one shape share the representative's time
     for names in groups.values():
@@ -47,7 +49,7 @@ def test_every_layer_and_candidate_gets_a_positive_time_and_the_cache_is_reused(
     assert again == seconds and how2["measured"] == 0
     # another shape (m) is measured anew; a table with times solves a time budget
     _, how3 = SL.layer_seconds(model, layers, cands[:1], SL.LatencySettings(m=4, repeats=1))
-    assert how3["measured"] == len(groups)
+    assert how3["measured"] == 2 * len(groups)  # the candidate and the float reference
     table = S.ScoreTable(layers, [c.name for c in cands])
     for la in layers:
         for k, c in enumerate(cands):

@@ -226,7 +226,7 @@ def model_latency(bench: Any, p: Plan, chosen: list, table: S.ScoreTable) -> dic
     from runs import search_local as L
     from runs.search_latency import model_seconds
 
-    predicted: dict[str, float | None] = {"float (as loaded)": None}
+    predicted: dict[str, float | None] = {"float (as loaded)": table.latency.get("as_loaded_ms")}
     models = {"float (as loaded)": bench.model}
     for label, sol in chosen:
         models[label], _ = L.compressed_copy(bench, S.mixed_recipe(sol.choice, p.candidates))
