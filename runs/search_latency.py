@@ -40,6 +40,7 @@ from core.kernels import tune
 from core.paths import data_dir
 from core.recipe import recipe_from_steps
 from core.walk import apply_recipe, find_linears, get_submodule
+from runs import catalogue as cat
 from runs.latency import decode_step_seconds, interleaved, machine_load, prefill_seconds
 from runs.search import Candidate
 
@@ -247,7 +248,7 @@ def layer_seconds(
     n_all = len(groups) * len(everyone)
     how = {**asdict(s), **facts, "measured": len(fresh), "cached": n_all - len(fresh)}
     how |= {"as_loaded_ms": 1e3 * loaded}
-    return seconds, how | {"load_before": load, "load_after": machine_load()}
+    return seconds, how | {cat.LOAD_BEFORE.key: load, cat.LOAD_AFTER.key: machine_load()}
 
 
 def cached_seconds(

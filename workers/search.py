@@ -241,7 +241,12 @@ def model_latency(bench: Any, p: Plan, chosen: list, table: S.ScoreTable) -> dic
         ms = 1e3 * measured[label]
         rest = None if pred is None else ms - pred
         rows.append(
-            {"model": label, "measured_model_ms": ms, "predicted_linear_ms": pred, "rest_ms": rest}
+            {
+                "model": label,
+                "measured_model_ms": ms,
+                cat.PREDICTED_LINEAR_MS.key: pred,
+                "rest_ms": rest,
+            }
         )
     return {"m": p.latency.m, "rows": rows, "note": NOT_IN_SUM}
 
