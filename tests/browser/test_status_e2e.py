@@ -32,6 +32,7 @@ from ui import bundle
 pytestmark = pytest.mark.browser
 
 Shots = Any
+TAG = "issue18-latency"
 COUNTS = re.compile(r"Jobs: (\d+) queued · (\d+) running")
 
 
@@ -216,7 +217,8 @@ def _latency_run() -> dict[str, Any]:
     result = lat.result_fields(report, weight_bytes=4_000_000, base_weight_bytes=8_000_000)
     result |= {cat.PERPLEXITY.key: 3.0, cat.WEIGHT_BYTES.key: 4_000_000}
     return {
-        "fingerprint": {"model": "demo", "recipe": steps, "t": "issue18-latency"},
+        # "device" keeps it apart from other tests' RTN 8-bit runs (bundles dedupe on it)
+        "fingerprint": {"model": "demo", "recipe": steps, "device": "a test CPU", "t": TAG},
         "model": "demo",
         "recipe_label": label,
         "spec": json.loads(spec.to_json()),
@@ -231,9 +233,7 @@ def test_the_run_page_shows_latency_spread_and_what_is_not_measurable(
     report = bundle.import_bundle(app_db, data | {"runs": [_latency_run()]}, owner="local")
     (job_id,) = (
         report.added
-        or [
-            j.id for j in queue.finished_runs(app_db) if j.fingerprint.get("t") == "issue18-latency"
-        ][:1]
+        or [j.id for j in queue.finished_runs(app_db) if j.fingerprint.get("t") == TAG][:1]
     )
     page.goto(f"{app.url.rstrip('/')}/run?run={job_id}")
     flow.expect_title(page, "Run")
