@@ -6,8 +6,12 @@ A 12-layer, 768-wide Llama (intermediate 2048, 12 heads, 4 key/value heads, voca
 32000; random weights built in code with transformers' ``LlamaConfig``, nothing is
 downloaded) is compressed with each recipe below by the project's own walker
 (``core.walk.apply_recipe``, calibration for the methods that need it: random token
-ids), then timed on one sequence: a prefill of ``--prefill`` tokens (512) and a greedy
-decode of ``--decode`` tokens (64) from that prefill's key/value cache.
+ids), then timed on one sequence: a prefill of ``--prefill`` tokens (512; logits for the
+last position only, as transformers' ``generate`` computes them) and a greedy decode of
+``--decode`` tokens (64) from that prefill's key/value cache. The lm_head stays in float
+in every recipe (DEFAULT_IGNORE), as in GPTQ / AWQ / llm-compressor checkpoints: with a
+32,000-token vocabulary it is a quarter of this model's weights, which bounds what any
+weight format can gain in decode (see the README).
 
 Variants (label -> recipe of core/recipe.py): fp32 (the baseline, no recipe), bf16,
 w8a8 (dynamic per-token activations), smoothquant+w8a8 (alpha 0.5, static activation
@@ -133,7 +137,7 @@ def generate(
     tokens one at a time from its key/value cache."""
     now = CLOCKS[clock]
     t0 = now()
-    out = model(ids, use_cache=True)
+    out = model(ids, use_cache=True, logits_to_keep=1)  # as generate(): the last logits only
     t1 = now()
     cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
     for _ in range(n_new):

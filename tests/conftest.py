@@ -31,6 +31,15 @@ os.environ["COMPRESSLAB_NO_AUTOWORKER"] = "1"
 os.environ.setdefault("COMPRESSLAB_NO_AUTOTUNE", "1")  # kernel tuning only where a test asks
 
 
+@pytest.fixture(autouse=True)
+def _fresh_kernel_choices() -> None:
+    """Kernel path choices are remembered per shape; a test that swaps tables or paths
+    must not inherit another test's."""
+    ops = sys.modules.get("core.kernels.ops")
+    if ops is not None:
+        ops.forget_choices()
+
+
 PG_ENV = "COMPRESSLAB_TEST_PG_URL"
 PG_EVERY_TEST = {"test_queue", "test_workers", "test_bundle", "test_ui_pages"}
 

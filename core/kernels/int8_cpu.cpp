@@ -743,7 +743,7 @@ void cl_int4_weight_only_linear(const float* x, const uint8_t* w, const uint16_t
                                 int64_t N, int64_t K, int64_t kp, int64_t group, int nt) {
   const int64_t G = kp / group;
 #ifdef CL_HAVE_WO4_BF16
-  if (M <= WO4_BF16_MAX_M && group % WO4_BF16_CHUNK == 0) {
+  if (M <= WO4_BF16_MAX_M && group % WO4_BF16_CHUNK == 0 && G > 0 && kp == G * group) {
     std::vector<uint16_t> hi(M * kp), lo(M * kp);
     std::vector<float> xs(M * G);
     for (int64_t m = 0; m < M; ++m) {

@@ -357,6 +357,7 @@ def forget_tuned_table() -> None:
     global _TUNED, _TUNED_LOADED
     with _TUNE_LOCK:
         _TUNED, _TUNED_LOADED = None, False
+    forget_choices()
 
 
 def _tuned_table(op: str) -> dict | None:
@@ -394,6 +395,7 @@ def tune_ops(
         except OSError as e:
             log.warning("could not store the tuned kernel table: %s", e)
         _TUNED, _TUNED_LOADED = table, True
+    forget_choices()
     return table
 
 
@@ -418,8 +420,11 @@ def tune_in_background(names: tuple[str, ...] = OPS) -> threading.Thread | None:
 # few extra calls once, never a slow path for good. The same check runs the other way
 # when a table chose the float path where the heuristic would take an integer path (a
 # table tuned on a busy machine): the integer path wins only if faster beyond the noise.
+# On small cells (up to GUARD_ALL_MACS: decode, small models) every path that serves the
+# arguments is timed, since the table's 4096-wide cells say little where per-call costs
+# decide (a 256-wide layer at M = 1: native W8A8 23 us, torch._int_mm 51 us).
 
-VERIFY_ROUNDS = 2  # timed calls of each of the two paths on first use
+VERIFY_ROUNDS = 2  # timed calls of each path on first use
 _VERDICTS: dict[tuple[str, int, int, int, str], str] = {}
 _VERDICT_LOCK = threading.Lock()
 
@@ -432,6 +437,7 @@ def verify_enabled() -> bool:
 def forget_verdicts() -> None:
     with _VERDICT_LOCK:
         _VERDICTS.clear()
+    forget_choices()
 
 
 def verdicts() -> dict[tuple[str, int, int, int, str], str]:
@@ -440,30 +446,41 @@ def verdicts() -> dict[tuple[str, int, int, int, str], str]:
         return dict(_VERDICTS)
 
 
-def _challenger(op: str, path: str, x2: torch.Tensor, args: tuple) -> str | None:
-    """The path a first-use check times against ``path``: the float path, or for a float
-    choice the heuristic's integer path where it serves these arguments."""
-    if path != FLOAT_PATH:
-        return FLOAT_PATH
-    name = heuristic_path(op, x2.shape[0], x2.shape[1])
-    other = CPU_PATHS[op].get(name)
-    if name == FLOAT_PATH or other is None or not other.available():
-        return None
-    return name if other.serves(x2, *args) else None
+GUARD_ALL_MACS = 1 << 28  # up to this M x K x N a first use times every path, not two
+
+
+def _challengers(op: str, path: str, x2: torch.Tensor, args: tuple) -> list[str]:
+    """The paths a first-use check times against ``path``: the float path (for a float
+    choice, the heuristic's integer path), and on small cells (decode, small layers) every
+    other path that serves these arguments: a table measured at 4096-wide layers says
+    little about a 256-wide one, where fixed per-call costs decide."""
+    m, k, n = x2.shape[0], x2.shape[1], args[0].shape[0]
+    names = [FLOAT_PATH] if path != FLOAT_PATH else [heuristic_path(op, m, k)]
+    if m * k * n <= GUARD_ALL_MACS:
+        names += list(CPU_PATHS[op])
+    out: list[str] = []
+    for name in names:
+        kp = CPU_PATHS[op].get(name)
+        if name in out or name in (path, "ref") or kp is None or not kp.available():
+            continue
+        if kp.serves(x2, *args):
+            out.append(name)
+    return out
 
 
 def _guarded(op: str, path: str, x2: torch.Tensor, args: tuple) -> tuple[str, torch.Tensor | None]:
-    """The path to run (``path`` or its challenger) and, when the check ran now and kept
-    ``path``, its output (so the first call is not computed twice)."""
+    """The path to run (``path`` or the fastest challenger) and, when the check ran now
+    and kept ``path``, its output (so the first call is not computed twice). A challenger
+    replaces ``path`` only if faster beyond the timing noise."""
     key = (op, m_bucket(x2.shape[0]), x2.shape[1], args[0].shape[0], path)
     with _VERDICT_LOCK:
         verdict = _VERDICTS.get(key)
     if verdict is not None or not verify_enabled():
         return verdict or path, None
-    other = _challenger(op, path, x2, args)
-    if other is None:
+    others = _challengers(op, path, x2, args)
+    if not others:
         return path, None
-    fns = {p: CPU_PATHS[op][p].fn for p in (path, other)}
+    fns = {p: CPU_PATHS[op][p].fn for p in (path, *others)}
     with torch.no_grad():
         y = fns[path](x2, *args)  # this call's result
         times = tune.time_paths_all(
@@ -473,15 +490,13 @@ def _guarded(op: str, path: str, x2: torch.Tensor, args: tuple) -> tuple[str, to
         )
     best = {p: min(v) for p, v in times.items()}
     noise = min(tune.MAX_NOISE, max(DEFAULT_NOISE, tune.noise(times)))
-    if path == FLOAT_PATH:  # the integer path must win beyond the noise
-        keep = best[other] * (1 + noise) >= best[path]
-    else:
-        keep = best[path] <= best[other] * (1 + noise)
-    verdict = path if keep else other
+    fastest = min(others, key=best.__getitem__)
+    keep = best[fastest] * (1 + noise) >= best[path]
+    verdict = path if keep else fastest
     if not keep:
         log.info(
             "%s %s: %s measured %.3g ms against %s %.3g ms: using %s",
-            op, key[1:4], path, best[path] * 1e3, other, best[other] * 1e3, other,
+            op, key[1:4], path, best[path] * 1e3, fastest, best[fastest] * 1e3, fastest,
         )  # fmt: skip
     with _VERDICT_LOCK:
         _VERDICTS[key] = verdict
@@ -533,15 +548,38 @@ def _finish(y: torch.Tensor, lead: tuple[int, ...] | None, dtype: torch.dtype) -
     return y if y.dtype == dtype else y.to(dtype)
 
 
+# (op, M bucket, K, N, int4 group) -> (path, source) once decided: a decode step calls
+# every linear with the same shapes, and looking the tables up each time cost as much
+# as a 256-wide layer's matmul. Cleared whenever a table or a verdict changes.
+_CHOSEN: dict[tuple, tuple[str, str]] = {}
+
+
+def forget_choices() -> None:
+    _CHOSEN.clear()
+
+
 def _cpu_impl(op: str) -> Callable[..., torch.Tensor]:
     def impl(x: torch.Tensor, *args):
         x2, lead = _flatten(x)
-        path, source = choose_cpu_path_and_source(op, x2.shape[0], x2.shape[1])
-        if not CPU_PATHS[op][path].serves(x2, *args):
-            path = FLOAT_PATH
+        key = (
+            op,
+            m_bucket(x2.shape[0]),
+            x2.shape[1],
+            args[0].shape[0],
+            args[3:4],
+            verify_enabled(),
+        )
+        chosen = None if getattr(_forced, "name", None) else _CHOSEN.get(key)
         y = None
-        if source != "forced":
-            path, y = _guarded(op, path, x2, args)
+        if chosen is None:
+            path, source = choose_cpu_path_and_source(op, x2.shape[0], x2.shape[1])
+            if not CPU_PATHS[op][path].serves(x2, *args):
+                path = FLOAT_PATH
+            if source != "forced":
+                path, y = _guarded(op, path, x2, args)
+                _CHOSEN[key] = (path, source)
+        else:
+            path, source = chosen
         _record(op, "cpu", path, x2.shape[0], source)
         if y is None:
             y = CPU_PATHS[op][path].fn(x2, *args)
