@@ -91,6 +91,7 @@ def test_first_use_tunes_when_allowed_and_the_log_says_measured(
     assert not tune.table_file().exists()
     assert ops.path_log()[0]["table"] in {"committed", "heuristic"}
     monkeypatch.setenv("COMPRESSLAB_NO_AUTOTUNE", "0")
+    ops.forget_choices()  # the setting is read when a shape's path is first decided
     ops.reset_path_log()
     got = ops.int8_linear(x, w, ws, None, "dynamic")
     assert tune.table_file().is_file()

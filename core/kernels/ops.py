@@ -561,14 +561,7 @@ def forget_choices() -> None:
 def _cpu_impl(op: str) -> Callable[..., torch.Tensor]:
     def impl(x: torch.Tensor, *args):
         x2, lead = _flatten(x)
-        key = (
-            op,
-            m_bucket(x2.shape[0]),
-            x2.shape[1],
-            args[0].shape[0],
-            args[3:4],
-            verify_enabled(),
-        )
+        key = (op, m_bucket(x2.shape[0]), x2.shape[1], args[0].shape[0], args[3:4])
         chosen = None if getattr(_forced, "name", None) else _CHOSEN.get(key)
         y = None
         if chosen is None:
