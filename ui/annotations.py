@@ -26,7 +26,7 @@ def clone_into_new_run(job: Any) -> None:
         eval=spec.get("eval"),
         calib_settings=spec.get("calib_settings"),
     )
-    st.switch_page(shell.NEW_RUN)
+    shell.open_page(shell.NEW_RUN)  # a full rerun: this button is in the history fragment
 
 
 def clone_button(job: Any, key: str) -> None:
