@@ -257,3 +257,38 @@ def test_the_run_page_shows_latency_spread_and_what_is_not_measurable(
     job = queue.get_job(app_db, job_id)
     assert job.result[cat.PREFILL_SPEEDUP.key] is None  # no number where not measurable
     assert job.result[cat.DECODE_SPEEDUP.key] == pytest.approx(2.0)
+
+
+def test_clone_into_new_run_twice_in_one_session(
+    flow: ModuleType, app: Any, app_db: Any, page: Any, shots: Shots
+) -> None:
+    """Clone from the Runs history opened New run blank the second time in a session
+    (st.switch_page inside the history's fragment); now New run shows the pre-filled
+    recipe each time."""
+    from tests.browser.test_identity_e2e import _pick_run, _run
+
+    run = _run("demo", [{"method": "rtn", "bits": 6}], "", 3.05, 3.0, 2)
+    run["fingerprint"]["device"] = "clone twice"  # apart from other tests' runs
+    data = {"format": bundle.BUNDLE_FORMAT, "version": bundle.BUNDLE_VERSION, "runs": [run]}
+    added = bundle.import_bundle(app_db, data, owner="local").added
+    job_id = (
+        added[0]
+        if added
+        else next(
+            j.id
+            for j in queue.finished_runs(app_db)
+            if j.fingerprint.get("device") == "clone twice"
+        )
+    )
+    main = flow.main_area(page)
+    for attempt in range(2):
+        flow.open_app(page, app.url)
+        flow.go_to(page, "Runs")
+        _pick_run(flow, page, job_id)
+        main.get_by_role("button", name="Clone into New run").click()
+        flow.expect_title(page, "New run")
+        page.wait_for_timeout(3000)  # the blank page came after the title had shown
+        flow.expect(main.get_by_text(re.compile(rf"Pre-filled from run #{job_id}"))).to_be_visible()
+        area = main.get_by_label(re.compile(r"^Recipe as JSON"))
+        flow.expect(area).to_have_value(re.compile(r'"bits": 6'))
+        shots(f"cloned-{attempt + 1}")
