@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,6 +281,69 @@ def each_linear(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
                 store.release(b)
     inside = store.prefix + "."
     yield from ((n, m) for n, m in find_linears(model).items() if not n.startswith(inside))
+
+
+MADV_PAGEOUT = 21  # Linux >= 5.4: reclaim these pages now (file pages: just dropped)
+
+
+def _file_mappings() -> list[tuple[int, int]]:
+    """(start, end) of this process's file-backed mappings, sorted (Linux; else none)."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[4] != "0" and parts[5].startswith("/"):
+            start, end = (int(x, 16) for x in parts[0].split("-"))
+            out.append((start, end))
+    return sorted(out)
+
+
+def release_file_pages(tensors: Iterable[torch.Tensor]) -> int:
+    """Drop from this process's resident memory the pages of ``tensors`` that are mapped
+    from a file (safetensors weights that ``from_pretrained`` memory-maps): a float weight
+    the walker no longer needs stops counting in the host's RSS. Nothing is lost: a page
+    read again comes back from the file (MADV_PAGEOUT never discards data: a page
+    modified in place is anonymous memory, swapped out at worst; memory that is not in a
+    file mapping is not advised at all).
+    Only whole pages inside a tensor are advised, never a neighbour's. Returns the bytes
+    advised (0 off Linux or when nothing is file-backed)."""
+    import bisect
+    import ctypes
+    import mmap
+
+    maps = _file_mappings()
+    if not maps:
+        return 0
+    starts = [a for a, _ in maps]
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    page, done = mmap.PAGESIZE, 0
+    for t in tensors:
+        if t.device.type != "cpu" or t.is_meta or t.numel() == 0:
+            continue
+        a = t.data_ptr()
+        b = a + t.numel() * t.element_size()
+        i = bisect.bisect_right(starts, a) - 1
+        if i < 0 or b > maps[i][1]:
+            continue  # not (wholly) inside a file mapping
+        lo, hi = -(-a // page) * page, b // page * page
+        if hi > lo and libc.madvise(lo, hi - lo, MADV_PAGEOUT) == 0:
+            done += hi - lo
+    return done
+
+
+def trim_host_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc ``malloc_trim``): tensors
+    freed block after block otherwise leave the resident set high. No-op elsewhere."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def describe(store: BlockStore) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from torch import nn
 
 from core.errors import Cancelled
 from core.mappings import BLOCK_PATHS
-from core.onload import store_of, streaming
+from core.onload import release_file_pages, store_of, streaming, trim_host_heap
 from core.recipe import Recipe, Step
 from core.registry import (
     LayerMethod,
@@ -447,9 +447,28 @@ def input_groups(
     the very same input tensor grouped (q/k/v read one normed hidden state, gate/up
     another). Found by running the first calibration batch; no architecture table needed.
     Layers the forward never calls come last, one group each."""
-    calls: list[tuple[str, torch.Tensor]] = []  # inputs kept alive: addresses stay unique
+    groups: list[list[str]] = []
+    last: list[torch.Tensor] = []  # the previous call's input, kept alive: its address
+    seen: set[str] = set()  # cannot be reused by a new tensor while compared with
+
+    def hook(name: str, x: torch.Tensor) -> None:
+        if name in seen:
+            return
+        seen.add(name)
+        prev = last[0] if last else None
+        same = prev is not None and (x.data_ptr(), x.shape, x.stride()) == (
+            prev.data_ptr(),
+            prev.shape,
+            prev.stride(),
+        )
+        if same:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+        last[:] = [x]
+
     handles = [
-        m.register_forward_pre_hook(lambda _m, args, n=n: calls.append((n, args[0])))
+        m.register_forward_pre_hook(lambda _m, args, n=n: hook(n, args[0]))
         for n, m in layers.items()
     ]
     one = BlockInputs(args=inputs.args[:1], kwargs=inputs.kwargs[:1])
@@ -458,23 +477,7 @@ def input_groups(
     finally:
         for h in handles:
             h.remove()
-    groups: list[list[str]] = []
-    last: torch.Tensor | None = None
-    seen: set[str] = set()
-    for name, x in calls:
-        if name in seen:
-            continue
-        seen.add(name)
-        same = last is not None and (x.data_ptr(), x.shape, x.stride()) == (
-            last.data_ptr(),
-            last.shape,
-            last.stride(),
-        )
-        if same:
-            groups[-1].append(name)
-        else:
-            groups.append([name])
-        last = x
+        last.clear()
     groups.extend([n] for n in layers if n not in seen)
     return groups
 
@@ -544,6 +547,7 @@ def _apply_blockwise(
     of the previous one. Holds one block's inputs at a time besides the model."""
     done: set[str] = set()
     sequential = method.sequential(step.config)
+    _release(model, targets)  # weights mapped from a file are read again block by block
     for prefix, block, inputs in iter_blocks(
         model, ctx, step.method, batch_tokens=CALIB_BATCH_TOKENS
     ):
@@ -551,22 +555,29 @@ def _apply_blockwise(
         done.update(layers)
         if sequential:
             _compress_block_sequential(model, method, step, block, inputs, layers, ctx)
-            for name in layers:  # the float layers are replaced: let their memory go
-                targets.pop(name, None)
-            continue
-        calib, handles = _attach_hooks(layers, method, step.config)
-        try:
-            run_block(block, inputs)
-        finally:
-            for h in handles:
-                h.remove()
-        for name, layer in layers.items():
-            _apply_layer(method, step, model, name, layer, calib[name], ctx)
+        else:
+            calib, handles = _attach_hooks(layers, method, step.config)
+            try:
+                run_block(block, inputs)
+            finally:
+                for h in handles:
+                    h.remove()
+            for name, layer in layers.items():
+                _apply_layer(method, step, model, name, layer, calib[name], ctx)
+        _release(model, layers)
         for name in layers:  # the float layers are replaced: let their memory go
             targets.pop(name, None)
     rest = {n: m for n, m in targets.items() if n not in done}
     if rest:
         _apply_outside_blocks(model, method, step, rest, ctx)
+
+
+def _release(model: nn.Module, layers: dict[str, nn.Module]) -> None:
+    """Host memory back as the walk goes: the pages of ``layers``' weights that are
+    mapped from a file (an in-memory model from safetensors) leave the resident set (read
+    again from the file if used), and the C heap returns what freed tensors left."""
+    release_file_pages(m.weight for m in layers.values() if isinstance(m, nn.Linear))
+    trim_host_heap()
 
 
 @torch.no_grad()

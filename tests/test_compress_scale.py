@@ -12,12 +12,16 @@ perplexity is the pre-0759156 one bit for bit at 1 and at 2 threads.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
 import core.walk as walk
 from core.methods.gptq import GPTQ
 from core.models import tiny_llama
+from core.onload import release_file_pages
 from core.quant.gptq import gptq_quantize
 from core.quant.hessian import init_hessian, update_hessian
 from core.quant.rtn import QuantSpec
@@ -92,3 +96,54 @@ def test_walker_stacked_sweep_and_batched_windows_keep_the_one_at_a_time_codes(
     monkeypatch.setattr(GPTQ, "apply_group", one_sweep_each)
     one_at_a_time = _codes(steps)
     _assert_same(stacked_batched, one_at_a_time)
+
+
+def _rss_file() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no RssFile")
+
+
+def _from_file(folder: Path) -> torch.nn.Module:
+    """tiny Llama saved and loaded back: its weights memory-mapped from the file (written
+    out first: the kernel drops clean pages only)."""
+    from transformers import AutoModelForCausalLM
+
+    tiny_llama(hidden=256, layers=2).save_pretrained(folder, safe_serialization=True)
+    for f in folder.glob("*.safetensors"):
+        with open(f, "rb+") as fh:
+            os.fsync(fh.fileno())
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="Linux memory maps")
+def test_file_mapped_weights_leave_the_resident_set_and_read_back_unchanged(tmp_path) -> None:
+    model = _from_file(tmp_path)
+    weights = [p for n, p in model.named_parameters() if ".layers." in n and p.dim() == 2]
+    total = sum(p.numel() * p.element_size() for p in weights)
+    sums = [p.double().sum().item() for p in weights]  # every page read: resident now
+    before = _rss_file()
+    advised = release_file_pages(weights)
+    assert advised > 0.9 * total  # all but the partial pages at the tensors' ends
+    assert before - _rss_file() > 0.8 * advised  # gone from this process's resident set
+    assert [p.double().sum().item() for p in weights] == sums  # read back from the file
+    anon = torch.randn(1 << 20)
+    assert release_file_pages([anon, torch.empty(0)]) == 0  # not file-backed: left alone
+
+
+def test_walker_gives_back_the_float_weights_it_replaced(tmp_path) -> None:
+    model = _from_file(tmp_path)
+    weights = [p for n, p in model.named_parameters() if ".layers." in n and p.dim() == 2]
+    for p in weights:
+        p.sum()
+    before = _rss_file()
+    apply_recipe(
+        model,
+        recipe_from_steps([{"method": "gptq", "bits": 4, "group_size": 64}]),
+        on_progress=lambda f, m: None,
+        should_cancel=lambda: False,
+        calib_batches=CALIB,
+    )
+    total = sum(p.numel() * p.element_size() for p in weights)
+    assert before - _rss_file() > 0.7 * total
