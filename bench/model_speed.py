@@ -58,6 +58,7 @@ VARIANTS: dict[str, str | None] = {  # row label -> named recipe (None: uncompre
     "smoothquant+w8a8": "smoothquant-w8a8",
     "int8-weight-only": "int8-weight-only",
     "int4-weight-only": "int4-weight-only",
+    "int4-weight-only+lm_head": "int4-weight-only+lm_head",
     "gptq-4bit": "gptq-4bit-g128",
     "bnb-int8": "llm-int8-bnb",
     "bnb-nf4": "nf4",
@@ -113,12 +114,21 @@ def machine() -> dict:
     }
 
 
+# The output layer too (every recipe above keeps it in float, as GPTQ / AWQ checkpoints
+# do; llama.cpp's 4-bit files quantize it): with a 32,000-token vocabulary it is a
+# quarter of this model's weights, so it bounds what decode can gain.
+EXTRA_RECIPES: dict[str, list[dict]] = {
+    "int4-weight-only+lm_head": [{**NAMED_RECIPES["int4-weight-only"][0], "ignore": []}],
+}
+
+
 def compress(base: nn.Module, recipe: str | None, calib: list[torch.Tensor]) -> nn.Module:
     model = copy.deepcopy(base)
     if recipe is not None:
+        steps = EXTRA_RECIPES.get(recipe) or NAMED_RECIPES[recipe]
         apply_recipe(
             model,
-            recipe_from_steps(NAMED_RECIPES[recipe], name=recipe),
+            recipe_from_steps(steps, name=recipe),
             on_progress=lambda f, m: None,
             should_cancel=lambda: False,
             calib_batches=calib,
