@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import platform
+import random
 import sys
 import time
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from core.data import get_text_set
+from core.kv import passkey
 from core.zoo import DEMO_MODEL_DIR
 from core.zoo.train_demo import (
     _portable_tokenizer_class,
@@ -60,6 +62,8 @@ class LongConfig:
     seed: int = 0
     threads: int = 2
     eval_windows: int = 8  # held-out windows of ctx tokens for the NLL-by-position curve
+    passkey_fraction: float = 0.0  # share of windows with a planted passkey asked for at the end
+    answer_weight: float = 1.0  # loss weight of the key's tokens after the question
 
 
 def lr_at(step: int, cfg: LongConfig) -> float:
@@ -75,15 +79,64 @@ def with_start_token(windows: torch.Tensor, start_id: int) -> torch.Tensor:
     return torch.cat([start, windows], dim=1)
 
 
-def long_batches(tokens: torch.Tensor, cfg: LongConfig, start_id: int) -> Iterator[torch.Tensor]:
+def plant_passkey(
+    body: torch.Tensor, plant: torch.Tensor, ask: torch.Tensor, cut: int
+) -> torch.Tensor:
+    """``body`` (1-D ids) with ``plant`` inserted at token ``cut`` and ``ask`` (the question
+    and its answer) as its last tokens; the length is kept (the tail of the code goes)."""
+    room = len(body) - len(plant) - len(ask)
+    cut = min(cut, room)
+    return torch.cat([body[:cut], plant, body[cut:room], ask])
+
+
+def long_batches(
+    tokens: torch.Tensor,
+    cfg: LongConfig,
+    start_id: int,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+) -> Iterator[torch.Tensor]:
     """Endless (B, ctx) batches: the start token, then ctx - 1 consecutive tokens from a
-    seeded random offset."""
+    seeded random offset. With ``cfg.passkey_fraction`` > 0 that share of windows carries
+    the passkey probe's line (core/kv/passkey.PLANT, a seeded random key) at a random depth
+    and the probe's question with the key as the window's last tokens: the only way to
+    predict those key tokens is to look back at the line, which teaches long-range recall."""
     gen = torch.Generator().manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
     body = cfg.ctx - 1
     while True:
         starts = torch.randint(0, len(tokens) - body, (cfg.batch_size,), generator=gen)
         offsets = starts[:, None] + torch.arange(body)
-        yield with_start_token(tokens[offsets], start_id)
+        rows = tokens[offsets]
+        weights = torch.ones(cfg.batch_size, cfg.ctx)
+        if tokenizer is not None and cfg.passkey_fraction > 0:
+            for b in range(len(rows)):
+                if rng.random() < cfg.passkey_fraction:
+                    key = str(rng.randrange(10_000, 100_000))
+                    plant = passkey.encode(tokenizer, passkey.PLANT.format(key=key))
+                    ask = passkey.encode(tokenizer, passkey.QUESTION + key + '"\n')
+                    cut = int(rng.uniform(0.02, 0.95) * (body - len(plant) - len(ask)))
+                    rows[b] = plant_passkey(rows[b], plant, ask, cut)
+                    n_key = len(passkey.encode(tokenizer, key))
+                    answer_end = cfg.ctx - (
+                        len(ask) - len(passkey.encode(tokenizer, passkey.QUESTION))
+                    )
+                    weights[b, answer_end : answer_end + n_key] = cfg.answer_weight
+        yield with_start_token(rows, start_id), weights
+
+
+def weighted_loss(
+    model: LlamaForCausalLM, batch: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """Next-token cross-entropy with a weight per predicted token (``weights[:, t]`` for
+    the prediction of token t); the plain mean where every weight is 1."""
+    if bool((weights == 1).all()):
+        return model(input_ids=batch, labels=batch).loss
+    logits = model(input_ids=batch).logits[:, :-1].float()
+    ce = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none"
+    )
+    w = weights[:, 1:].reshape(-1)
+    return (ce * w).sum() / w.sum()
 
 
 def train(
@@ -92,10 +145,11 @@ def train(
     cfg: LongConfig,
     start_id: int,
     max_seconds: float | None,
+    tokenizer: PreTrainedTokenizerFast | None = None,
 ) -> dict:
     model.train()
     opt = make_optimizer(model, cfg)  # type: ignore[arg-type]  # reads weight_decay, lr
-    data = long_batches(tokens, cfg, start_id)
+    data = long_batches(tokens, cfg, start_id, tokenizer)
     t0, c0 = time.perf_counter(), time.process_time()
     losses: list[float] = []
     while len(losses) < cfg.steps:
@@ -104,8 +158,8 @@ def train(
             break
         for group in opt.param_groups:
             group["lr"] = lr_at(len(losses), cfg)
-        batch = next(data)
-        loss = model(input_ids=batch, labels=batch).loss
+        batch, weights = next(data)
+        loss = weighted_loss(model, batch, weights)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
@@ -190,6 +244,29 @@ def measure(model: LlamaForCausalLM, windows: torch.Tensor) -> dict:
     }
 
 
+def passkey_recall(
+    model: LlamaForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    windows: torch.Tensor,
+    start_id: int,
+) -> dict:
+    """The passkey probe (core/kv/passkey) with the full cache, on held-out windows as
+    filler, at each probe depth: the share of keys found (greedy tokens spell the key) and
+    the answer's mean NLL in nats."""
+    from core.kv.cache import KVSpec
+
+    found, nll, n = 0, 0.0, 0
+    for i, w in enumerate(windows):
+        filler = w[1 : len(w) - 24]  # room for the line and the question
+        for depth in passkey.DEPTHS:
+            probe = passkey.make_probe(tokenizer, filler, depth, seed=1000 + i, bos=start_id)
+            got = passkey.run_probe(model, probe, KVSpec(), chunk=256)
+            found += bool(got["found"])
+            nll += got["answer_nll"]
+            n += 1
+    return {"probes": n, "found_share": round(found / n, 3), "answer_nll": round(nll / n, 3)}
+
+
 def run(
     cfg: LongConfig, init_from: Path, out: Path, max_seconds: float | None, command: str
 ) -> dict:
@@ -198,14 +275,17 @@ def run(
     tokenizer = PreTrainedTokenizerFast.from_pretrained(init_from)
     model = LlamaForCausalLM.from_pretrained(init_from, dtype=torch.float32)
     start_id = int(tokenizer.bos_token_id)
-    model.config.max_position_embeddings = cfg.ctx
-    tokenizer.model_max_length = cfg.ctx
+    # a stage on shorter windows does not shrink the length the model was trained at
+    model.config.max_position_embeddings = max(cfg.ctx, model.config.max_position_embeddings)
+    tokenizer.model_max_length = model.config.max_position_embeddings
     train_set = get_text_set("stdlib-code")
     tokens = encode(tokenizer, train_set.text)
     windows = heldout_windows(tokenizer, cfg, start_id)
     before = measure(model, windows)
-    training = train(model, tokens, cfg, start_id, max_seconds)
+    before["passkey"] = passkey_recall(model, tokenizer, windows, start_id)
+    training = train(model, tokens, cfg, start_id, max_seconds, tokenizer)
     after = measure(model, windows)
+    after["passkey"] = passkey_recall(model, tokenizer, windows, start_id)
     previous = init_from / "training_run.json"
     stages = json.loads(previous.read_text()).get("stages", []) if previous.exists() else []
     stage = {"command": command, "config": asdict(cfg), "training": training}
@@ -324,8 +404,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ctx", type=int, default=LongConfig.ctx)
     p.add_argument("--threads", type=int, default=LongConfig.threads)
     p.add_argument("--minutes", type=float, default=None, help="stop training after M minutes")
+    p.add_argument("--batch-size", type=int, default=LongConfig.batch_size)
+    p.add_argument(
+        "--answer-weight",
+        type=float,
+        default=LongConfig.answer_weight,
+        help="loss weight of the passkey's tokens after the question (1: plain mean)",
+    )
+    p.add_argument("--lr", type=float, default=LongConfig.lr)
+    p.add_argument(
+        "--passkey-fraction",
+        type=float,
+        default=LongConfig.passkey_fraction,
+        help="share of training windows with a planted passkey asked for at the end",
+    )
     args = p.parse_args(argv)
-    cfg = LongConfig(steps=args.steps, ctx=args.ctx, threads=args.threads)
+    cfg = LongConfig(
+        steps=args.steps,
+        ctx=args.ctx,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        passkey_fraction=args.passkey_fraction,
+        answer_weight=args.answer_weight,
+    )
     command = "python -m core.zoo.train_long " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
