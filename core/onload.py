@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -131,6 +132,11 @@ class BlockStore:
     peak_loaded: int = 0  # most blocks on the device at once
     peak_bytes: int = 0  # most block bytes on the device at once
 
+    def __post_init__(self) -> None:
+        # The spill folder goes with the store at the latest (close() is the normal way):
+        # when it is garbage collected or the process exits.
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.spill), True)
+
     def _spill_file(self, b: int) -> Path:
         return self.spill / f"block-{b:04d}.safetensors"
 
@@ -197,12 +203,46 @@ class BlockStore:
                 self.release(b)
 
     def close(self) -> None:
-        shutil.rmtree(self.spill, ignore_errors=True)
+        """Remove the spill folder (the compressed blocks written so far)."""
+        self._cleanup()
+
+    @contextmanager
+    def all_loaded(self) -> Iterator[None]:
+        """Every block on the device at once for the time of the block (saving the
+        compressed model: its blocks are small by then), released after."""
+        was, peaks = set(self.loaded), (self.peak_loaded, self.peak_bytes)
+        try:
+            for b in range(len(self.blocks)):
+                self.load(b)
+            yield
+        finally:
+            for b in range(len(self.blocks)):
+                if b not in was:
+                    self.release(b)
+            self.peak_loaded, self.peak_bytes = peaks  # the work's peaks, not the save's
 
 
 def store_of(model: nn.Module) -> BlockStore | None:
     """The block store of a model loaded for onloading, else None."""
     return getattr(model, STORE_ATTR, None)
+
+
+@contextmanager
+def all_blocks_loaded(model: nn.Module) -> Iterator[None]:
+    """:meth:`BlockStore.all_loaded` if ``model`` is onloaded; nothing otherwise."""
+    store = store_of(model)
+    if store is None:
+        yield
+        return
+    with store.all_loaded():
+        yield
+
+
+def close_store(model: nn.Module | None) -> None:
+    """Remove an onloaded model's spill folder (a job's end: done, failed or cancelled)."""
+    store = store_of(model) if model is not None else None
+    if store is not None:
+        store.close()
 
 
 @contextmanager

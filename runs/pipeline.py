@@ -32,7 +32,7 @@ from core.metrics import (
 )
 from core.models import LoadedModel, load_model
 from core.modes import IN_MEMORY, ModePeaks, device_budget, load_in_mode, plan
-from core.onload import store_of, streaming
+from core.onload import all_blocks_loaded, close_store, streaming
 from core.recipe import Recipe
 from core.save import save_compressed
 from core.walk import apply_recipe
@@ -253,19 +253,9 @@ def store(job: Job, report: Progress) -> None:
     note says why not), and write the run's records (the runner puts them in the
     database)."""
     assert job.loaded is not None
-    if job.spec.save_model and job.compresses and store_of(job.loaded.model) is not None:
-        job.notes.append("the compressed model was not kept: onloaded runs do not save yet")
-    elif job.spec.save_model and job.compresses and job.save_dir is not None:
-        problem = quota_problem(
-            job.data_folders, state_bytes(job.loaded.model), "keeping the compressed model"
-        )
-        if problem:
-            job.notes.append(f"the compressed model was not kept: {problem}")
-        else:
-            report(0.0, "saving the compressed model")
-            job.saved = save_compressed(
-                job.loaded.model.cpu(), job.save_dir, job.recipe, job.loaded.tokenizer
-            )
+    if job.spec.save_model and job.compresses and job.save_dir is not None:
+        with all_blocks_loaded(job.loaded.model):  # onloaded: the compressed blocks, spilled
+            _keep_model(job, report)
     rows = assemble.layer_rows(job)
     result = assemble.run_result(job, rows)
     for key, value in job.outputs.items():  # generations and task scores
@@ -273,6 +263,21 @@ def store(job: Job, report: Progress) -> None:
     if job.notes:
         result.extra["notes"] = list(job.notes)
     job.out = JobResult(result, rows, assemble.fingerprint(job))
+
+
+def _keep_model(job: Job, report: Progress) -> None:
+    """Save the compressed model where the data quota has room, else say why not."""
+    assert job.loaded is not None and job.save_dir is not None
+    problem = quota_problem(
+        job.data_folders, state_bytes(job.loaded.model), "keeping the compressed model"
+    )
+    if problem:
+        job.notes.append(f"the compressed model was not kept: {problem}")
+        return
+    report(0.0, "saving the compressed model")
+    job.saved = save_compressed(
+        job.loaded.model.cpu(), job.save_dir, job.recipe, job.loaded.tokenizer
+    )
 
 
 def state_bytes(model: torch.nn.Module) -> int:
@@ -323,14 +328,17 @@ def run_job(
     progress = StageProgress(on_progress)
     *work, (last, _) = STAGES
     try:
-        # peak memory of the work, not of saving the model afterwards
-        with job.peak.track(), job.host_peak.track():
-            for name, _ in work:
-                with streaming(job.loaded.model) if job.loaded else nullcontext():
-                    STAGE_FUNCTIONS[name](job, progress.stage(name))
-    finally:
-        latency.discard_baseline(job)  # the temporary copy of the original weights
-    STAGE_FUNCTIONS[last](job, progress.stage(last))  # store
+        try:
+            # peak memory of the work, not of saving the model afterwards
+            with job.peak.track(), job.host_peak.track():
+                for name, _ in work:
+                    with streaming(job.loaded.model) if job.loaded else nullcontext():
+                        STAGE_FUNCTIONS[name](job, progress.stage(name))
+        finally:
+            latency.discard_baseline(job)  # the temporary copy of the original weights
+        STAGE_FUNCTIONS[last](job, progress.stage(last))  # store
+    finally:  # done, failed or cancelled: an onloaded model's spilled blocks go
+        close_store(job.loaded.model if job.loaded else None)
     progress.done()
     assert job.out is not None
     return job.out

@@ -112,3 +112,109 @@ def test_a_job_under_a_device_budget_runs_onloaded_and_matches_the_in_memory_job
     key = cat.PERPLEXITY.key
     assert tight[key] == pytest.approx(free[key], rel=1e-4)
     assert tight[cat.WEIGHT_BYTES.key] == free[cat.WEIGHT_BYTES.key]
+
+
+def _onloaded_peak(spec: object) -> int:
+    from core.models import model_skeleton
+    from core.modes import mode_peaks
+
+    recipe, calib = spec.parsed_recipe(), spec.calib_settings  # type: ignore[attr-defined]
+    return mode_peaks(model_skeleton(spec.model), recipe, calib).onloaded  # type: ignore[attr-defined]
+
+
+def _spill_folders(tmp: Path) -> list[Path]:
+    return sorted(tmp.glob("cl-blocks-*"))
+
+
+def test_an_onloaded_job_saves_its_model_like_the_in_memory_job_and_removes_its_spill(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    from core.data import get_text_set
+    from core.models import byte_tokenizer
+    from core.modes import BUDGET_ENV
+    from core.save import load_compressed
+    from runs.pipeline import run_job
+    from tests.tiny import tiny_spec
+
+    monkeypatch.setenv("COMPRESSLAB_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv(BUDGET_ENV, raising=False)
+    spill_root = tmp_path / "tmp"
+    spill_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill_root))
+    folder = tmp_path / "tiny4"
+    tiny_llama(layers=4).save_pretrained(folder, safe_serialization=True)
+    byte_tokenizer().save_pretrained(folder)
+    spec = dataclasses.replace(tiny_spec("gptq-4bit-g128"), model=str(folder), save_model=True)
+    free = run_job(
+        spec, cache_dir=tmp_path / "c1", resolve_text=get_text_set, save_dir=tmp_path / "m1"
+    )
+    made: list[Path] = []
+    real_mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(
+        tempfile, "mkdtemp", lambda **kw: made.append(Path(real_mkdtemp(**kw))) or made[-1]
+    )
+    tight_spec = dataclasses.replace(spec, max_device_memory=str(_onloaded_peak(spec)))
+    tight = run_job(
+        tight_spec, cache_dir=tmp_path / "c2", resolve_text=get_text_set, save_dir=tmp_path / "m2"
+    )
+    assert tight.result.extra.get("notes", []) == free.result.extra.get("notes", [])
+    assert made and not any(p.exists() for p in made) and not _spill_folders(spill_root)
+    a, b = load_compressed(tmp_path / "m1").model, load_compressed(tmp_path / "m2").model
+    assert _nll(b) == pytest.approx(_nll(a), rel=1e-6)
+    for (na, ta), (nb, tb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert na == nb and torch.equal(ta, tb), na  # the same compressed model, bit for bit
+
+
+@pytest.mark.parametrize("how", ["cancelled", "failed"])
+def test_an_onloaded_job_that_stops_early_removes_its_spill(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    import tempfile
+
+    from core.data import get_text_set
+    from core.errors import Cancelled
+    from core.models import byte_tokenizer
+    from core.modes import BUDGET_ENV
+    from runs import pipeline
+    from tests.tiny import tiny_spec
+
+    monkeypatch.setenv("COMPRESSLAB_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv(BUDGET_ENV, raising=False)
+    spill_root = tmp_path / "tmp"
+    spill_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill_root))
+    folder = tmp_path / "tiny4"
+    tiny_llama(layers=4).save_pretrained(folder, safe_serialization=True)
+    byte_tokenizer().save_pretrained(folder)
+    spec = dataclasses.replace(tiny_spec("gptq-4bit-g128"), model=str(folder))
+    spec = dataclasses.replace(spec, max_device_memory=str(_onloaded_peak(spec)))
+    seen: list[int] = []
+
+    def stop_after_two_blocks() -> bool:  # cancelled mid-compression, blocks spilled
+        store = store_of(job_model[0]) if job_model else None
+        seen.append(len(store.committed) if store else 0)
+        return how == "cancelled" and seen[-1] >= 2
+
+    job_model: list[torch.nn.Module] = []
+    real_compress = pipeline.STAGE_FUNCTIONS["compress"]
+
+    def compress(job: pipeline.Job, report: pipeline.Progress) -> None:
+        job_model.append(job.loaded.model)  # type: ignore[union-attr]
+        real_compress(job, report)
+        if how == "failed":
+            raise RuntimeError("disk full")
+
+    monkeypatch.setitem(pipeline.STAGE_FUNCTIONS, "compress", compress)
+    with pytest.raises(Cancelled if how == "cancelled" else RuntimeError):
+        pipeline.run_job(
+            spec,
+            cache_dir=tmp_path / "c",
+            resolve_text=get_text_set,
+            should_cancel=stop_after_two_blocks,
+        )
+    assert max(seen) >= 2 or how == "failed"
+    assert job_model and store_of(job_model[0]) is not None
+    assert not store_of(job_model[0]).spill.exists()
+    assert not _spill_folders(spill_root)
