@@ -16,7 +16,10 @@ weight format can gain in decode (see the README).
 Variants (label -> recipe of core/recipe.py): fp32 (the baseline, no recipe), bf16,
 w8a8 (dynamic per-token activations), smoothquant+w8a8 (alpha 0.5, static activation
 scale), int8 and int4 weight-only, GPTQ 4-bit (groups of 128; stored as affine int4, so
-it runs through the same int4 kernel), bitsandbytes LLM.int8() and NF4.
+it runs through the same int4 kernel), bitsandbytes LLM.int8() and NF4; int4 with the output
+layer quantized too; and a floor: every linear replaced by one that returns zeros, which
+times everything else (attention, norms, the framework's per-layer overhead) and so
+bounds the speed-up any weight format can give.
 
 Timing: one untimed warm-up round (it also tunes / checks the kernel paths on first use),
 then ``--repeats`` rounds; within a round every variant runs once, in turn, so a busy
@@ -62,6 +65,7 @@ VARIANTS: dict[str, str | None] = {  # row label -> named recipe (None: uncompre
     "gptq-4bit": "gptq-4bit-g128",
     "bnb-int8": "llm-int8-bnb",
     "bnb-nf4": "nf4",
+    "floor (no linears)": "floor",
 }
 SHOWN_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
 
@@ -122,8 +126,33 @@ EXTRA_RECIPES: dict[str, list[dict]] = {
 }
 
 
+class NoMatmul(nn.Module):
+    """A linear layer that costs nothing: zeros of the output shape. A model made of these
+    times everything but the linears (attention, norms, the framework's per-layer
+    overhead), the ceiling no weight format can pass."""
+
+    def __init__(self, out_features: int) -> None:
+        super().__init__()
+        self.out_features = out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(*x.shape[:-1], self.out_features)
+
+
+def floor_model(model: nn.Module) -> nn.Module:
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, nn.Linear):
+            parent, _, leaf = name.rpartition(".")
+            setattr(
+                model.get_submodule(parent) if parent else model, leaf, NoMatmul(mod.out_features)
+            )
+    return model
+
+
 def compress(base: nn.Module, recipe: str | None, calib: list[torch.Tensor]) -> nn.Module:
     model = copy.deepcopy(base)
+    if recipe == "floor":
+        return floor_model(model).eval()
     if recipe is not None:
         steps = EXTRA_RECIPES.get(recipe) or NAMED_RECIPES[recipe]
         apply_recipe(
