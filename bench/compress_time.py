@@ -240,9 +240,10 @@ def _eval_nll(model: nn.Module, windows: torch.Tensor) -> float:
 def memory_child(folder: Path, budget_blocks: int, n_calib: int) -> dict[str, Any]:
     """In this fresh process: load the model saved in ``folder`` (in memory, or onloaded
     when ``budget_blocks`` > 0), compress it with GPTQ, evaluate it; the peak RSS above
-    the process's RSS before loading (torch and transformers imported), sampled every 10 ms."""
+    the process's RSS before loading (torch, transformers and the model's code imported),
+    sampled every 10 ms."""
     import psutil
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from core.metrics import PeakMemory
     from core.onload import block_bytes, load_onloaded, store_of
@@ -250,6 +251,10 @@ def memory_child(folder: Path, budget_blocks: int, n_calib: int) -> dict[str, An
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, 4096, (1, CALIB.seq_len), generator=gen) for _ in range(n_calib)]
     windows = torch.randint(0, 4096, (4, 256), generator=gen)
+    with torch.device("meta"):  # the model's code imported (about 110 MiB of modules)
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    float_block = block_bytes(find_blocks(skeleton)[1][0])  # counted by shape on meta
+    del skeleton
     base = psutil.Process().memory_info().rss
     peak = PeakMemory(torch.device("cpu"), interval=0.01)
     with peak.track():
@@ -273,7 +278,7 @@ def memory_child(folder: Path, budget_blocks: int, n_calib: int) -> dict[str, An
         "rss_at_start": base,
         "nll": nll,
         "blocks_at_once": store.peak_loaded if store else len(blocks),
-        "block_bytes": block_bytes(blocks[0]),
+        "block_bytes": float_block,  # one float32 block, before compression
     }
 
 
@@ -312,8 +317,13 @@ def memory_table(budget_blocks: int, n_calib: int) -> list[dict[str, Any]]:
             f"{r['peak_rss_above_start'] / weights:>10.2f} {r['nll']:>10.6f}"
         )
     print(
-        "peak RSS: above the process's RSS once torch and transformers are imported "
-        f"({rows[0]['rss_at_start'] / mib:.0f} MiB)"
+        "peak RSS: above the process's RSS once torch, transformers and the model's code "
+        f"are imported ({rows[0]['rss_at_start'] / mib:.0f} MiB); onload: x budget+embeddings "
+        + ", ".join(
+            f"{r['peak_rss_above_start'] / (r['budget_bytes'] + embed_bytes):.2f}"
+            for r in rows
+            if r["budget_bytes"]
+        )
     )
     return rows
 

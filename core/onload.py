@@ -168,6 +168,7 @@ class BlockStore:
         for _, owner, attr, t, is_param in list(_tensors(self.blocks[b])):
             _put(owner, attr, t.to("meta"), is_param)
         self.loaded.discard(b)
+        trim_host_heap()  # the block's memory back to the system, not kept by the heap
 
     def hold(self, b: int) -> None:
         """Load block ``b`` and keep it until :meth:`commit` (the walker's turn on it)."""

@@ -326,13 +326,17 @@ def iter_blocks(
     ``should_cancel`` before each block (raising Cancelled) and reports progress after
     each. Holds one block's inputs at a time besides the model. With ``batch_tokens``,
     windows of one length go through a block together (:func:`stack_windows`); model
-    methods keep one window per entry unless they ask.
+    methods keep one window per entry unless they ask. An onloaded model takes one
+    window per forward: its device budget is for blocks, not for stacked activations
+    (the layer Hessians are the same either way: core.quant.hessian folds by window).
     """
     path, blocks = find_blocks(model)
     assert ctx.calib_batches is not None
+    store = store_of(model)  # onloaded: one block on the device at a time
+    if store is not None:  # and one window's activations (the budget is for blocks)
+        batch_tokens = 0
     batches = stack_windows(ctx.calib_batches, batch_tokens)
     inputs = capture_block_inputs(model, blocks, batches)
-    store = store_of(model)  # onloaded: one block on the device at a time
     for b, block in enumerate(blocks):
         if ctx.should_cancel():
             raise Cancelled
