@@ -75,11 +75,13 @@ def fmt(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
-def activation_bytes(model: nn.Module, calib: CalibSettings) -> int:
-    """One block forward's working memory over a stacked calibration batch."""
+def activation_bytes(model: nn.Module, calib: CalibSettings, *, stacked: bool = True) -> int:
+    """One block forward's working memory over a stacked calibration batch (in memory),
+    or over one window (``stacked=False``: onloaded runs take one window per forward)."""
     _, blocks = find_blocks(model)
     widest = max((m.out_features for m in find_linears(blocks[0]).values()), default=0)
-    tokens = min(calib.n_samples * calib.seq_len, max(CALIB_BATCH_TOKENS, calib.seq_len))
+    batch = CALIB_BATCH_TOKENS if stacked else 0
+    tokens = min(calib.n_samples * calib.seq_len, max(batch, calib.seq_len))
     heads = getattr(getattr(model, "config", None), "num_attention_heads", 1) or 1
     scores = tokens * min(calib.seq_len, tokens) * heads * FLOAT32
     return MLP_TENSORS * tokens * widest * FLOAT32 + scores
@@ -94,9 +96,10 @@ def mode_peaks(
     block = max(sum(tensor_bytes(p) for p in b.parameters()) for b in blocks)
     outside = est.weight_bytes - sum(tensor_bytes(p) for b in blocks for p in b.parameters())
     work = est.block_io_bytes + est.layer_stats_bytes + est.error_rows_bytes
-    work += activation_bytes(model, calib) if recipe.steps else 0
-    in_memory = est.weight_bytes + work
-    onloaded = outside + 2 * block + work  # the float block and its compressed copy
+    acts = activation_bytes(model, calib) if recipe.steps else 0
+    one_window = activation_bytes(model, calib, stacked=False) if recipe.steps else 0
+    in_memory = est.weight_bytes + work + acts
+    onloaded = outside + 2 * block + work + one_window  # float block + compressed copy
     return ModePeaks(in_memory, onloaded, outside, block, budget)
 
 
