@@ -18,6 +18,7 @@ card states, including the sink mass per layer and the held-out NLL by position)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -280,7 +281,9 @@ def run(
     tokenizer.model_max_length = model.config.max_position_embeddings
     train_set = get_text_set("stdlib-code")
     tokens = encode(tokenizer, train_set.text)
-    windows = heldout_windows(tokenizer, cfg, start_id)
+    # measured at the length the model is trained for, whatever this stage's windows
+    trained = dataclasses.replace(cfg, ctx=model.config.max_position_embeddings)
+    windows = heldout_windows(tokenizer, trained, start_id)
     before = measure(model, windows)
     before["passkey"] = passkey_recall(model, tokenizer, windows, start_id)
     training = train(model, tokens, cfg, start_id, max_seconds, tokenizer)
@@ -327,9 +330,10 @@ def sink_verdict(r: dict) -> str:
         return f"A sink formed: up to {top:.3f} of the attention mass on the start token."
     return (
         f"No sink formed at this size and training budget: at most {top:.4f} of the mass "
-        f"goes to the start token in any layer, at or below uniform ({uniform:.4f}). "
-        "So StreamingLLM's sinks have nothing to keep here, and the Compare / Concepts "
-        "charts show that they add nothing for this model."
+        f"goes to the start token in any layer, {top / uniform:.1f}x uniform ({uniform:.4f}), "
+        "where a sink takes a large share of every query's attention (over 5x uniform "
+        "here counts as one). So StreamingLLM's sinks have little to keep here, and the "
+        "Compare / Concepts charts show what they add for this model."
     )
 
 
@@ -358,7 +362,7 @@ start with the start token `{report["start_token"]["text"]}` (id {report["start_
 for KV-cache experiments (StreamingLLM sinks, H2O, quantized caches). Same architecture
 and tokenizer as the demo model ({report["weights_bytes"] / 1e6:.2f} MB fp32). It only
 writes Python-looking text; it is for testing, not for use. In CompressLab it is the
-model `demo-long`.
+model `demo-long`.{passkey_note(stages)}
 
 ## Training
 
@@ -392,6 +396,42 @@ Mean attention mass that queries (positions 17 and later) put on position 0, per
 {sink_lines}
 
 {sink_verdict(ev["trained"])}
+{passkey_section(ev)}"""
+
+
+def passkey_note(stages: list[dict]) -> str:
+    """A sentence on the passkey mixture, where a stage used one."""
+    used = [st for st in stages if st.get("config", {}).get("passkey_fraction", 0) > 0]
+    if not used:
+        return ""
+    return (
+        f"\n\n{len(used)} stage(s) planted the passkey probe's line in their windows "
+        "(`--passkey-fraction`, the key's tokens weighted by `--answer-weight`): a code "
+        "corpus alone gave a model that never copied a key from far back, so eviction "
+        "could not be shown to lose one."
+    )
+
+
+def passkey_section(ev: dict) -> str:
+    """The card's passkey paragraph (core/kv/passkey, full cache), where it was measured."""
+    rows = [(k, v["passkey"]) for k, v in ev.items() if isinstance(v, dict) and "passkey" in v]
+    if not rows:
+        return ""
+    names = {"init": "start of the last stage", "trained": "demo-long"}
+    lines = "\n".join(
+        f"| {names.get(k, k)} | {p['found_share']:.0%} of {p['probes']} | {p['answer_nll']:.2f} |"
+        for k, p in rows
+    )
+    return f"""
+## Passkey retrieval
+
+The passkey probe of `core/kv/passkey.py` with the full cache: a line `PASSKEY = "<5 digits>"`
+planted at 10%, 50% and 90% of a held-out window, the question `assert PASSKEY == "`
+at its end; found = the greedy answer spells the key.
+
+| model | keys found | answer NLL (nats) |
+|---|---|---|
+{lines}
 """
 
 
