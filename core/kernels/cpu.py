@@ -67,8 +67,6 @@ def compile_flags() -> tuple[str, ...]:
     """FLAGS, plus the AVX-512 ones where this CPU has all of AVX512_FLAGS."""
     have = cpu_flags()
     extra = tuple(AVX512_FLAGS.values()) if all(f in have for f in AVX512_FLAGS) else ()
-    if extra and "avx512_bf16" in have and not _env_off("COMPRESSLAB_NO_BF16"):
-        extra = (*extra, "-mavx512bf16")  # the int4 decode kernel's bf16 dot products
     if _env_off("COMPRESSLAB_NO_AVX512"):
         extra = ()
     return (*FLAGS, *extra)

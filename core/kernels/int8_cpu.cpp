@@ -18,7 +18,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 namespace {
@@ -465,123 +464,6 @@ void wo4_impl_512(const WO4Args& a, int nt) {
     for (; m < a.M; ++m) wo4_row_panel_512<1, WO4_NR1>(a, m, n0, n1);
   }
 }
-
-#if defined(__AVX512BF16__)
-#define CL_HAVE_WO4_BF16 1
-// int4 decode (M <= WO4_BF16_MAX_M, groups of a multiple of 128) with bf16 dot products:
-// vdpbf16ps does 32 multiply-adds per instruction against 16 for an fp32 FMA, and a code
-// becomes its bf16 value with one vpermw for 32 codes. The codes' bf16 values are the
-// exact integers j - 8; x is split into two bf16 halves, x = hi + lo (RNE), so each
-// product keeps 16 bits of x's mantissa and is exact in float32 (relative error of x
-// about 2^-17, inside the 1e-5 tolerance of the reference). Per group:
-//   sum_k (q - z) s x = s * (sum_k (q - 8) x - (z - 8) * sum_k x).
-// Layout: 64 packed bytes are 128 columns c..c+127; read as 32 words, word w holds
-// columns c + 4w + t in its nibble t (t = 0..3, low nibble first). vpermw reads a word's
-// low 5 bits, so a 32-entry table with j and j + 16 both mapping to j - 8 needs no mask;
-// shifts by 4, 8 and 12 bring nibbles 1, 2, 3 down. x is stored to match: for each 128
-// column chunk, four runs of 32 bf16 values, run t holding x[c + 4w + t] for w = 0..31.
-constexpr int64_t WO4_BF16_CHUNK = 128;
-#ifndef WO4_BF16_MAX_M
-#define WO4_BF16_MAX_M 4
-#endif
-
-inline uint16_t bf16_rne(float v) {
-  uint32_t b;
-  std::memcpy(&b, &v, 4);
-  return static_cast<uint16_t>((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16);
-}
-
-inline float bf16_to_float(uint16_t h) {
-  const uint32_t b = static_cast<uint32_t>(h) << 16;
-  float v;
-  std::memcpy(&v, &b, 4);
-  return v;
-}
-
-// x row (K floats, zero past K up to kp) -> hi and lo bf16 runs in the layout above.
-void prepare_int4_x_bf16(const float* x, int64_t K, int64_t kp, uint16_t* hi, uint16_t* lo) {
-  for (int64_t c = 0; c < kp; c += WO4_BF16_CHUNK)
-    for (int t = 0; t < 4; ++t)
-      for (int w = 0; w < 32; ++w) {
-        const int64_t k = c + 4 * w + t;
-        const float v = k < K ? x[k] : 0.0f;
-        const uint16_t h = bf16_rne(v);
-        const int64_t i = c + t * 32 + w;
-        hi[i] = h;
-        lo[i] = bf16_rne(v - bf16_to_float(h));
-      }
-}
-
-struct WO4B16Args {
-  const uint16_t* xhi;    // (M, KP) bf16, chunk layout above
-  const uint16_t* xlo;    // (M, KP)
-  const float* xsum;      // (M, G)
-  const uint8_t* w;       // (N, KP / 2)
-  const uint16_t* scale;  // (N, G) float16 bits
-  const uint8_t* zero;    // (N, G)
-  const float* bias;
-  float* out;             // (M, N)
-  int64_t M, N, KP, G, group;
-};
-
-template <int NR>
-inline void wo4_bf16_tile(const WO4B16Args& a, int64_t m, int64_t n0) {
-  const int64_t ldw = a.KP / 2;
-  alignas(64) int16_t table[32];
-  for (int j = 0; j < 32; ++j) table[j] = static_cast<int16_t>(bf16_rne(static_cast<float>((j & 15) - 8)));
-  const __m512i lut = _mm512_load_si512(table);
-  const uint16_t* xh = a.xhi + m * a.KP;
-  const uint16_t* xl = a.xlo + m * a.KP;
-  __m512 tot[NR];
-  float corr[NR];
-  for (int n = 0; n < NR; ++n) tot[n] = _mm512_setzero_ps(), corr[n] = 0.0f;
-  for (int64_t g = 0; g < a.G; ++g) {
-    __m512 acc[NR][2];
-    for (int n = 0; n < NR; ++n) acc[n][0] = acc[n][1] = _mm512_setzero_ps();
-    for (int64_t c = g * a.group; c < (g + 1) * a.group; c += WO4_BF16_CHUNK) {
-      __m512bh h[4], l[4];
-      for (int t = 0; t < 4; ++t) {
-        h[t] = (__m512bh)_mm512_loadu_si512(xh + c + 32 * t);
-        l[t] = (__m512bh)_mm512_loadu_si512(xl + c + 32 * t);
-      }
-      for (int n = 0; n < NR; ++n) {
-        const uint8_t* wr = a.w + (n0 + n) * ldw + c / 2;
-        _mm_prefetch(reinterpret_cast<const char*>(wr + NR * ldw), _MM_HINT_T0);
-        const __m512i b = _mm512_loadu_si512(wr);
-        for (int t = 0; t < 4; ++t) {
-          const __m512i idx = t == 0 ? b : _mm512_srli_epi16(b, 4 * t);
-          const __m512bh wq = (__m512bh)_mm512_permutexvar_epi16(idx, lut);
-          acc[n][t & 1] = _mm512_dpbf16_ps(acc[n][t & 1], wq, h[t]);
-          acc[n][t & 1] = _mm512_dpbf16_ps(acc[n][t & 1], wq, l[t]);
-        }
-      }
-    }
-    for (int n = 0; n < NR; ++n) {
-      const int64_t i = (n0 + n) * a.G + g;
-      const float s = _cvtsh_ss(a.scale[i]);
-      tot[n] = _mm512_fmadd_ps(_mm512_add_ps(acc[n][0], acc[n][1]), _mm512_set1_ps(s), tot[n]);
-      corr[n] += s * (static_cast<float>(a.zero[i]) - 8.0f) * a.xsum[m * a.G + g];
-    }
-  }
-  for (int n = 0; n < NR; ++n) {
-    const float v = _mm512_reduce_add_ps(tot[n]) - corr[n];
-    a.out[m * a.N + n0 + n] = a.bias ? v + a.bias[n0 + n] : v;
-  }
-}
-
-void wo4_bf16_impl(const WO4B16Args& a, int nt) {
-  const int64_t chunks = (a.N + NC - 1) / NC;
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t ch = 0; ch < chunks; ++ch) {
-    const int64_t n0 = ch * NC, n1 = std::min(a.N, n0 + NC);
-    for (int64_t m = 0; m < a.M; ++m) {
-      int64_t n = n0;
-      for (; n + 4 <= n1; n += 4) wo4_bf16_tile<4>(a, m, n);
-      for (; n < n1; ++n) wo4_bf16_tile<1>(a, m, n);
-    }
-  }
-}
-#endif  // AVX-512 BF16
 #endif  // AVX-512
 
 // ---------------------------------------------------------------- dequantization to float
@@ -742,23 +624,6 @@ void cl_int4_weight_only_linear(const float* x, const uint8_t* w, const uint16_t
                                 const uint8_t* zero, const float* bias, float* out, int64_t M,
                                 int64_t N, int64_t K, int64_t kp, int64_t group, int nt) {
   const int64_t G = kp / group;
-#ifdef CL_HAVE_WO4_BF16
-  if (M <= WO4_BF16_MAX_M && group % WO4_BF16_CHUNK == 0 && G > 0 && kp == G * group) {
-    std::vector<uint16_t> hi(M * kp), lo(M * kp);
-    std::vector<float> xs(M * G);
-    for (int64_t m = 0; m < M; ++m) {
-      prepare_int4_x_bf16(x + m * K, K, kp, hi.data() + m * kp, lo.data() + m * kp);
-      for (int64_t g = 0; g < G; ++g) {
-        float s = 0.0f;
-        for (int64_t k = g * group; k < std::min(K, (g + 1) * group); ++k) s += x[m * K + k];
-        xs[m * G + g] = s;
-      }
-    }
-    WO4B16Args b{hi.data(), lo.data(), xs.data(), w, scale, zero, bias, out, M, N, kp, G, group};
-    wo4_bf16_impl(b, nt);
-    return;
-  }
-#endif
   std::vector<float> xp(M * kp), xsum(M * G);
   for (int64_t m = 0; m < M; ++m)
     prepare_int4_x(x + m * K, K, kp, group, xp.data() + m * kp, xsum.data() + m * G);
