@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,9 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["COMPRESSLAB_NO_AUTOWORKER"] = "1"
 os.environ.setdefault("COMPRESSLAB_NO_AUTOTUNE", "1")  # kernel tuning only where a test asks
+# Never read or write the developer's data folder (a kernel table tuned there changes
+# which kernel paths run, and with them float rounding); tests may point it elsewhere.
+os.environ["COMPRESSLAB_DATA"] = tempfile.mkdtemp(prefix="compresslab-test-data-")
 
 
 @pytest.fixture(autouse=True)

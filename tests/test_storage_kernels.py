@@ -30,7 +30,12 @@ IDS = torch.randint(0, 256, (2, 24), generator=GEN)
 # tests/test_compress_scale.py) give these two values bit for bit; 0759156 to 9b24b48
 # gave 42.5276 (1 thread) and 42.5954 (2), from the Hessian folding batched windows at
 # once, not from the stacked q/k/v sweep (identical codes).
-GPTQ4_DEMO_PERPLEXITY = 42.54025450599026
+# The kernel paths matter as much (GPTQ's calibration forwards run the block's already
+# quantized linears): those values were read with a kernel table tuned in the
+# developer's data folder; tests now run with an empty one (conftest), so the committed
+# table (core/kernels/dispatch_cpu.json, this machine's AVX512 row) decides, as in CI
+# from a fresh clone: 42.58336660645179 there and here.
+GPTQ4_DEMO_PERPLEXITY = 42.58336660645179
 
 
 def _compressed(steps: list[dict]) -> torch.nn.Module:
