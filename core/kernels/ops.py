@@ -548,7 +548,7 @@ def _finish(y: torch.Tensor, lead: tuple[int, ...] | None, dtype: torch.dtype) -
     return y if y.dtype == dtype else y.to(dtype)
 
 
-# (op, M bucket, K, N, int4 group) -> (path, source) once decided: a decode step calls
+# (op, M, K, N, int4 group or W8A8 act mode) -> (path, source) once decided: decode calls
 # every linear with the same shapes, and looking the tables up each time cost as much
 # as a 256-wide layer's matmul. Cleared whenever a table or a verdict changes.
 _CHOSEN: dict[tuple, tuple[str, str]] = {}
@@ -561,7 +561,7 @@ def forget_choices() -> None:
 def _cpu_impl(op: str) -> Callable[..., torch.Tensor]:
     def impl(x: torch.Tensor, *args):
         x2, lead = _flatten(x)
-        key = (op, m_bucket(x2.shape[0]), x2.shape[1], args[0].shape[0], args[3:4])
+        key = (op, x2.shape[0], x2.shape[1], args[0].shape[0], args[3:4])
         chosen = None if getattr(_forced, "name", None) else _CHOSEN.get(key)
         y = None
         if chosen is None:

@@ -115,7 +115,9 @@ def _history(flow: ModuleType, page: Any) -> list[str]:
     """The run ids in the Runs history (its last grid), after the filters."""
     flow.wait_idle(page)
     main = flow.main_area(page)
-    caption = main.get_by_text(SHOWN)
+    # mid-rerun Streamlit can show the old caption beside the new one: read the last,
+    # as the grid below (the caller polls until the state it waits for)
+    caption = main.get_by_text(SHOWN).last
     flow.expect(caption).to_be_visible()
     m = SHOWN.search(caption.inner_text())
     if m and m.group(1) == "0":
