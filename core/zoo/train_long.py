@@ -36,6 +36,7 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from core.data import get_text_set
 from core.kv import passkey
+from core.kv.cache import KVSpec
 from core.zoo import DEMO_MODEL_DIR
 from core.zoo.train_demo import (
     _portable_tokenizer_class,
@@ -95,12 +96,14 @@ def long_batches(
     cfg: LongConfig,
     start_id: int,
     tokenizer: PreTrainedTokenizerFast | None = None,
-) -> Iterator[torch.Tensor]:
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless (B, ctx) batches: the start token, then ctx - 1 consecutive tokens from a
     seeded random offset. With ``cfg.passkey_fraction`` > 0 that share of windows carries
     the passkey probe's line (core/kv/passkey.PLANT, a seeded random key) at a random depth
     and the probe's question with the key as the window's last tokens: the only way to
-    predict those key tokens is to look back at the line, which teaches long-range recall."""
+    predict those key tokens is to look back at the line, which teaches long-range recall.
+    Yields (batch, weights): per predicted token, ``cfg.answer_weight`` on the key's
+    tokens after the question and 1 elsewhere (see :func:`weighted_loss`)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     body = cfg.ctx - 1
@@ -118,10 +121,8 @@ def long_batches(
                     cut = int(rng.uniform(0.02, 0.95) * (body - len(plant) - len(ask)))
                     rows[b] = plant_passkey(rows[b], plant, ask, cut)
                     n_key = len(passkey.encode(tokenizer, key))
-                    answer_end = cfg.ctx - (
-                        len(ask) - len(passkey.encode(tokenizer, passkey.QUESTION))
-                    )
-                    weights[b, answer_end : answer_end + n_key] = cfg.answer_weight
+                    key_at = cfg.ctx - len(ask) + len(passkey.encode(tokenizer, passkey.QUESTION))
+                    weights[b, key_at : key_at + n_key] = cfg.answer_weight
         yield with_start_token(rows, start_id), weights
 
 
@@ -254,8 +255,6 @@ def passkey_recall(
     """The passkey probe (core/kv/passkey) with the full cache, on held-out windows as
     filler, at each probe depth: the share of keys found (greedy tokens spell the key) and
     the answer's mean NLL in nats."""
-    from core.kv.cache import KVSpec
-
     found, nll, n = 0, 0.0, 0
     for i, w in enumerate(windows):
         filler = w[1 : len(w) - 24]  # room for the line and the question
