@@ -85,11 +85,11 @@ def position_rows(ref: Stream, got: Stream) -> list[dict[str, Any]]:
 
 def passkeys(job: Any, ids: torch.Tensor, spec: KVSpec) -> list[dict[str, Any]]:
     model, tok = job.loaded.model, job.loaded.tokenizer
+    bos = getattr(tok, "bos_token_id", None)  # as the model reads a document
+    filler = ids[: max(16, len(ids) - 32)]
+    filler = filler[1:] if bos is not None and int(filler[0]) == bos else filler
     rows = []
     for i, depth in enumerate(DEPTHS):
-        bos = getattr(tok, "bos_token_id", None)  # as the model reads a document
-        filler = ids[: max(16, len(ids) - 32)]
-        filler = filler[1:] if bos is not None and int(filler[0]) == bos else filler
         probe = make_probe(tok, filler, depth, seed=i, bos=bos)
         plain = run_probe(model, probe, KVSpec())
         got = run_probe(model, probe, spec)

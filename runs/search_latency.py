@@ -24,9 +24,7 @@ import copy
 import hashlib
 import json
 import math
-import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -37,7 +35,7 @@ import torch
 from torch import nn
 
 from core.kernels import tune
-from core.paths import data_dir
+from core.paths import data_dir, write_json_atomic
 from core.recipe import recipe_from_steps
 from core.walk import apply_recipe, find_linears, get_submodule
 from runs import catalogue as cat
@@ -94,17 +92,8 @@ def load_cache(key: Mapping[str, Any]) -> dict[str, float]:
 
 def save_cache(key: Mapping[str, Any], seconds: Mapping[str, float]) -> None:
     """Merge ``seconds`` into the machine's cache, atomically (temporary file, rename)."""
-    path = cache_file(key)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {"key": dict(key), "version": CACHE_VERSION, "seconds": {**load_cache(key), **seconds}}
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_json_atomic(cache_file(key), data)
 
 
 Shape = tuple[int, int, bool, str]  # in_features, out_features, has bias, dtype

@@ -126,17 +126,14 @@ def _spill_folders(tmp: Path) -> list[Path]:
     return sorted(tmp.glob("cl-blocks-*"))
 
 
-def test_an_onloaded_job_saves_its_model_like_the_in_memory_job_and_removes_its_spill(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _tiny_job_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A 4-layer tiny Llama saved for a job, the data folder under ``tmp_path``, no
+    worker budget from the environment, and temporary folders (where spill folders go)
+    under a folder of their own: (model folder, that temporary root)."""
     import tempfile
 
-    from core.data import get_text_set
     from core.models import byte_tokenizer
     from core.modes import BUDGET_ENV
-    from core.save import load_compressed
-    from runs.pipeline import run_job
-    from tests.tiny import tiny_spec
 
     monkeypatch.setenv("COMPRESSLAB_DATA", str(tmp_path / "data"))
     monkeypatch.delenv(BUDGET_ENV, raising=False)
@@ -146,6 +143,20 @@ def test_an_onloaded_job_saves_its_model_like_the_in_memory_job_and_removes_its_
     folder = tmp_path / "tiny4"
     tiny_llama(layers=4).save_pretrained(folder, safe_serialization=True)
     byte_tokenizer().save_pretrained(folder)
+    return folder, spill_root
+
+
+def test_an_onloaded_job_saves_its_model_like_the_in_memory_job_and_removes_its_spill(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    from core.data import get_text_set
+    from core.save import load_compressed
+    from runs.pipeline import run_job
+    from tests.tiny import tiny_spec
+
+    folder, spill_root = _tiny_job_folder(tmp_path, monkeypatch)
     spec = dataclasses.replace(tiny_spec("gptq-4bit-g128"), model=str(folder), save_model=True)
     free = run_job(
         spec, cache_dir=tmp_path / "c1", resolve_text=get_text_set, save_dir=tmp_path / "m1"
@@ -171,23 +182,13 @@ def test_an_onloaded_job_saves_its_model_like_the_in_memory_job_and_removes_its_
 def test_an_onloaded_job_that_stops_early_removes_its_spill(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    import tempfile
 
     from core.data import get_text_set
     from core.errors import Cancelled
-    from core.models import byte_tokenizer
-    from core.modes import BUDGET_ENV
     from runs import pipeline
     from tests.tiny import tiny_spec
 
-    monkeypatch.setenv("COMPRESSLAB_DATA", str(tmp_path / "data"))
-    monkeypatch.delenv(BUDGET_ENV, raising=False)
-    spill_root = tmp_path / "tmp"
-    spill_root.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(spill_root))
-    folder = tmp_path / "tiny4"
-    tiny_llama(layers=4).save_pretrained(folder, safe_serialization=True)
-    byte_tokenizer().save_pretrained(folder)
+    folder, spill_root = _tiny_job_folder(tmp_path, monkeypatch)
     spec = dataclasses.replace(tiny_spec("gptq-4bit-g128"), model=str(folder))
     spec = dataclasses.replace(spec, max_device_memory=str(_onloaded_peak(spec)))
     seen: list[int] = []

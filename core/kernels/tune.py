@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 import torch
 
 from core.kernels import cpu
-from core.paths import data_dir
+from core.paths import data_dir, write_json_atomic
 
 TUNE_M = (1, 16, 128, 512, 2048)  # the dispatch's M buckets
 TUNE_K = (1024, 4096)  # K buckets: a cell serves every K up to its own
@@ -95,15 +94,7 @@ def load_tuned(path: Path | None = None, key: dict | None = None) -> dict | None
 def save_tuned(table: dict, path: Path | None = None) -> Path:
     """Write atomically (a temporary name, then rename): readers never see half a file."""
     path = path or table_file(table["key"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(table, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_json_atomic(path, table)
     return path
 
 

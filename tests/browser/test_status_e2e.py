@@ -63,6 +63,20 @@ def test_the_sidebar_counts_a_run_on_the_page_that_says_it_was_queued(
     assert queued + running == before + 1, (queued, running, before)
 
 
+def _spec(model: str, steps: list[dict]) -> tuple[Any, str]:
+    """A job spec on the stock calibration and evaluation sets, and its recipe label."""
+    return build_spec(
+        model,
+        steps,
+        text_exists=lambda _: True,
+        recipe_name="",
+        calib="stdlib-code",
+        eval_set="stdlib-heldout",
+        eval_settings=None,
+        calib_settings=None,
+    )
+
+
 def _sweep_jobs(app_db: Any, worker: str) -> tuple[str, list[int]]:
     """Two jobs of a block-by-block RTN sweep of the tiny model, running on ``worker``."""
     step = {"method": "rtn", "bits": 4}
@@ -71,16 +85,7 @@ def _sweep_jobs(app_db: Any, worker: str) -> tuple[str, list[int]]:
     with app_db.begin() as s:
         rows = []
         for u, steps in zip(units, sensitivity_recipes(step, units), strict=True):
-            spec, label = build_spec(
-                "tiny-random",
-                steps,
-                text_exists=lambda _: True,
-                recipe_name="",
-                calib="stdlib-code",
-                eval_set="stdlib-heldout",
-                eval_settings=None,
-                calib_settings=None,
-            )
+            spec, label = _spec("tiny-random", steps)
             rows.append(
                 Job(
                     created_at=db_now(),
@@ -204,16 +209,7 @@ def _latency_run() -> dict[str, Any]:
         [pre, dec], 5, 1, 2, "a test CPU", True, {"load1": 0.5}, {"load1": 0.7}, 16
     )
     steps = [{"method": "rtn", "bits": 8}]
-    spec, label = build_spec(
-        "demo",
-        steps,
-        text_exists=lambda _: True,
-        recipe_name="",
-        calib="stdlib-code",
-        eval_set="stdlib-heldout",
-        eval_settings=None,
-        calib_settings=None,
-    )
+    spec, label = _spec("demo", steps)
     result = lat.result_fields(report, weight_bytes=4_000_000, base_weight_bytes=8_000_000)
     result |= {cat.PERPLEXITY.key: 3.0, cat.WEIGHT_BYTES.key: 4_000_000}
     return {
