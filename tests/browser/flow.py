@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import psutil
 from playwright.sync_api import Browser, Locator, Page, Playwright, expect
+from playwright.sync_api import Error as PlaywrightError
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +251,34 @@ def wait_idle(page: Page, timeout_ms: float = PAGE_LOAD_MS) -> None:
     app = page.get_by_test_id("stApp")
     expect(app).to_have_attribute("data-test-script-state", "notRunning", timeout=timeout_ms)
     expect(main_area(page).get_by_test_id("stSkeleton")).to_have_count(0, timeout=timeout_ms)
+
+
+def live(page: Page, act: Callable[[], None], tries: int = 5) -> None:
+    """Do ``act`` (a fill, a click) on a widget inside a fragment that refreshes on a timer.
+
+    While such a fragment reruns, Streamlit can for a moment show the old copy of a widget
+    beside the new one, and the action then fails Playwright's strict mode before doing
+    anything (seen in CI on the history's "Parameters" filter), so it is tried again a
+    moment later. A second copy that stays fails every try, as it should."""
+    for attempt in range(tries):
+        try:
+            act()
+            return
+        except PlaywrightError as e:
+            if "strict mode violation" not in str(e) or attempt == tries - 1:
+                raise
+            page.wait_for_timeout(500)
+
+
+def fill_live(page: Page, field: Locator, value: str, enter: bool = False) -> None:
+    """Fill a field in a timer-refreshed fragment (see ``live``); Enter commits it."""
+
+    def act() -> None:
+        field.fill(value)
+        if enter:
+            field.press("Enter")
+
+    live(page, act)
 
 
 def expect_title(page: Page, title: str, timeout_ms: float = PAGE_LOAD_MS) -> None:

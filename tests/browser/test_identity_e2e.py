@@ -151,8 +151,8 @@ def _history_becomes(
 
 def _multiselect(flow: ModuleType, page: Any, label: str, option: str) -> None:
     box = flow.main_area(page).get_by_role("combobox", name=label, exact=True)
-    box.click()
-    box.fill(option)
+    flow.live(page, box.click)
+    flow.fill_live(page, box, option)
     page.get_by_role("option", name=option, exact=True).click()
     page.keyboard.press("Escape")
     flow.wait_idle(page)
@@ -187,10 +187,10 @@ def test_a_run_renamed_tagged_filtered_archived_restored_and_cloned(
     flow.go_to(page, "Runs")
     main = flow.main_area(page)
     _pick_run(flow, page, four)
-    main.get_by_label("Name", exact=True).fill("int4 first try")
-    main.get_by_label("Tags (comma-separated)", exact=True).fill("paper, int4")
-    main.get_by_label("Notes", exact=True).fill("group size 128")
-    main.get_by_role("button", name="Save name, tags and notes").click()
+    flow.fill_live(page, main.get_by_label("Name", exact=True), "int4 first try")
+    flow.fill_live(page, main.get_by_label("Tags (comma-separated)", exact=True), "paper, int4")
+    flow.fill_live(page, main.get_by_label("Notes", exact=True), "group size 128")
+    flow.live(page, main.get_by_role("button", name="Save name, tags and notes").click)
     _until(page, lambda: queue.get_job(app_db, four).name, "saved")
     job = queue.get_job(app_db, four)
     assert (job.name, job.tags, job.notes) == (
@@ -207,34 +207,31 @@ def test_a_run_renamed_tagged_filtered_archived_restored_and_cloned(
     shots("named")
 
     params = main.get_by_label("Parameters", exact=True)  # any parameter of the recipe
-    params.fill("bits=8")
-    params.press("Enter")
+    flow.fill_live(page, params, "bits=8", enter=True)
     _history_becomes(flow, page, {str(eight)}, others=others)
-    params.fill("method=rtn, bits<=4")
-    params.press("Enter")
+    flow.fill_live(page, params, "method=rtn, bits<=4", enter=True)
     _history_becomes(flow, page, {str(four)}, others=others)
-    params.fill("")
-    params.press("Enter")
+    flow.fill_live(page, params, "", enter=True)
     _history_becomes(flow, page, {str(four), str(eight)}, exact=False)
     _multiselect(flow, page, "Tag", "paper")  # the tag filter: only the tagged run is left
     _history_becomes(flow, page, {str(four)}, others=others)
     shots("filtered-by-tag")
 
     _pick_run(flow, page, four)
-    main.get_by_role("button", name="Archive", exact=True).click()
+    flow.live(page, main.get_by_role("button", name="Archive", exact=True).click)
     _until(page, lambda: queue.get_job(app_db, four).archived, "archived")
     _history_becomes(
         flow, page, set(), others=others
     )  # the tag filter still on: nothing else is tagged
     shots("archived")
-    main.get_by_text("Show archived", exact=True).click()
+    flow.live(page, main.get_by_text("Show archived", exact=True).click)
     _history_becomes(flow, page, {str(four)}, others=others)
     _pick_run(flow, page, four)
-    main.get_by_role("button", name="Restore", exact=True).click()
+    flow.live(page, main.get_by_role("button", name="Restore", exact=True).click)
     _until(page, lambda: not queue.get_job(app_db, four).archived, "restored")
 
     _pick_run(flow, page, four)
-    main.get_by_role("button", name="Clone into New run").click()
+    flow.live(page, main.get_by_role("button", name="Clone into New run").click)
     flow.expect_title(page, "New run")
     expect(main.get_by_text(re.compile(rf"Pre-filled from run #{four}"))).to_be_visible()
     area = main.get_by_label(re.compile(r"^Recipe as JSON"))
