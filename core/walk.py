@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from core.errors import Cancelled
+from core.kernels import ops
 from core.mappings import BLOCK_PATHS
 from core.onload import release_file_pages, store_of, streaming, trim_host_heap
 from core.recipe import Recipe, Step
@@ -106,6 +107,9 @@ class BlockInputs:
 
     args: list[tuple[Any, ...]] = field(default_factory=list)
     kwargs: list[dict[str, Any]] = field(default_factory=list)
+    # The block's outputs, set by a consumer of iter_blocks that already ran the block as
+    # it now is (a one-pass compression): the walk takes them instead of running it again.
+    outputs: list[torch.Tensor] | None = None
 
     def hidden(self, i: int) -> torch.Tensor:
         return self.args[i][0] if self.args[i] else self.kwargs[i]["hidden_states"]
@@ -199,20 +203,23 @@ def _attach_hooks(
 
     def make_hook(name: str) -> Callable:
         def hook(_mod: nn.Module, args: tuple) -> None:
-            x = args[0].detach()
-            c = calib[name]
-            if method is not None:
-                c.stats = method.update_stats(c.stats, x)
-            if c.rows < ERROR_SAMPLE_ROWS:
-                rows = x.reshape(-1, x.shape[-1])[: ERROR_SAMPLE_ROWS - c.rows]
-                c.sample.append(rows.float().cpu())
-                c.rows += rows.shape[0]
+            _fold_input(calib[name], method, args[0].detach())
 
         return hook
 
     for n, m in layers.items():
         handles.append(m.register_forward_pre_hook(make_hook(n)))
     return calib, handles
+
+
+def _fold_input(c: _LayerCalib, method: LayerMethod | None, x: torch.Tensor) -> None:
+    """Fold one input of a layer into its statistics and keep its first sampled rows."""
+    if method is not None:
+        c.stats = method.update_stats(c.stats, x)
+    if c.rows < ERROR_SAMPLE_ROWS:
+        rows = x.reshape(-1, x.shape[-1])[: ERROR_SAMPLE_ROWS - c.rows]
+        c.sample.append(rows.float().cpu())
+        c.rows += rows.shape[0]
 
 
 def _outputs(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -273,7 +280,17 @@ def _install(
 
 
 def apply_step(model: nn.Module, step: Step, ctx: MethodContext) -> None:
-    """Apply one recipe step to the model in place."""
+    """Apply one recipe step to the model in place.
+
+    Its forwards run the layers already compressed (by earlier groups, blocks or steps)
+    on their plain float path: what a calibrated method computes must not depend on
+    which kernel this machine's table or the first-use timing picked (the kernels agree
+    only up to float rounding, and GPTQ's codes flip on rounding boundaries)."""
+    with ops.use_path(ops.FLOAT_PATH):
+        _apply_step(model, step, ctx)
+
+
+def _apply_step(model: nn.Module, step: Step, ctx: MethodContext) -> None:
     method = get_method(step.method)()
     targets = select_targets(model, step)
     if method.needs_calibration and not ctx.calib_batches:
@@ -345,8 +362,13 @@ def iter_blocks(
         prefix = f"{path}.{b}"
         names = [n for n in ctx.error_targets if n.startswith(prefix + ".")]
         probe = _probe_before(model, block, inputs, names)
+        inputs.outputs = None
         yield prefix, block, inputs
-        for i, h in enumerate(_run_and_measure(model, block, inputs, probe, ctx.reports)):
+        outs = inputs.outputs
+        if outs is None or probe.modules:
+            outs = _run_and_measure(model, block, inputs, probe, ctx.reports)
+        inputs.outputs = None
+        for i, h in enumerate(outs):
             inputs.with_hidden(i, h)
         if store is not None:
             store.commit(b)  # the block as compressed, written off the device
@@ -443,6 +465,11 @@ def collect_inputs(
             h.remove()
 
 
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """The very same values in memory (``b`` kept alive while compared)."""
+    return (a.data_ptr(), a.shape, a.stride()) == (b.data_ptr(), b.shape, b.stride())
+
+
 @torch.no_grad()
 def input_groups(
     block: nn.Module, inputs: BlockInputs, layers: dict[str, nn.Module]
@@ -459,13 +486,7 @@ def input_groups(
         if name in seen:
             return
         seen.add(name)
-        prev = last[0] if last else None
-        same = prev is not None and (x.data_ptr(), x.shape, x.stride()) == (
-            prev.data_ptr(),
-            prev.shape,
-            prev.stride(),
-        )
-        if same:
+        if last and _same_tensor(x, last[0]):
             groups[-1].append(name)
         else:
             groups.append([name])
@@ -539,6 +560,97 @@ def _compress_block_sequential(
             _install(model, name, layers[name], new, calib, ctx)
 
 
+@dataclass
+class _Group:
+    """Layers that read one input, compressed together the first time one of them runs."""
+
+    names: list[str]
+    calib: _LayerCalib | None = None  # the group's shared statistics and sampled rows
+    x: torch.Tensor | None = None  # the input they were computed from
+    new: dict[str, nn.Module] = field(default_factory=dict)  # name -> compressed
+    own: dict[str, _LayerCalib] = field(default_factory=dict)  # a member that read another
+
+
+class _Slot(nn.Module):
+    """Stands in for one linear of a block during its one-pass compression. The first call
+    into its group folds the input into the group's statistics and compresses the group's
+    layers of that input width; every call is then answered by the compressed layer, so
+    the layers after it in the forward see the outputs of the layers compressed before
+    them (true sequential). A member whose input turns out not to be the group's (a wrong
+    guess of the groups) is calibrated and compressed on its own input."""
+
+    def __init__(
+        self, name: str, layers: dict[str, nn.Linear], group: _Group, method: LayerMethod, cfg: Any
+    ) -> None:
+        super().__init__()
+        self.name, self.group, self.method, self.cfg = name, group, method, cfg
+        self.layers = layers  # a plain dict: the float layers stay out of the module tree
+        self.called = False
+
+    def _compress(self, names: list[str], x: torch.Tensor | None) -> _LayerCalib:
+        calib = _LayerCalib(stats=self.method.init_stats(self.layers[names[0]], self.cfg))
+        if x is not None:
+            _fold_input(calib, self.method, x.detach())
+        group = {n: self.layers[n] for n in names}
+        self.group.new.update(self.method.apply_group(group, calib.stats, self.cfg))
+        return calib
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.group
+        if not self.called:
+            self.called = True
+            if g.x is None:
+                width = self.layers[self.name].in_features
+                same = [n for n in g.names if self.layers[n].in_features == width]
+                g.calib, g.x = (
+                    self._compress([self.name, *(n for n in same if n != self.name)], x),
+                    x,
+                )
+            elif not _same_tensor(x, g.x):
+                g.own[self.name] = self._compress([self.name], x)
+        return g.new[self.name](x)
+
+
+@torch.no_grad()
+def _compress_block_one_pass(
+    model: nn.Module,
+    method: LayerMethod,
+    step: Step,
+    block: nn.Module,
+    inputs: BlockInputs,
+    layers: dict[str, nn.Linear],
+    groups: list[list[str]],
+    ctx: MethodContext,
+) -> list[torch.Tensor]:
+    """True-sequential compression of a block in ONE forward over all its calibration
+    inputs (they form a single batch): each input group is calibrated and compressed when
+    the forward reaches it, so the same forward carries the compressed outputs on to the
+    next groups and out of the block. Computes what the group-by-group forwards of
+    :func:`_compress_block_sequential` compute (the same statistics, layers and outputs)
+    without running the start of the block again for every group, nor the block once
+    more for its outputs. Returns the block's outputs."""
+    made = [_Group(names) for names in groups]
+    slots = {n: _Slot(n, layers, g, method, step.config) for g in made for n in g.names}
+    for name, slot in slots.items():
+        replace_module(model, name, slot)
+    try:
+        outs = run_block(block, inputs)
+    finally:
+        for name in slots:
+            replace_module(model, name, layers[name])
+    for g in made:
+        g.x = None
+        for name in [n for n in g.names if n not in g.new]:  # the forward never called it:
+            g.own[name] = slots[name]._compress([name], None)  # the method's no-data fallback
+        for name in g.names:
+            _install(model, name, layers[name], g.new[name], g.own.get(name, g.calib), ctx)
+    return outs
+
+
+def _group_key(block: nn.Module, prefix: str, layers: dict[str, nn.Module]) -> tuple:
+    return (type(block), tuple(sorted(local_names(layers, prefix))))
+
+
 @torch.no_grad()
 def _apply_blockwise(
     model: nn.Module,
@@ -551,13 +663,25 @@ def _apply_blockwise(
     of the previous one. Holds one block's inputs at a time besides the model."""
     done: set[str] = set()
     sequential = method.sequential(step.config)
+    known: dict[tuple, list[list[str]]] = {}  # block kind -> its input groups, local names
     _release(model, targets)  # weights mapped from a file are read again block by block
     for prefix, block, inputs in iter_blocks(
         model, ctx, step.method, batch_tokens=CALIB_BATCH_TOKENS
     ):
         layers = {n: m for n, m in targets.items() if n.startswith(prefix + ".")}
         done.update(layers)
-        if sequential:
+        if sequential and len(inputs.args) == 1:
+            # Blocks of one kind call their linears in one order: found once, reused (a
+            # wrong guess costs time only: a slot whose input differs calibrates alone).
+            key = _group_key(block, prefix, layers)
+            if key not in known:
+                found = input_groups(block, inputs, layers)
+                known[key] = [[n[len(prefix) + 1 :] for n in g] for g in found]
+            groups = [[f"{prefix}.{n}" for n in g] for g in known[key]]
+            inputs.outputs = _compress_block_one_pass(
+                model, method, step, block, inputs, layers, groups, ctx
+            )
+        elif sequential:
             _compress_block_sequential(model, method, step, block, inputs, layers, ctx)
         else:
             calib, handles = _attach_hooks(layers, method, step.config)

@@ -98,6 +98,71 @@ def test_walker_stacked_sweep_and_batched_windows_keep_the_one_at_a_time_codes(
     _assert_same(stacked_batched, one_at_a_time)
 
 
+def _compressed(steps: list[dict]) -> tuple[torch.nn.Module, list, int]:
+    """The tiny model compressed, its layer reports, and how many times a block ran."""
+    model = tiny_llama(hidden=128, layers=2)
+    runs = [0]
+    for block in model.model.layers:
+        block.register_forward_pre_hook(lambda _m, _a: runs.__setitem__(0, runs[0] + 1))
+    reports = apply_recipe(
+        model,
+        recipe_from_steps(steps),
+        on_progress=lambda f, m: None,
+        should_cancel=lambda: False,
+        calib_batches=CALIB,
+    )
+    return model, [(r.name, r.rel_error) for r in reports], runs[0]
+
+
+def _assert_same_model(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    assert [k for k in sa if not torch.equal(sa[k], sb[k])] == []
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [{"method": "gptq", "bits": 4, "group_size": 32}],
+        [{"method": "gptq", "bits": 3, "group_size": None, "symmetric": False}],
+        [{"method": "sparsegpt", "sparsity": 0.5, "true_sequential": True}],
+    ],
+)
+def test_one_pass_block_compression_is_the_group_by_group_one(
+    monkeypatch: pytest.MonkeyPatch, steps: list[dict]
+) -> None:
+    """All calibration windows in one batch: each block is compressed in ONE forward (the
+    groups compressed as the forward reaches them) and gives, bit for bit, the layers,
+    layer errors and outputs of one forward per input group plus one for the outputs."""
+    one_pass, one_reports, one_runs = _compressed(steps)
+
+    def group_by_group(model, method, step, block, inputs, layers, groups, ctx):
+        walk._compress_block_sequential(model, method, step, block, inputs, layers, ctx)
+        return None  # the walk runs the block once more for its outputs
+
+    monkeypatch.setattr(walk, "_compress_block_one_pass", group_by_group)
+    grouped, grouped_reports, grouped_runs = _compressed(steps)
+    _assert_same_model(one_pass, grouped)
+    assert one_reports == grouped_reports and len(one_reports) == 14
+    # block 0's inputs captured, its groups found, one run to compress it; block 1 reuses
+    # the groups. Group by group (after the walk found block 0's groups): groups found,
+    # q/k/v, o, gate/up, down, outputs, per block.
+    assert (one_runs, grouped_runs) == (1 + 2 + 1, 1 + 1 + 2 * (1 + 4 + 1))
+
+
+def test_a_wrong_guess_of_the_input_groups_costs_time_not_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every linear of a block guessed to read one input: q/k/v are compressed together as
+    guessed, the others find their input is another and are calibrated on their own."""
+    steps = [{"method": "gptq", "bits": 4, "group_size": 32}]
+    right, right_reports, _ = _compressed(steps)
+    monkeypatch.setattr(walk, "input_groups", lambda block, inputs, layers: [list(layers)])
+    wrong, wrong_reports, _ = _compressed(steps)
+    _assert_same_model(right, wrong)
+    assert dict(right_reports) == dict(wrong_reports)
+
+
 def _rss_file() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("RssFile:"):

@@ -94,38 +94,47 @@ def gptq_quantize(
         W, H, pruned = W[:, perm], H[perm][:, perm], pruned[:, perm]
     Hinv = _inverse_cholesky(H, damp)
     qmin, qmax = qrange(spec.bits, spec.symmetric)
-    Q = torch.zeros(out_f, in_f, dtype=torch.int16, device=W.device)
 
+    # The sweep runs on the transposes: a column of W is a contiguous row of Wt, so the
+    # per-column reads and the rank-1 updates stream memory instead of striding over it.
+    Wt = W.t().contiguous()  # (in, out)
+    Qt = torch.zeros(in_f, out_f, dtype=torch.int16, device=W.device)
+    scale_t = scale.t().contiguous()  # (n_groups, out)
+    zero_t = None if zero is None else zero.t().contiguous()
+    pruned_t = pruned.t().contiguous()
     order = perm.tolist() if perm is not None else list(range(in_f))
     any_pruned = bool(pruned.any())
     for i1 in range(0, in_f, block_size):
         i2 = min(i1 + block_size, in_f)
-        W1 = W[:, i1:i2].clone()  # (out, b) the block, updated as its columns are quantized
-        Q1 = torch.zeros_like(W1)  # (out, b) the block's integers
-        Err1 = torch.zeros_like(W1)  # (out, b) scaled errors, applied past the block at the end
+        W1 = Wt[i1:i2].clone()  # (b, out) the block, updated as its columns are quantized
+        Q1 = torch.zeros_like(W1)  # (b, out) the block's integers
+        Err1 = torch.zeros_like(W1)  # (b, out) scaled errors, applied past the block at the end
         Hinv1 = Hinv[i1:i2, i1:i2]
         diag = torch.diagonal(Hinv1).tolist()  # python floats: fewer tensor ops per column
         for i in range(i2 - i1):
             col = i1 + i
             g = order[col] // cols
             if grouped and not static_groups and order[col] % cols == 0:
-                cur = _current_columns(W, W1, Err1, Hinv, i1, i, min(col + cols, in_f))
-                s, z = compute_scale_zero(cur.unsqueeze(1), spec)
-                scale[:, g] = _as_stored(s[:, 0])
-                if zero is not None and z is not None:
-                    zero[:, g] = z[:, 0]
-            s = scale[:, g]
-            z = zero[:, g] if zero is not None else 0.0
-            w = W1[:, i]
+                cur = _current_columns(Wt, W1, Err1, Hinv, i1, i, min(col + cols, in_f))
+                s, z = compute_scale_zero(cur.t().unsqueeze(1), spec)
+                scale_t[g] = _as_stored(s[:, 0])
+                if zero_t is not None and z is not None:
+                    zero_t[g] = z[:, 0]
+            s = scale_t[g]
+            z = zero_t[g] if zero_t is not None else 0.0
+            w = W1[i]
             q = torch.clamp(torch.round(w / s) + z, qmin, qmax)
             if any_pruned:
-                q = torch.where(pruned[:, col], z, q)  # the level that dequantizes to exactly 0
-            Q1[:, i] = q
+                q = torch.where(pruned_t[col], z, q)  # the level that dequantizes to exactly 0
+            Q1[i] = q
             err = (w - (q - z) * s) / diag[i]
-            W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1.0)
-            Err1[:, i] = err
-        Q[:, i1:i2] = Q1.to(torch.int16)
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+            W1[i:].addr_(Hinv1[i, i:], err, alpha=-1.0)
+            Err1[i] = err
+        Qt[i1:i2] = Q1.to(torch.int16)
+        Wt[i2:] -= (Err1.t() @ Hinv[i1:i2, i2:]).t()  # the products W's layout makes
+    Q = Qt.t().contiguous()
+    scale = scale_t.t().contiguous()
+    zero = None if zero_t is None else zero_t.t().contiguous()
 
     if perm is not None:
         Q = Q[:, torch.argsort(perm)]
@@ -139,7 +148,7 @@ def gptq_quantize(
 
 
 def _current_columns(
-    W: torch.Tensor,
+    Wt: torch.Tensor,
     W1: torch.Tensor,
     Err1: torch.Tensor,
     Hinv: torch.Tensor,
@@ -147,11 +156,12 @@ def _current_columns(
     i: int,
     end: int,
 ) -> torch.Tensor:
-    """Columns i1+i .. end-1 with every update so far applied, including the pending
-    ones of the current block on columns past it (a group may span two blocks)."""
-    i2 = i1 + W1.shape[1]
-    inside = W1[:, i : min(end, i2) - i1]
+    """Columns i1+i .. end-1 (as rows of the transposes) with every update so far
+    applied, including the pending ones of the current block on columns past it (a group
+    may span two blocks)."""
+    i2 = i1 + W1.shape[0]
+    inside = W1[i : min(end, i2) - i1]
     if end <= i2:
         return inside
-    beyond = W[:, i2:end] - Err1[:, :i] @ Hinv[i1 : i1 + i, i2:end]
-    return torch.cat([inside, beyond], dim=1)
+    beyond = Wt[i2:end] - (Err1[:i].t() @ Hinv[i1 : i1 + i, i2:end]).t()
+    return torch.cat([inside, beyond], dim=0)
