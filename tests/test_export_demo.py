@@ -145,9 +145,27 @@ def test_reloaded_perplexity_matches_the_run(exported) -> None:
 
 
 def test_reloaded_model_continues_the_prompts_like_the_run(exported) -> None:
+    """compressed-tensors holds the run's very weights: the same greedy tokens. A dense
+    export rounds the dequantized weights to float16 once more, which may flip a near
+    tie: on the run's own continuations, its log-probabilities stay within 0.05 of the
+    run's and it picks the run's token wherever the run's top two are further apart than
+    twice the largest difference."""
     case, job, out, ct_format, model, tokenizer = exported
     kept = load_compressed(job.result[cat.SAVED_MODEL.key])
-    assert _greedy(model, tokenizer) == _greedy(kept.model.eval(), kept.tokenizer)
+    runs = _greedy(kept.model.eval(), kept.tokenizer)
+    if ct_format is not None:
+        assert _greedy(model, tokenizer) == runs
+        return
+    for prompt, cont in zip(PROMPTS, runs, strict=True):
+        ids = torch.tensor([tokenizer(prompt).input_ids + cont])
+        with torch.no_grad():
+            mine = torch.log_softmax(model(ids).logits[0].float(), -1)
+            theirs = torch.log_softmax(kept.model(ids).logits[0].float(), -1)
+        diff = (mine - theirs).abs().max().item()
+        assert diff < 0.05, (prompt, diff)
+        top2 = theirs.topk(2, dim=-1).values
+        clear = top2[:, 0] - top2[:, 1] > 2 * diff
+        assert clear.any() and (mine.argmax(-1) == theirs.argmax(-1))[clear].all(), prompt
 
 
 def test_exported_tensors_are_packed(exported) -> None:

@@ -111,6 +111,8 @@ def gptq_quantize(
         Err1 = torch.zeros_like(W1)  # (b, out) scaled errors, applied past the block at the end
         Hinv1 = Hinv[i1:i2, i1:i2]
         diag = torch.diagonal(Hinv1).tolist()  # python floats: fewer tensor ops per column
+        # Row views made once per block: the column loop below is bound by op dispatch.
+        w_rows, q_rows, e_rows, h_rows = W1.unbind(), Q1.unbind(), Err1.unbind(), Hinv1.unbind()
         for i in range(i2 - i1):
             col = i1 + i
             g = order[col] // cols
@@ -121,17 +123,19 @@ def gptq_quantize(
                 if zero_t is not None and z is not None:
                     zero_t[g] = z[:, 0]
             s = scale_t[g]
-            z = zero_t[g] if zero_t is not None else 0.0
-            w = W1[i]
-            q = torch.clamp(torch.round(w / s) + z, qmin, qmax)
-            if any_pruned:
-                q = torch.where(pruned_t[col], z, q)  # the level that dequantizes to exactly 0
-            Q1[i] = q
-            err = (w - (q - z) * s) / diag[i]
-            W1[i:].addr_(Hinv1[i, i:], err, alpha=-1.0)
-            Err1[i] = err
+            z = zero_t[g] if zero_t is not None else None
+            w, q, err = w_rows[i], q_rows[i], e_rows[i]
+            torch.div(w, s, out=q).round_()  # q = clamp(round(w / s) + z)
+            if z is not None:
+                q.add_(z)
+            q.clamp_(qmin, qmax)
+            if any_pruned:  # the level that dequantizes to exactly 0
+                q.copy_(torch.where(pruned_t[col], 0.0 if z is None else z, q))
+            torch.mul(q - z if z is not None else q, s, out=err)  # err = (w - (q - z) s) / d
+            torch.sub(w, err, out=err).div_(diag[i])
+            W1[i:].addr_(h_rows[i][i:], err, alpha=-1.0)
         Qt[i1:i2] = Q1.to(torch.int16)
-        Wt[i2:] -= (Err1.t() @ Hinv[i1:i2, i2:]).t()  # the products W's layout makes
+        Wt[i2:].addmm_(Hinv[i1:i2, i2:].t(), Err1, alpha=-1.0)
     Q = Qt.t().contiguous()
     scale = scale_t.t().contiguous()
     zero = None if zero_t is None else zero_t.t().contiguous()
@@ -163,5 +167,5 @@ def _current_columns(
     inside = W1[i : min(end, i2) - i1]
     if end <= i2:
         return inside
-    beyond = Wt[i2:end] - (Err1[:i].t() @ Hinv[i1 : i1 + i, i2:end]).t()
+    beyond = torch.addmm(Wt[i2:end], Hinv[i1 : i1 + i, i2:end].t(), Err1[:i], alpha=-1.0)
     return torch.cat([inside, beyond], dim=0)
