@@ -470,14 +470,41 @@ def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
     return (a.data_ptr(), a.shape, a.stride()) == (b.data_ptr(), b.shape, b.stride())
 
 
+def _first_window(inputs: BlockInputs) -> BlockInputs:
+    """The first window of a batch of stacked windows: every tensor argument whose first
+    dimension is the batch's window count cut to its first entry (rotary tables and
+    masks shared by the windows have 1 there and stay as they are)."""
+    b = inputs.hidden(0).shape[0]
+
+    def cut(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return v[:1] if v.dim() and v.shape[0] == b else v
+        if type(v) in (tuple, list):
+            return type(v)(cut(u) for u in v)
+        return v
+
+    if b == 1:
+        return inputs
+    return BlockInputs(
+        args=[cut(inputs.args[0])], kwargs=[{k: cut(v) for k, v in inputs.kwargs[0].items()}]
+    )
+
+
 @torch.no_grad()
 def input_groups(
-    block: nn.Module, inputs: BlockInputs, layers: dict[str, nn.Module]
+    block: nn.Module, inputs: BlockInputs, layers: dict[str, nn.Module], *, one_window: bool = False
 ) -> list[list[str]]:
     """``layers`` in the order the block's forward calls them, consecutive layers that read
     the very same input tensor grouped (q/k/v read one normed hidden state, gate/up
-    another). Found by running the first calibration batch; no architecture table needed.
-    Layers the forward never calls come last, one group each."""
+    another). Found by running the first calibration batch (``one_window``: its first
+    window, where the groups are only a guess; see :func:`_first_window`); no
+    architecture table needed. Layers the forward never calls come last, one group each."""
+    one = BlockInputs(args=inputs.args[:1], kwargs=inputs.kwargs[:1])
+    if one_window:
+        try:
+            return input_groups(block, _first_window(one), layers)
+        except Exception as e:  # an argument cut wrongly: the whole batch, as below
+            log.debug("input groups from one window failed (%s); using the batch", e)
     groups: list[list[str]] = []
     last: list[torch.Tensor] = []  # the previous call's input, kept alive: its address
     seen: set[str] = set()  # cannot be reused by a new tensor while compared with
@@ -496,7 +523,6 @@ def input_groups(
         m.register_forward_pre_hook(lambda _m, args, n=n: hook(n, args[0]))
         for n, m in layers.items()
     ]
-    one = BlockInputs(args=inputs.args[:1], kwargs=inputs.kwargs[:1])
     try:
         run_block(block, one)
     finally:
@@ -675,7 +701,7 @@ def _apply_blockwise(
             # wrong guess costs time only: a slot whose input differs calibrates alone).
             key = _group_key(block, prefix, layers)
             if key not in known:
-                found = input_groups(block, inputs, layers)
+                found = input_groups(block, inputs, layers, one_window=True)
                 known[key] = [[n[len(prefix) + 1 :] for n in g] for g in found]
             groups = [[f"{prefix}.{n}" for n in g] for g in known[key]]
             inputs.outputs = _compress_block_one_pass(

@@ -157,10 +157,38 @@ def test_a_wrong_guess_of_the_input_groups_costs_time_not_results(
     guessed, the others find their input is another and are calibrated on their own."""
     steps = [{"method": "gptq", "bits": 4, "group_size": 32}]
     right, right_reports, _ = _compressed(steps)
-    monkeypatch.setattr(walk, "input_groups", lambda block, inputs, layers: [list(layers)])
+    monkeypatch.setattr(walk, "input_groups", lambda block, inputs, layers, **kw: [list(layers)])
     wrong, wrong_reports, _ = _compressed(steps)
     _assert_same_model(right, wrong)
     assert dict(right_reports) == dict(wrong_reports)
+
+
+def test_input_groups_found_on_one_window_are_the_whole_batchs() -> None:
+    model = tiny_llama(hidden=128, layers=1)
+    block = model.model.layers[0]
+    inputs = walk.capture_block_inputs(
+        model, model.model.layers, walk.stack_windows(CALIB, walk.CALIB_BATCH_TOKENS)
+    )
+    assert len(inputs.args) == 1 and inputs.hidden(0).shape[0] == len(CALIB)
+    layers = walk.find_linears(block)
+    seen: list[int] = []
+    block.register_forward_pre_hook(
+        lambda _m, args, kwargs: seen.append((args or (kwargs["hidden_states"],))[0].shape[0]),
+        with_kwargs=True,
+    )
+    one = walk.input_groups(block, inputs, layers, one_window=True)
+    whole = walk.input_groups(block, inputs, layers)
+    assert (
+        one
+        == whole
+        == [
+            ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+            ["self_attn.o_proj"],
+            ["mlp.gate_proj", "mlp.up_proj"],
+            ["mlp.down_proj"],
+        ]
+    )
+    assert seen == [1, len(CALIB)]  # the guess ran one window, not the batch
 
 
 def _rss_file() -> int:

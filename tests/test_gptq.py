@@ -186,3 +186,46 @@ def test_gptq_config_refuses_act_order_with_dynamic_groups() -> None:
         parse_recipe('[{"method": "gptq", "act_order": true}]')
     parse_recipe('[{"method": "gptq", "act_order": true, "static_groups": true}]')
     parse_recipe('[{"method": "gptq", "act_order": true, "group_size": null}]')
+
+
+@pytest.mark.parametrize(
+    "out_f, in_f, spec, pruned, kw",
+    [
+        (96, 256, QuantSpec(bits=4, granularity="group", group_size=128), False, {}),
+        (97, 200, QuantSpec(bits=3, symmetric=False, granularity="group", group_size=64), True, {}),
+        (64, 100, QuantSpec(bits=3, granularity="channel"), False, {}),
+        (50, 70, QuantSpec(bits=8, granularity="tensor"), False, {}),
+        (80, 260, QuantSpec(bits=4, granularity="group", group_size=32), False, {"block_size": 48}),
+        (
+            64,
+            256,
+            QuantSpec(bits=4, granularity="group", group_size=64),
+            True,
+            {"act_order": True, "static_groups": True},
+        ),
+    ],
+)
+def test_native_column_loop_gives_the_torch_loops_bits(
+    monkeypatch: pytest.MonkeyPatch, out_f: int, in_f: int, spec: QuantSpec, pruned: bool, kw: dict
+) -> None:
+    """The C++ column loop rounds step by step as the torch one does: the same codes,
+    scales and zero points, bit for bit (odd widths, groups across blocks, act_order,
+    pruned weights, one scale for the whole tensor)."""
+    import core.quant.gptq as gptq
+    from core.kernels import cpu
+
+    if not cpu.native_available():
+        pytest.skip("the native kernel library does not build here")
+    W, H = _problem(out_f, in_f, seed=3)
+    W, H = W.float(), H.float()
+    if pruned:
+        W[torch.rand(W.shape, generator=torch.Generator().manual_seed(1)) < 0.4] = 0.0
+    native = gptq_quantize(W, H, spec, **kw)
+    monkeypatch.setattr(gptq, "_native_loop", lambda Wt: False)
+    plain = gptq_quantize(W, H, spec, **kw)
+    assert torch.equal(native.q, plain.q)
+    assert torch.equal(native.scale, plain.scale)
+    assert (native.zero is None) == (plain.zero is None)
+    assert native.zero is None or torch.equal(native.zero, plain.zero)
+    if pruned:
+        assert bool((dequantize(native)[W == 0] == 0).all())

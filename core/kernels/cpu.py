@@ -31,7 +31,7 @@ FLAGS = ("-O3", "-std=c++17", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared"
 # (the AVX2 ones stay for every other CPU); the build key includes them, so a cache
 # folder shared by several machines keeps one library per instruction set.
 AVX512_FLAGS = {"avx512f": "-mavx512f", "avx512bw": "-mavx512bw", "avx512vl": "-mavx512vl"}
-ABI_VERSION = 2
+ABI_VERSION = 3
 _REQUIRED_CPU_FLAGS = ("avx2", "fma", "f16c")
 
 _i64, _f32, _int = ctypes.c_int64, ctypes.c_float, ctypes.c_int
@@ -118,6 +118,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.cl_int8_weight_only_linear.argtypes = [_p, _p, _p, _p, _p, _i64, _i64, _i64, _int]
     lib.cl_dequantize_int8.argtypes = [_p, _p, _p, _i64, _i64, _int]
     lib.cl_dequantize_int4.argtypes = [_p, _p, _p, _p, _i64, _i64, _i64, _i64, _int]
+    lib.cl_gptq_columns.argtypes = [*(_p,) * 4, *(_i64,) * 4, *(_p,) * 3, _f32, _f32, _int]
     lib.cl_int4_weight_only_linear.argtypes = [
         *(_p,) * 6,
         *(_i64,) * 5,
@@ -358,6 +359,46 @@ def dequantize_int8_native(
     out = _out_buffer(out, (n, k))
     _lib().cl_dequantize_int8(w.data_ptr(), ws.data_ptr(), out.data_ptr(), n, k, _threads(n * k))
     return out
+
+
+def gptq_columns(
+    W1: torch.Tensor,
+    Q1: torch.Tensor,
+    E1: torch.Tensor,
+    H1: torch.Tensor,
+    i0: int,
+    i1: int,
+    s: torch.Tensor,
+    z: torch.Tensor | None,
+    pruned: torch.Tensor | None,
+    qmin: float,
+    qmax: float,
+) -> None:
+    """GPTQ's column loop over columns i0..i1-1 of a transposed block, in place (see
+    cl_gptq_columns; core/quant/gptq.py runs the same loop in torch where this is off).
+    W1, Q1, E1: (b, n) float32 contiguous; H1 (b, b); s, z (n,); pruned (b, n) bool."""
+    b, n = W1.shape
+    for t in (W1, Q1, E1):
+        assert t.dtype == torch.float32 and t.is_contiguous() and t.shape == (b, n)
+    h, sc = _f32c(H1), _f32c(s)
+    zc = _f32c(z)
+    pr = None if pruned is None else pruned.contiguous().view(torch.uint8)
+    _lib().cl_gptq_columns(
+        W1.data_ptr(),
+        Q1.data_ptr(),
+        E1.data_ptr(),
+        h.data_ptr(),
+        b,
+        n,
+        i0,
+        i1,
+        sc.data_ptr(),
+        _ptr(zc),
+        _ptr(pr),
+        qmin,
+        qmax,
+        _threads((i1 - i0) * b * n // 2),
+    )
 
 
 def dequantize_int4_native(

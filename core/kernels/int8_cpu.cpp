@@ -535,8 +535,49 @@ void cl_dequantize_int4(const uint8_t* w, const uint16_t* scale, const uint8_t* 
   dequantize_int4_impl(w, scale, zero, out, N, K, kp, group, nt);
 }
 
+// GPTQ's column loop (core/quant/gptq.py, gptq_quantize) over columns i0..i1-1 of one
+// lazy block that share their scales, the block held transposed: W1, Q1, E1 are (b, n)
+// with row i = column i of W, H1 is the block's (b, b) factor of H^-1. Per column i and
+// output row c: q = clamp(round(w / s) + z) (0 + z where pruned), e = (w - (q - z) s) / H1_ii,
+// then rows j >= i of W1 -= H1_ij e. Output rows are independent, so each thread runs
+// the whole loop on its own rows, without a barrier. Every step rounds as the torch
+// loop does (division, round half to even, one product, one difference, one division;
+// the rank-1 update one fused multiply-add), so both give the same bits: contraction off.
+__attribute__((optimize("fp-contract=off"))) void cl_gptq_columns(
+    float* W1, float* Q1, float* E1, const float* H1, int64_t b, int64_t n, int64_t i0,
+    int64_t i1, const float* s, const float* z, const uint8_t* pruned, float qmin, float qmax,
+    int nt) {
+  const int64_t chunk = 256;  // output rows per task: 1 KiB of each row of W1
+  const int64_t tasks = (n + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t c0 = t * chunk, c1 = std::min(n, c0 + chunk);
+    for (int64_t i = i0; i < i1; ++i) {
+      const float d = H1[i * b + i];
+      float* w = W1 + i * n;
+      float* q = Q1 + i * n;
+      float* e = E1 + i * n;
+      const uint8_t* pr = pruned ? pruned + i * n : nullptr;
+      for (int64_t c = c0; c < c1; ++c) {
+        float qq = std::nearbyint(w[c] / s[c]);
+        if (z) qq = qq + z[c];
+        qq = std::min(std::max(qq, qmin), qmax);
+        if (pr && pr[c]) qq = z ? z[c] : 0.0f;
+        q[c] = qq;
+        const float back = (z ? qq - z[c] : qq) * s[c];
+        e[c] = (w[c] - back) / d;
+      }
+      for (int64_t j = i; j < b; ++j) {
+        const float h = -H1[i * b + j];
+        float* wj = W1 + j * n;
+        for (int64_t c = c0; c < c1; ++c) wj[c] = std::fma(h, e[c], wj[c]);
+      }
+    }
+  }
+}
+
 // Bumped whenever an entry point's meaning or arguments change (cpu.py checks it).
-int cl_abi_version() { return 2; }
+int cl_abi_version() { return 3; }
 
 // Which vector width the weight-only kernels were compiled for (512 or 256).
 int cl_vector_bits() {

@@ -11,6 +11,7 @@ import logging
 
 import torch
 
+from core.kernels import cpu
 from core.quant.hessian import damped_inverse_cholesky
 from core.quant.rtn import QuantizedTensor, QuantSpec, _group_view, compute_scale_zero, qrange
 
@@ -74,11 +75,14 @@ def gptq_quantize(
     if act_order and grouped and not static_groups:
         raise ValueError("act_order with group-wise scales needs static_groups=True")
     dtype = torch.float64 if W.dtype == torch.float64 else torch.float32
-    W = W.detach().to(dtype).clone()
+    # The sweep runs on the transpose: a column of W is a contiguous row of Wt, so the
+    # per-column reads and the rank-1 updates stream memory instead of striding over it.
+    Wt = W.detach().t().to(dtype).clone(memory_format=torch.contiguous_format)  # (in, out)
+    W = Wt.t()  # (out, in) view
     H = H.detach().to(dtype)
     out_f, in_f = W.shape
-    W[:, torch.diag(H) == 0] = 0  # inputs that never fire: their weights do not matter
-    pruned = W == 0  # exact zeros (pruned weights) stay zero; their error is compensated
+    Wt[torch.diag(H) == 0] = 0  # inputs that never fire: their weights do not matter
+    pruned_t = Wt == 0  # exact zeros (pruned weights) stay zero; their error is compensated
 
     g0, cols = _group_view(W, spec)
     n_groups = g0.shape[1]
@@ -91,29 +95,25 @@ def gptq_quantize(
 
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else None
     if perm is not None:
-        W, H, pruned = W[:, perm], H[perm][:, perm], pruned[:, perm]
+        Wt, H, pruned_t = Wt[perm], H[perm][:, perm], pruned_t[perm]
     Hinv = _inverse_cholesky(H, damp)
     qmin, qmax = qrange(spec.bits, spec.symmetric)
 
-    # The sweep runs on the transposes: a column of W is a contiguous row of Wt, so the
-    # per-column reads and the rank-1 updates stream memory instead of striding over it.
-    Wt = W.t().contiguous()  # (in, out)
     Qt = torch.zeros(in_f, out_f, dtype=torch.int16, device=W.device)
     scale_t = scale.t().contiguous()  # (n_groups, out)
     zero_t = None if zero is None else zero.t().contiguous()
-    pruned_t = pruned.t().contiguous()
     order = perm.tolist() if perm is not None else list(range(in_f))
-    any_pruned = bool(pruned.any())
+    any_pruned = bool(pruned_t.any())
+    native = _native_loop(Wt)
     for i1 in range(0, in_f, block_size):
         i2 = min(i1 + block_size, in_f)
-        W1 = Wt[i1:i2].clone()  # (b, out) the block, updated as its columns are quantized
+        W1 = Wt[i1:i2]  # (b, out) the block, a view: updated as its columns are quantized
         Q1 = torch.zeros_like(W1)  # (b, out) the block's integers
         Err1 = torch.zeros_like(W1)  # (b, out) scaled errors, applied past the block at the end
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        diag = torch.diagonal(Hinv1).tolist()  # python floats: fewer tensor ops per column
-        # Row views made once per block: the column loop below is bound by op dispatch.
-        w_rows, q_rows, e_rows, h_rows = W1.unbind(), Q1.unbind(), Err1.unbind(), Hinv1.unbind()
-        for i in range(i2 - i1):
+        Hinv1 = Hinv[i1:i2, i1:i2].contiguous()
+        pruned1 = pruned_t[i1:i2] if any_pruned else None
+        i = 0
+        while i < i2 - i1:
             col = i1 + i
             g = order[col] // cols
             if grouped and not static_groups and order[col] % cols == 0:
@@ -122,18 +122,14 @@ def gptq_quantize(
                 scale_t[g] = _as_stored(s[:, 0])
                 if zero_t is not None and z is not None:
                     zero_t[g] = z[:, 0]
-            s = scale_t[g]
+            # the run of columns from i on that share group g (a new group starts a run)
+            end = i + 1
+            while end < i2 - i1 and order[i1 + end] // cols == g and order[i1 + end] % cols:
+                end += 1
             z = zero_t[g] if zero_t is not None else None
-            w, q, err = w_rows[i], q_rows[i], e_rows[i]
-            torch.div(w, s, out=q).round_()  # q = clamp(round(w / s) + z)
-            if z is not None:
-                q.add_(z)
-            q.clamp_(qmin, qmax)
-            if any_pruned:  # the level that dequantizes to exactly 0
-                q.copy_(torch.where(pruned_t[col], 0.0 if z is None else z, q))
-            torch.mul(q - z if z is not None else q, s, out=err)  # err = (w - (q - z) s) / d
-            torch.sub(w, err, out=err).div_(diag[i])
-            W1[i:].addr_(h_rows[i][i:], err, alpha=-1.0)
+            columns = _columns_native if native else _columns_torch
+            columns(W1, Q1, Err1, Hinv1, i, end, scale_t[g], z, pruned1, qmin, qmax)
+            i = end
         Qt[i1:i2] = Q1.to(torch.int16)
         Wt[i2:].addmm_(Hinv[i1:i2, i2:].t(), Err1, alpha=-1.0)
     Q = Qt.t().contiguous()
@@ -149,6 +145,62 @@ def gptq_quantize(
         bits=spec.bits,
         group_cols=cols,
     )
+
+
+def _native_loop(Wt: torch.Tensor) -> bool:
+    """The column loop in C++ (core/kernels: same bits, no per-column op dispatch) for
+    float32 weights on the CPU where the native library builds."""
+    return Wt.dtype == torch.float32 and Wt.device.type == "cpu" and cpu.native_available()
+
+
+def _columns_native(
+    W1: torch.Tensor,
+    Q1: torch.Tensor,
+    Err1: torch.Tensor,
+    Hinv1: torch.Tensor,
+    i0: int,
+    i1: int,
+    s: torch.Tensor,
+    z: torch.Tensor | None,
+    pruned1: torch.Tensor | None,
+    qmin: int,
+    qmax: int,
+) -> None:
+    """:func:`_columns_torch` in C++; one scale for the whole tensor is spread to every row."""
+    n = W1.shape[1]
+    z = None if z is None else z.expand(n)
+    cpu.gptq_columns(W1, Q1, Err1, Hinv1, i0, i1, s.expand(n), z, pruned1, qmin, qmax)
+
+
+def _columns_torch(
+    W1: torch.Tensor,
+    Q1: torch.Tensor,
+    Err1: torch.Tensor,
+    Hinv1: torch.Tensor,
+    i0: int,
+    i1: int,
+    s: torch.Tensor,
+    z: torch.Tensor | None,
+    pruned1: torch.Tensor | None,
+    qmin: int,
+    qmax: int,
+) -> None:
+    """Columns i0..i1-1 of a transposed block (rows of W1), quantized with the scales
+    ``s`` (and zero points ``z``) in place: codes into Q1, scaled errors into Err1, each
+    column's error spread over the block's later columns (the OBS update)."""
+    diag = torch.diagonal(Hinv1).tolist()  # python floats: fewer tensor ops per column
+    w_rows, q_rows, e_rows, h_rows = W1.unbind(), Q1.unbind(), Err1.unbind(), Hinv1.unbind()
+    for i in range(i0, i1):
+        w, q, err = w_rows[i], q_rows[i], e_rows[i]
+        torch.div(w, s, out=q).round_()  # q = clamp(round(w / s) + z)
+        if z is not None:
+            q.add_(z)
+        q.clamp_(qmin, qmax)
+        if pruned1 is not None:  # the level that dequantizes to exactly 0
+            q.copy_(torch.where(pruned1[i], 0.0 if z is None else z, q))
+        torch.mul(q - z if z is not None else q, s, out=err)  # err = (w - (q - z) s) / d
+        torch.sub(w, err, out=err).div_(diag[i])
+        W1[i:].addr_(h_rows[i][i:], err, alpha=-1.0)
 
 
 def _current_columns(
