@@ -48,6 +48,10 @@ ERROR_SAMPLE_ROWS = 256  # calibration rows kept per linear to measure its outpu
 # per forward (16 x 256 at once): fewer, larger matmuls. Activations held per forward
 # grow with it (tokens x intermediate size x 4 bytes in the MLP).
 CALIB_BATCH_TOKENS = 4096
+# A true-sequential method compresses a block in one forward when all its calibration
+# windows go through together (_compress_block_one_pass): they are stacked up to the
+# tokens whose activations fit this (8 tensors of the block's widest linear per token).
+ONE_PASS_ACTIVATION_BYTES = 1 << 30
 
 
 def get_submodule(root: nn.Module, path: str) -> nn.Module | None:
@@ -691,9 +695,11 @@ def _apply_blockwise(
     sequential = method.sequential(step.config)
     known: dict[tuple, list[list[str]]] = {}  # block kind -> its input groups, local names
     _release(model, targets)  # weights mapped from a file are read again block by block
-    for prefix, block, inputs in iter_blocks(
-        model, ctx, step.method, batch_tokens=CALIB_BATCH_TOKENS
-    ):
+    batch_tokens = CALIB_BATCH_TOKENS
+    if sequential and targets:
+        widest = max(max(m.in_features, m.out_features) for m in targets.values())
+        batch_tokens = max(batch_tokens, ONE_PASS_ACTIVATION_BYTES // (8 * 4 * widest))
+    for prefix, block, inputs in iter_blocks(model, ctx, step.method, batch_tokens=batch_tokens):
         layers = {n: m for n, m in targets.items() if n.startswith(prefix + ".")}
         done.update(layers)
         if sequential and len(inputs.args) == 1:

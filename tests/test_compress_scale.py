@@ -88,6 +88,7 @@ def test_walker_stacked_sweep_and_batched_windows_keep_the_one_at_a_time_codes(
     steps = [{"method": "gptq", "bits": 4, "group_size": 32}]
     stacked_batched = _codes(steps)  # q/k/v and gate/up in one sweep, 6 windows per forward
     monkeypatch.setattr(walk, "CALIB_BATCH_TOKENS", 0)  # one window per forward
+    monkeypatch.setattr(walk, "ONE_PASS_ACTIVATION_BYTES", 0)
     stacked = GPTQ.apply_group
 
     def one_sweep_each(self: GPTQ, layers: dict, stats: object, cfg: object) -> dict:
@@ -98,7 +99,9 @@ def test_walker_stacked_sweep_and_batched_windows_keep_the_one_at_a_time_codes(
     _assert_same(stacked_batched, one_at_a_time)
 
 
-def _compressed(steps: list[dict]) -> tuple[torch.nn.Module, list, int]:
+def _compressed(
+    steps: list[dict], calib: list[torch.Tensor] = CALIB
+) -> tuple[torch.nn.Module, list, int]:
     """The tiny model compressed, its layer reports, and how many times a block ran."""
     model = tiny_llama(hidden=128, layers=2)
     runs = [0]
@@ -109,7 +112,7 @@ def _compressed(steps: list[dict]) -> tuple[torch.nn.Module, list, int]:
         recipe_from_steps(steps),
         on_progress=lambda f, m: None,
         should_cancel=lambda: False,
-        calib_batches=CALIB,
+        calib_batches=calib,
     )
     return model, [(r.name, r.rel_error) for r in reports], runs[0]
 
@@ -148,6 +151,23 @@ def test_one_pass_block_compression_is_the_group_by_group_one(
     # the groups. Group by group (after the walk found block 0's groups): groups found,
     # q/k/v, o, gate/up, down, outputs, per block.
     assert (one_runs, grouped_runs) == (1 + 2 + 1, 1 + 1 + 2 * (1 + 4 + 1))
+
+
+def test_the_default_calibration_set_is_one_pass_when_its_activations_fit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """32 windows of 256 tokens (the default set, 8192 tokens, two batches of
+    CALIB_BATCH_TOKENS) go through a block together for GPTQ: their activations fit
+    ONE_PASS_ACTIVATION_BYTES at this width. With less room, one forward per group."""
+    gen = torch.Generator().manual_seed(5)
+    default = [torch.randint(0, 256, (1, 256), generator=gen) for _ in range(32)]
+    steps = [{"method": "gptq", "bits": 4, "group_size": 32}]
+    assert sum(w.numel() for w in default) > walk.CALIB_BATCH_TOKENS
+    assert _compressed(steps, default)[2] == 1 + 2 + 1  # captured, groups, block 0, block 1
+    monkeypatch.setattr(walk, "ONE_PASS_ACTIVATION_BYTES", 1 << 20)
+    # two batches: both captured; per block groups found, each group's forward and the
+    # outputs run once per batch
+    assert _compressed(steps, default)[2] == 2 + 2 * (1 + 2 * 4 + 2)
 
 
 def test_a_wrong_guess_of_the_input_groups_costs_time_not_results(

@@ -59,31 +59,33 @@ def sparsegpt_prune(
     if nm is not None and block_size % nm[1]:
         raise ValueError(f"block_size={block_size} must be a multiple of M={nm[1]}")
     dtype = W.dtype
-    W = W.detach().float().clone()
+    # The sweep runs on the transpose: a column of W is a contiguous row of Wt, so the
+    # per-column reads and the rank-1 updates stream memory instead of striding over it.
+    Wt = W.detach().t().float().clone(memory_format=torch.contiguous_format)  # (in, out)
     rows, cols = W.shape
     Hinv, dead = damped_inverse_cholesky(H.to(W.device).float(), damp)  # upper U: H^-1 = U^T U
-    W[:, dead] = 0
-    keep = torch.ones_like(W, dtype=torch.bool)
+    Wt[dead] = 0
+    keep_t = torch.ones_like(Wt, dtype=torch.bool)
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
-        W1 = W[:, i1:i2].clone()
+        W1 = Wt[i1:i2]  # (b, out) a view: the block, updated as its columns are visited
         Hinv1 = Hinv[i1:i2, i1:i2]
         d = torch.diag(Hinv1)
-        keep1 = _block_keep(W1, d, sparsity, nm)
+        keep1 = _block_keep(W1.t(), d, sparsity, nm).t().contiguous()  # (b, out)
         Err1 = torch.zeros_like(W1)
         for i in range(i2 - i1):
             if nm is not None and i % nm[1] == 0:
                 j = min(i + nm[1], i2 - i1)
-                scores = W1[:, i:j].pow(2) / d[i:j].pow(2).unsqueeze(0)
-                keep1[:, i:j] = nm_mask(scores, *nm)
-            w = W1[:, i]
-            q = w * keep1[:, i]
+                scores = W1[i:j].pow(2) / d[i:j].pow(2).unsqueeze(1)
+                keep1[i:j] = nm_mask(scores.t(), *nm).t()
+            w = W1[i]
+            q = w * keep1[i]
             err = (w - q) / d[i]
-            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
-            W1[:, i] = q  # exact zeros, not w minus a rounded update
-            Err1[:, i] = err
-        W[:, i1:i2] = W1
-        keep[:, i1:i2] = keep1
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]  # lazy batch update of the later columns
+            W1[i:].addr_(Hinv1[i, i:], err, alpha=-1.0)
+            W1[i] = q  # exact zeros, not w minus a rounded update
+            Err1[i] = err
+        keep_t[i1:i2] = keep1
+        Wt[i2:].addmm_(Hinv[i1:i2, i2:].t(), Err1, alpha=-1.0)  # lazy update of later columns
+    W, keep = Wt.t(), keep_t.t()
     W[~keep] = 0.0
-    return SparseGPTResult(weight=W.to(dtype), keep=keep)
+    return SparseGPTResult(weight=W.to(dtype).contiguous(), keep=keep.contiguous())
