@@ -19,6 +19,7 @@ Architecture differences live in :mod:`core.mappings`; nothing here is per famil
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -596,7 +597,7 @@ class _Group:
 
     names: list[str]
     calib: _LayerCalib | None = None  # the group's shared statistics and sampled rows
-    x: torch.Tensor | None = None  # the input they were computed from
+    x: weakref.ref | None = None  # the input they were computed from, while it lives
     new: dict[str, nn.Module] = field(default_factory=dict)  # name -> compressed
     own: dict[str, _LayerCalib] = field(default_factory=dict)  # a member that read another
 
@@ -629,14 +630,12 @@ class _Slot(nn.Module):
         g = self.group
         if not self.called:
             self.called = True
-            if g.x is None:
+            if g.calib is None:
                 width = self.layers[self.name].in_features
                 same = [n for n in g.names if self.layers[n].in_features == width]
-                g.calib, g.x = (
-                    self._compress([self.name, *(n for n in same if n != self.name)], x),
-                    x,
-                )
-            elif not _same_tensor(x, g.x):
+                g.calib = self._compress([self.name, *(n for n in same if n != self.name)], x)
+                g.x = weakref.ref(x)  # not kept alive: its activations are the forward's
+            elif (first := g.x() if g.x else None) is None or not _same_tensor(x, first):
                 g.own[self.name] = self._compress([self.name], x)
         return g.new[self.name](x)
 

@@ -70,13 +70,16 @@ def damped_inverse_cholesky(H: torch.Tensor, damp: float) -> tuple[torch.Tensor,
     Inputs that never fire (zero diagonal) get H_ii = 1 so the factorisation exists;
     the caller zeroes their weights. Returns (Hinv_chol_upper (in, in), dead (in,) bool).
     """
-    H = H.clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
-    H.diagonal().add_(damp * torch.mean(torch.diag(H)))
+    diag = torch.diag(H).clone()
+    dead = diag == 0
+    diag[dead] = 1.0
     # With J the reversal of rows and columns: J H J = L L^T gives H^-1 = U^T U for
     # U = J L^-1 J, upper triangular with a positive diagonal: the Cholesky factor sought,
-    # from one factorisation and one triangular solve (not two and an inverse).
-    L = torch.linalg.cholesky(H.flip(0, 1))
+    # from one factorisation and one triangular solve (not two and an inverse). The flip
+    # is the working copy (H stays as given).
+    Hr = H.flip(0, 1)
+    Hr.diagonal().copy_(diag.flip(0)).add_(damp * torch.mean(diag))
+    L = torch.linalg.cholesky(Hr)
+    del Hr
     eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
     return torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1), dead
