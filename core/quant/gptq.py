@@ -127,8 +127,7 @@ def gptq_quantize(
             while end < i2 - i1 and order[i1 + end] // cols == g and order[i1 + end] % cols:
                 end += 1
             z = zero_t[g] if zero_t is not None else None
-            columns = _columns_native if native else _columns_torch
-            columns(W1, Q1, Err1, Hinv1, i, end, scale_t[g], z, pruned1, qmin, qmax)
+            _sweep_columns(W1, Q1, Err1, Hinv1, i, end, scale_t[g], z, pruned1, qmin, qmax, native)
             i = end
         Qt[i1:i2] = Q1.to(torch.int16)
         Wt[i2:].addmm_(Hinv[i1:i2, i2:].t(), Err1, alpha=-1.0)
@@ -153,7 +152,7 @@ def _native_loop(Wt: torch.Tensor) -> bool:
     return Wt.dtype == torch.float32 and Wt.device.type == "cpu" and cpu.native_available()
 
 
-def _columns_native(
+def _sweep_columns(
     W1: torch.Tensor,
     Q1: torch.Tensor,
     Err1: torch.Tensor,
@@ -165,29 +164,18 @@ def _columns_native(
     pruned1: torch.Tensor | None,
     qmin: int,
     qmax: int,
-) -> None:
-    """:func:`_columns_torch` in C++; one scale for the whole tensor is spread to every row."""
-    n = W1.shape[1]
-    z = None if z is None else z.expand(n)
-    cpu.gptq_columns(W1, Q1, Err1, Hinv1, i0, i1, s.expand(n), z, pruned1, qmin, qmax)
-
-
-def _columns_torch(
-    W1: torch.Tensor,
-    Q1: torch.Tensor,
-    Err1: torch.Tensor,
-    Hinv1: torch.Tensor,
-    i0: int,
-    i1: int,
-    s: torch.Tensor,
-    z: torch.Tensor | None,
-    pruned1: torch.Tensor | None,
-    qmin: int,
-    qmax: int,
+    native: bool,
 ) -> None:
     """Columns i0..i1-1 of a transposed block (rows of W1), quantized with the scales
     ``s`` (and zero points ``z``) in place: codes into Q1, scaled errors into Err1, each
-    column's error spread over the block's later columns (the OBS update)."""
+    column's error spread over the block's later columns (the OBS update). ``native``:
+    the same loop in C++ (cpu.gptq_columns), one scale for the whole tensor spread to
+    every row."""
+    if native:
+        n = W1.shape[1]
+        z = None if z is None else z.expand(n)
+        cpu.gptq_columns(W1, Q1, Err1, Hinv1, i0, i1, s.expand(n), z, pruned1, qmin, qmax)
+        return
     diag = torch.diagonal(Hinv1).tolist()  # python floats: fewer tensor ops per column
     w_rows, q_rows, e_rows, h_rows = W1.unbind(), Q1.unbind(), Err1.unbind(), Hinv1.unbind()
     for i in range(i0, i1):
