@@ -180,6 +180,35 @@ def test_weight_only_kernels_of_each_instruction_set_match_reference(
 
 
 @needs_native
+@pytest.mark.parametrize("vnni", [False, True])
+def test_w8a8_native_kernel_of_each_instruction_set_is_the_reference_bit_for_bit(
+    vnni: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The native W8A8 kernel multiplies bytes with AVX-512 VNNI (codes + 128, minus 128
+    times each weight row's sum) where the CPU has it, with AVX2 int16 madds elsewhere:
+    both give the reference's int32 sums and epilogue exactly, K = 70,000 included (the
+    VNNI lanes wrap past 2^31 there before the correction)."""
+    if vnni and "avx512_vnni" not in cpu.cpu_flags():
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    monkeypatch.setenv("COMPRESSLAB_NO_VNNI", "0" if vnni else "1")
+    cpu.load_library.cache_clear()
+    try:
+        assert cpu.native_w8a8_vnni() == vnni
+        for m, k, n in [*SHAPES, (5, 70_000, 3)]:
+            w, ws, b = _w8(n, k, seed=m + k)
+            x = _x(m, k, seed=n)
+            xs = torch.tensor(float(x.abs().max()) / 127 / 4)
+            for mode, scale in (("dynamic", None), ("static", xs)):
+                want = ref.int8_linear(x, w, ws, b, mode, scale).float()
+                assert torch.equal(cpu.w8a8_linear_native(x, w, ws, b, mode, scale), want)
+            q = torch.randint(-127, 128, (m, k), dtype=torch.int16)
+            got = cpu.w8a8_gemm_native(q, torch.ones(m), w, torch.ones(n), None)
+            assert torch.equal(got, (q.long() @ w.long().t()).float())  # float(exact int)
+    finally:
+        cpu.load_library.cache_clear()
+
+
+@needs_native
 def test_native_dequantization_matches_reference() -> None:
     w, ws, _ = _w8(33, 203, seed=8)
     assert torch.equal(cpu.dequantize_int8_native(w, ws), w.float() * ws[:, None])

@@ -48,6 +48,32 @@ def test_decomposition_matches_its_definition() -> None:
     assert _rel(layer(x).reshape(-1, 96), want) < 1e-5
 
 
+@pytest.mark.parametrize("path", ["native", "int_mm", "dequant"])
+@pytest.mark.parametrize("shape", [(1, 100, 17), (3, 257, 40), (16, 130, 70), (37, 96, 33)])
+def test_every_path_computes_the_decomposition(path: str, shape: tuple) -> None:
+    """Odd shapes (M = 1, 3; K not a multiple of 64) on each W8A8 path. With AVX-512 VNNI
+    the native path sums the outlier columns inside the int8 kernel's pass over the
+    weight; the other paths gather them after. All give the definition in float64."""
+    if not ops.CPU_PATHS["int8_linear"][path].available():
+        pytest.skip(f"{path} is not available here")
+    m, k, n = shape
+    torch.manual_seed(k)
+    lin = torch.nn.Linear(k, n)
+    x = torch.randn(m, k) * 2
+    x[:, :: max(1, k // 5)] *= 20
+    layer = LLMInt8Linear.build(lin.weight, lin.bias, threshold=6.0)
+    cols = layer.outlier_columns(x)
+    assert 0 < cols.numel() < k
+    w = layer.w_int8.double() * layer.w_scale.double()[:, None]
+    regular = x.index_fill(1, cols, 0)
+    want = ref.int8_linear(regular, layer.w_int8, layer.w_scale, layer.bias, "dynamic").double()
+    want = want + x[:, cols].double() @ w[:, cols].t()
+    with ops.use_path(path):
+        got = layer(x)
+    assert got.shape == (m, n) and got.dtype == x.dtype
+    assert _rel(got, want) < 1e-6
+
+
 def test_more_accurate_than_w8a8_on_outliers_and_close_to_bitsandbytes() -> None:
     lin, x = _layer_and_input(outliers=True)
     exact = lin(x)

@@ -31,7 +31,10 @@ FLAGS = ("-O3", "-std=c++17", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared"
 # (the AVX2 ones stay for every other CPU); the build key includes them, so a cache
 # folder shared by several machines keeps one library per instruction set.
 AVX512_FLAGS = {"avx512f": "-mavx512f", "avx512bw": "-mavx512bw", "avx512vl": "-mavx512vl"}
-ABI_VERSION = 3
+# With AVX-512, VNNI too where the CPU has it: the native W8A8 kernel then multiplies
+# bytes with vpdpbusd (64 products an instruction) instead of vpmaddwd on int16 (16).
+VNNI_FLAG = {"avx512_vnni": "-mavx512vnni"}
+ABI_VERSION = 4
 _REQUIRED_CPU_FLAGS = ("avx2", "fma", "f16c")
 
 _i64, _f32, _int = ctypes.c_int64, ctypes.c_float, ctypes.c_int
@@ -67,6 +70,8 @@ def compile_flags() -> tuple[str, ...]:
     """FLAGS, plus the AVX-512 ones where this CPU has all of AVX512_FLAGS."""
     have = cpu_flags()
     extra = tuple(AVX512_FLAGS.values()) if all(f in have for f in AVX512_FLAGS) else ()
+    if extra and all(f in have for f in VNNI_FLAG) and not _env_off("COMPRESSLAB_NO_VNNI"):
+        extra += tuple(VNNI_FLAG.values())
     if _env_off("COMPRESSLAB_NO_AVX512"):
         extra = ()
     return (*FLAGS, *extra)
@@ -113,6 +118,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.cl_int32_epilogue.argtypes = [_p, _p, _p, _p, _p, _i64, _i64, _int]
     lib.cl_w8a8_linear.argtypes = [_p, _p, _p, _p, _p, _p, _p, _i64, _i64, _i64, _int]
     lib.cl_w8a8_linear_f32.argtypes = [_p, _f32, _p, _p, _p, _p, _i64, _i64, _i64, _int, _int]
+    lib.cl_w8a8_vnni.restype = _int
+    lib.cl_llm_int8_linear.restype = _int
+    lib.cl_llm_int8_linear.argtypes = [*(_p,) * 5, *(_i64,) * 3, _p, _p, _i64, _int, _int]
     lib.cl_w8a8_scratch_needed.argtypes = [_i64, _i64]
     lib.cl_w8a8_scratch_needed.restype = _i64
     lib.cl_int8_weight_only_linear.argtypes = [_p, _p, _p, _p, _p, _i64, _i64, _i64, _int]
@@ -162,6 +170,12 @@ def native_vector_bits() -> int:
     """512 where the weight-only kernels run with AVX-512, 256 (AVX2), 0 (no native)."""
     lib = load_library()
     return 0 if lib is None else int(lib.cl_vector_bits())
+
+
+def native_w8a8_vnni() -> bool:
+    """Whether the native W8A8 kernel multiplies bytes with AVX-512 VNNI here."""
+    lib = load_library()
+    return lib is not None and bool(lib.cl_w8a8_vnni())
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -249,6 +263,44 @@ def w8a8_linear_native(
         _threads(16 * m * k),
         _matmul_threads(m, n, k),
     )
+    return out
+
+
+def llm_int8_native(
+    regular: torch.Tensor,
+    outliers: torch.Tensor,
+    cols: torch.Tensor,
+    w_int8: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """LLM.int8() in one pass over the weight (needs :func:`native_w8a8_vnni`): W8A8 with
+    per-token scales on ``regular`` (M, K) (the outlier columns zeroed), plus
+    ``outliers`` (M, C), the float values of input columns ``cols``, times those columns
+    of the dequantized weight, summed while each weight row is in cache."""
+    x2, xo = _f32c(regular), _f32c(outliers)
+    m, k = x2.shape
+    n = w_int8.shape[0]
+    c = cols.to(torch.int64).contiguous()
+    ws, b = _f32c(w_scale), _f32c(bias)
+    out = torch.empty((m, n), dtype=torch.float32)
+    done = _lib().cl_llm_int8_linear(
+        x2.data_ptr(),
+        w_int8.contiguous().data_ptr(),
+        ws.data_ptr(),
+        _ptr(b),
+        out.data_ptr(),
+        m,
+        n,
+        k,
+        c.data_ptr(),
+        xo.data_ptr(),
+        c.numel(),
+        _threads(16 * m * k),
+        _matmul_threads(m, n, k),
+    )
+    if not done:
+        raise RuntimeError("the fused LLM.int8() kernel needs AVX-512 VNNI")
     return out
 
 

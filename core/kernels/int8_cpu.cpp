@@ -466,6 +466,126 @@ void wo4_impl_512(const WO4Args& a, int nt) {
 }
 #endif  // AVX-512
 
+// ---------------------------------------------------------------- AVX-512 VNNI W8A8
+// Compiled where the CPU has AVX-512 VNNI (cpu.py adds -mavx512vnni only then). vpdpbusd
+// sums 64 products of unsigned x signed bytes, by fours, into 16 int32 lanes in one
+// instruction (vpmaddwd on widened int16 does 16). Activation codes q in [-127, 127] are
+// stored as u = q + 128 in [1, 255]: sum_k u w = sum_k q w + 128 sum_k w, so 128 times
+// each weight row's sum (vpdpbusd with a vector of ones) is taken away at the end. The
+// lanes wrap modulo 2^32 and the true sum fits in int32 (|q w| <= 127^2, K < 2^17), so the
+// result is exact: the same int32 sums as the reference, and the same epilogue.
+#if defined(CL_HAVE_AVX512) && defined(__AVX512VNNI__)
+#define CL_HAVE_VNNI 1
+
+struct VnniArgs {
+  const uint8_t* x;   // (M, K) activation codes + 128
+  const float* xs;    // (M,) activation scales
+  const int8_t* w;    // (N, K) weights
+  const float* ws;    // (N,) weight scales
+  const float* bias;  // (N,) or null
+  int32_t* wsum;      // (N,) scratch: each weight row's sum
+  float* out;         // (M, N)
+  int64_t M, N, K;
+  // LLM.int8(): C outlier input columns multiplied in float in the same pass, while each
+  // weight row is in cache: out += sum_j xo[m, j] * (w[n, cols[j]] * ws[n]). C may be 0.
+  const int64_t* cols;
+  const float* xo;    // (M, C)
+  int64_t C;
+};
+
+// One MR x NR tile over all of K. SUMS: the tile also sums its weight rows (vpdpbusd with
+// ones, one more instruction per weight vector) and stores them in wsum; the first panel
+// of activations against a chunk of rows does this, the later ones read the sums back.
+template <int MR, int NR, bool SUMS>
+inline void vnni_tile(const VnniArgs& a, int64_t m0, int64_t n0) {
+  __m512i acc[MR][NR], sum[NR];
+  for (int n = 0; n < NR; ++n) {
+    sum[n] = _mm512_setzero_si512();
+    for (int m = 0; m < MR; ++m) acc[m][n] = _mm512_setzero_si512();
+  }
+  const __m512i ones = _mm512_set1_epi8(1);
+  const int8_t* w = a.w + n0 * a.K;
+  const uint8_t* x = a.x + m0 * a.K;
+  auto step = [&](int64_t k, __mmask64 mk, bool full) __attribute__((always_inline)) {
+    __m512i wv[NR];
+    for (int n = 0; n < NR; ++n) {
+      if (SUMS && full)
+        _mm_prefetch(reinterpret_cast<const char*>(w + (n + NR) * a.K + k), _MM_HINT_T0);
+      wv[n] = full ? _mm512_loadu_si512(w + n * a.K + k)
+                   : _mm512_maskz_loadu_epi8(mk, w + n * a.K + k);
+      if (SUMS) sum[n] = _mm512_dpbusd_epi32(sum[n], ones, wv[n]);
+    }
+    for (int m = 0; m < MR; ++m) {
+      const __m512i xv = full ? _mm512_loadu_si512(x + m * a.K + k)
+                              : _mm512_maskz_loadu_epi8(mk, x + m * a.K + k);
+      for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_dpbusd_epi32(acc[m][n], xv, wv[n]);
+    }
+  };
+  int64_t k = 0;
+  for (; k + 64 <= a.K; k += 64) step(k, ~__mmask64{0}, true);
+  // the last K % 64 columns masked: zero bytes add nothing, nothing past a row is read
+  if (k < a.K) step(k, (__mmask64{1} << (a.K - k)) - 1, false);
+  if (SUMS)
+    for (int n = 0; n < NR; ++n) a.wsum[n0 + n] = _mm512_reduce_add_epi32(sum[n]);
+  for (int m = 0; m < MR; ++m)
+    for (int n = 0; n < NR; ++n) {
+      const int64_t col = n0 + n, row = m0 + m;
+      const uint32_t u = static_cast<uint32_t>(_mm512_reduce_add_epi32(acc[m][n])) -
+                         128u * static_cast<uint32_t>(a.wsum[col]);
+      float v = static_cast<float>(static_cast<int32_t>(u)) * a.xs[row] * a.ws[col];
+      if (a.bias) v = v + a.bias[col];
+      if (a.C) {
+        float f = 0.0f;
+        for (int64_t j = 0; j < a.C; ++j)
+          f += a.xo[row * a.C + j] * (static_cast<float>(a.w[col * a.K + a.cols[j]]) * a.ws[col]);
+        v = v + f;
+      }
+      a.out[row * a.N + col] = v;
+    }
+}
+
+template <int MR, int NR>
+inline void vnni_row_panel(const VnniArgs& a, int64_t m0, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  if (m0 == 0) {
+    for (; n + NR <= n1; n += NR) vnni_tile<MR, NR, true>(a, m0, n);
+    for (; n < n1; ++n) vnni_tile<MR, 1, true>(a, m0, n);
+  } else {
+    for (; n + NR <= n1; n += NR) vnni_tile<MR, NR, false>(a, m0, n);
+    for (; n < n1; ++n) vnni_tile<MR, 1, false>(a, m0, n);
+  }
+}
+
+// Chunks of NC weight rows per task (they stay in L2), every MR-row panel of activations
+// against each chunk; the first panel also sums the chunk's rows.
+void vnni_impl(const VnniArgs& a, int nt) {
+  const int64_t chunks = (a.N + NC - 1) / NC;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    const int64_t n0 = ch * NC, n1 = std::min(a.N, n0 + NC);
+    int64_t m = 0;
+    for (; m + 4 <= a.M; m += 4) vnni_row_panel<4, 4>(a, m, n0, n1);
+    for (; m + 2 <= a.M; m += 2) vnni_row_panel<2, 6>(a, m, n0, n1);
+    for (; m < a.M; ++m) vnni_row_panel<1, 8>(a, m, n0, n1);
+  }
+}
+
+// x (M, K) float -> codes + 128, then the GEMM: scratch for codes and row sums is the
+// caller's vectors.
+void vnni_linear_f32(const float* x, float static_scale, const int8_t* w, const float* ws,
+                     const float* bias, float* out, int64_t M, int64_t N, int64_t K,
+                     const int64_t* cols, const float* xo, int64_t C, int nt_quant, int nt) {
+  std::vector<int8_t> q(M * K);
+  std::vector<float> xs(M);
+  std::vector<int32_t> wsum(N);
+  quantize_rows_impl(x, M, K, static_scale, q.data(), xs.data(), nt_quant);
+  for (auto& b : q) b = static_cast<int8_t>(static_cast<uint8_t>(b) ^ 0x80u);  // q + 128
+  VnniArgs a{reinterpret_cast<const uint8_t*>(q.data()), xs.data(), w, ws, bias, wsum.data(),
+             out, M, N, K, cols, xo, C};
+  vnni_impl(a, nt);
+}
+#endif  // VNNI
+
 // ---------------------------------------------------------------- dequantization to float
 // For large batches the weights are reused M times: turning them back into float32 once
 // per call (one pass, in parallel) and letting BLAS run beats any integer inner loop on
@@ -577,7 +697,7 @@ __attribute__((optimize("fp-contract=off"))) void cl_gptq_columns(
 }
 
 // Bumped whenever an entry point's meaning or arguments change (cpu.py checks it).
-int cl_abi_version() { return 3; }
+int cl_abi_version() { return 4; }
 
 // Which vector width the weight-only kernels were compiled for (512 or 256).
 int cl_vector_bits() {
@@ -631,8 +751,42 @@ void cl_int32_epilogue(const int32_t* acc, const float* xs, const float* ws, con
 void cl_w8a8_linear(const int16_t* xq, const float* xs, const int8_t* w, const float* ws,
                     const float* bias, int32_t* c, float* out, int64_t M, int64_t N, int64_t K,
                     int nt) {
+#ifdef CL_HAVE_VNNI
+  std::vector<uint8_t> u(M * K);
+  for (int64_t i = 0; i < M * K; ++i) u[i] = static_cast<uint8_t>(xq[i] + 128);
+  std::vector<int32_t> wsum(N);
+  VnniArgs v{u.data(), xs, w, ws, bias, wsum.data(), out, M, N, K, nullptr, nullptr, 0};
+  vnni_impl(v, nt);
+#else
   W8A8Args a{xq, xs, w, ws, bias, c, out, M, N, K};
   w8a8_impl(a, nt);
+#endif
+}
+
+// Which integer dot product the native W8A8 kernel uses: 1 = AVX-512 VNNI (vpdpbusd),
+// 0 = AVX2 vpmaddwd on int16.
+int cl_w8a8_vnni() {
+#ifdef CL_HAVE_VNNI
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+// LLM.int8() in one pass over the weight (VNNI builds only; returns 0 elsewhere, having
+// done nothing): x holds the regular columns (outlier columns zeroed), xo (M, C) the
+// outlier columns' float values, cols their indices.
+int cl_llm_int8_linear(const float* x, const int8_t* w, const float* ws, const float* bias,
+                       float* out, int64_t M, int64_t N, int64_t K, const int64_t* cols,
+                       const float* xo, int64_t C, int nt_quant, int nt) {
+#ifdef CL_HAVE_VNNI
+  vnni_linear_f32(x, 0.0f, w, ws, bias, out, M, N, K, cols, xo, C, nt_quant, nt);
+  return 1;
+#else
+  (void)x, (void)w, (void)ws, (void)bias, (void)out, (void)M, (void)N, (void)K, (void)cols;
+  (void)xo, (void)C, (void)nt_quant, (void)nt;
+  return 0;
+#endif
 }
 
 // Quantize x (M, K) float per row (static_scale <= 0) or with one static scale, then the
@@ -640,6 +794,10 @@ void cl_w8a8_linear(const int16_t* xq, const float* xs, const int8_t* w, const f
 void cl_w8a8_linear_f32(const float* x, float static_scale, const int8_t* w, const float* ws,
                         const float* bias, float* out, int64_t M, int64_t N, int64_t K,
                         int nt_quant, int nt) {
+#ifdef CL_HAVE_VNNI
+  vnni_linear_f32(x, static_scale, w, ws, bias, out, M, N, K, nullptr, nullptr, 0, nt_quant, nt);
+  return;
+#endif
   std::vector<int16_t> q(M * K);
   std::vector<float> xs(M);
   std::vector<int32_t> c(k_block(M, K) < K ? M * N : 0);

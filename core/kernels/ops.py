@@ -558,22 +558,29 @@ def forget_choices() -> None:
     _CHOSEN.clear()
 
 
+def _cpu_path(op: str, x2: torch.Tensor, args: tuple) -> tuple[str, torch.Tensor | None]:
+    """The path ``op`` takes on (M, K) ``x2`` (recorded in the path log) and, when a
+    first-use check just ran it, its output."""
+    key = (op, x2.shape[0], x2.shape[1], args[0].shape[0], args[3:4])
+    chosen = None if getattr(_forced, "name", None) else _CHOSEN.get(key)
+    y = None
+    if chosen is None:
+        path, source = choose_cpu_path_and_source(op, x2.shape[0], x2.shape[1])
+        if not CPU_PATHS[op][path].serves(x2, *args):
+            path = FLOAT_PATH
+        if source != "forced":
+            path, y = _guarded(op, path, x2, args)
+            _CHOSEN[key] = (path, source)
+    else:
+        path, source = chosen
+    _record(op, "cpu", path, x2.shape[0], source)
+    return path, y
+
+
 def _cpu_impl(op: str) -> Callable[..., torch.Tensor]:
     def impl(x: torch.Tensor, *args):
         x2, lead = _flatten(x)
-        key = (op, x2.shape[0], x2.shape[1], args[0].shape[0], args[3:4])
-        chosen = None if getattr(_forced, "name", None) else _CHOSEN.get(key)
-        y = None
-        if chosen is None:
-            path, source = choose_cpu_path_and_source(op, x2.shape[0], x2.shape[1])
-            if not CPU_PATHS[op][path].serves(x2, *args):
-                path = FLOAT_PATH
-            if source != "forced":
-                path, y = _guarded(op, path, x2, args)
-                _CHOSEN[key] = (path, source)
-        else:
-            path, source = chosen
-        _record(op, "cpu", path, x2.shape[0], source)
+        path, y = _cpu_path(op, x2, args)
         if y is None:
             y = CPU_PATHS[op][path].fn(x2, *args)
         return _finish(y, lead, x.dtype)
@@ -673,3 +680,31 @@ def int4_weight_only_linear(
     if _direct(x):
         return _CPU_IMPLS["int4_weight_only_linear"](x, w_packed, scale, zero, group_size, bias)
     return torch.ops.compresslab.int4_weight_only_linear(x, w_packed, scale, zero, group_size, bias)
+
+
+def llm_int8_linear(
+    x2: torch.Tensor,
+    cols: torch.Tensor,
+    w_int8: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """LLM.int8() on (M, K) ``x2``: input columns ``cols`` (the outlier features) times
+    their dequantized weight columns in float, every other column through W8A8 with
+    per-token scales (``int8_linear``, whose path choice this follows); float32 (M, N).
+    Where that is the native kernel with VNNI, the float columns are summed in the same
+    pass over the weight, while each row is in cache; elsewhere they are gathered from
+    the weight (strided: one cache line per row and column) and multiplied after."""
+    regular = x2.index_fill(1, cols, 0)  # outliers no longer set the int8 scales
+    outliers = x2.index_select(1, cols)
+    args = (w_int8, w_scale, bias, "dynamic", None)
+    if _direct(x2):
+        path, y = _cpu_path("int8_linear", regular, args)
+        if path == "native" and cpu.native_w8a8_vnni():
+            return cpu.llm_int8_native(regular, outliers, cols, w_int8, w_scale, bias)
+        if y is None:
+            y = CPU_PATHS["int8_linear"][path].fn(regular, *args)
+    else:
+        y = int8_linear(regular, *args).float()
+    w_out = w_int8.index_select(1, cols).float() * w_scale.reshape(-1, 1)
+    return y + torch.nn.functional.linear(outliers.float(), w_out)

@@ -12,7 +12,6 @@ int8 weights through ``ops.int8_linear`` (our AVX2 kernel on the CPU, Triton or
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from core.kernels import ops
 from core.quant.actquant import static_scale_from_absmax
@@ -105,10 +104,7 @@ class LLMInt8Linear(Int8RowsLinear):
         if cols.numel() == 0:
             y = ops.int8_linear(x2, self.w_int8, self.w_scale, self.bias, "dynamic")
         else:
-            regular = x2.index_fill(1, cols, 0)  # outliers no longer set the int8 scales
-            y = ops.int8_linear(regular, self.w_int8, self.w_scale, self.bias, "dynamic")
-            w_out = self.w_int8.index_select(1, cols).float() * self.w_scale.reshape(-1, 1)
-            y = y + F.linear(x2.index_select(1, cols).float(), w_out).to(y.dtype)
+            y = ops.llm_int8_linear(x2, cols, self.w_int8, self.w_scale, self.bias).to(x.dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def scheme(self) -> str:
