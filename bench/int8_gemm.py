@@ -11,7 +11,8 @@ For M in 1, 16, 128, 512, 2048 rows and K = N in 1024, 4096 it times one forward
   (``w8a8_path``); each candidate path also gets its own column (``w8a8_<path>_ms``);
 - ``int8_weight_only_ms`` / ``int4_weight_only_ms``: our weight-only decode ops, likewise;
 - ``int_mm_ms``: ``torch._int_mm`` alone on already quantized int8 inputs;
-  ``native_gemm_ms``: our AVX2 integer GEMM alone on already quantized codes;
+  ``native_gemm_ms``: our integer GEMM alone on already quantized codes (AVX-512
+  VNNI where the CPU has it, else AVX2; ``native_w8a8`` in the header says which);
 - the ceilings, in the same run: ``ceiling_int_ms``, the faster of those two (the
   integer matmul the machine offers), and ``ceiling_bytes_ms`` (``ceiling_bytes_int4_ms``):
   one read over a buffer the size of the int8 (int4) weight. Each op is also printed as
@@ -379,6 +380,7 @@ def main() -> None:
         "cpu": cpu_model(),
         "isa": ops.cpu_description(),
         "native_kernels": cpu.native_available(),
+        "native_w8a8": "avx512-vnni" if cpu.native_w8a8_vnni() else "avx2-madd",
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "load_before": [round(v, 2) for v in os.getloadavg()],

@@ -1,5 +1,6 @@
-// CompressLab CPU kernels for x86-64 with AVX2 + FMA + F16C: W8A8 linear, int8 and int4
-// weight-only linear, per-row activation quantization.
+// CompressLab CPU kernels for x86-64 with AVX2 + FMA + F16C (AVX-512 and VNNI versions
+// compiled in where the CPU has them): W8A8 linear, LLM.int8(), int8 and int4 weight-only
+// linear, per-row activation quantization, GPTQ's column loop.
 //
 // A plain C ABI (no torch headers): core/kernels/cpu.py compiles this file once with g++
 // into a cached shared library (a few seconds, against minutes for a torch extension)

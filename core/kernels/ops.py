@@ -9,7 +9,8 @@ per-device implementations that pick a path per shape:
 
 Paths that compute the same function (see core/kernels/ref.py) and where they run:
 
-- ``native``: our AVX2 C++ (core/kernels/int8_cpu.cpp), integer GEMM / streamed weights.
+- ``native``: our C++ (core/kernels/int8_cpu.cpp), integer GEMM / streamed weights; the
+  W8A8 GEMM uses AVX-512 VNNI (vpdpbusd) where the CPU has it, AVX2 vpmaddwd elsewhere.
 - ``int_mm``: W8A8 only: ``torch._int_mm`` (oneDNN; fast only with VNNI or AMX) between
   our one-pass native per-token quantization and one-pass dequantize + bias epilogue
   (written over the int32 sums); exact int32 sums, bit-identical epilogue.

@@ -5,8 +5,9 @@ Layout: ``w_int8`` (N, K) int8, symmetric absmax per output row (the per-channel
 activation quantization ``x_scale`` (a float32 scalar from the calibrated max|x|).
 
 Unlike the affine format (float activations), these multiply int8 activations by the
-int8 weights through ``ops.int8_linear`` (our AVX2 kernel on the CPU, Triton or
-``_int_mm`` on a GPU), which records the path it took.
+int8 weights through ``ops.int8_linear`` (on the CPU our VNNI or AVX2 kernel, or
+oneDNN's ``torch._int_mm``; Triton or ``_int_mm`` on a GPU), which records the path it
+took.
 """
 
 from __future__ import annotations
