@@ -13,6 +13,9 @@ For M in 1, 16, 128, 512, 2048 rows and K = N in 1024, 4096 it times one forward
 - ``int_mm_ms``: ``torch._int_mm`` alone on already quantized int8 inputs;
   ``native_gemm_ms``: our integer GEMM alone on already quantized codes (AVX-512
   VNNI where the CPU has it, else AVX2; ``native_w8a8`` in the header says which);
+  ``wo8_kernel_ms`` / ``wo4_kernel_ms``: the native weight-only kernels alone, their
+  arguments prepared once (the op's time minus its Python: argument checks, the output's
+  allocation, the path choice);
 - the ceilings, in the same run: ``ceiling_int_ms``, the faster of those two (the
   integer matmul the machine offers), and ``ceiling_bytes_ms`` (``ceiling_bytes_int4_ms``):
   one read over a buffer the size of the int8 (int4) weight. Each op is also printed as
@@ -29,7 +32,8 @@ For M in 1, 16, 128, 512, 2048 rows and K = N in 1024, 4096 it times one forward
 
 Timings (``--clock wall``, or ``thread``: this thread's CPU time, one thread, for a
 busy machine) are medians over ``--repeats`` rounds after one warm-up; within a round every
-variant runs once, in turn, so a busy machine slows all of them alike. A variant already slow at the previous M
+variant runs once, in turn, so a busy machine slows all of them alike. Each variant has
+its own copy of the weight, so every call reads it from memory. A variant already slow at the previous M
 whose time extrapolated to this M exceeds ``--max-call-s`` is skipped (null); fp32, the
 baseline, always runs. Ratios
 are fp32_ms / x_ms (above 1 = faster than fp32); TOPS = 2 M N K / time for the int8
@@ -83,6 +87,7 @@ def _bnb_layers(lin: nn.Linear) -> dict[str, nn.Module]:
         return {
             "bnb_int8": BnbInt8Linear.build(lin.weight, lin.bias, threshold=6.0),
             "bnb_nf4": Bnb4bitLinear.build(lin.weight, lin.bias, quant_type="nf4", blocksize=64),
+            "bnb_int8_outliers": BnbInt8Linear.build(lin.weight, lin.bias, threshold=6.0),
         }
     except Exception as e:  # bitsandbytes missing or without a CPU backend
         print(f"# bitsandbytes unavailable: {e}", file=sys.stderr)
@@ -117,9 +122,16 @@ class Cell:
         int4 = QuantSpec(bits=4, symmetric=False, granularity="group", group_size=128)
         self.w4 = AffineLinear.build(quantize(self.lin.weight, int4), self.lin.bias)
         self.bnb = _bnb_layers(self.lin)
-        # float32 buffers of the int8 / int4 weight's byte size: a sum reads each once
-        self.bytes8 = torch.randn(max(1, n * k // 4))
-        self.bytes4 = torch.randn(max(1, n * k // 8))
+        # one read over a buffer of the int8 / int4 weight's byte size: our own read loop,
+        # threads split as in the kernels (torch's float sum, used where the native library
+        # does not run, measured 0.28-0.30 ms over 8 MiB from memory where the loop took
+        # 0.19-0.23 ms)
+        if cpu.native_available():
+            self.bytes8 = cpu.read_bytes_call(n * k)
+            self.bytes4 = cpu.read_bytes_call(n * k // 2)
+        else:
+            b8, b4 = torch.randn(max(1, n * k // 4)), torch.randn(max(1, n * k // 8))
+            self.bytes8, self.bytes4 = b8.sum, b4.sum
         self.fbgemm = _fbgemm(self.lin)
 
     def variants(self, x: torch.Tensor) -> dict[str, Callable[[], object]]:
@@ -129,39 +141,59 @@ class Cell:
         xq16 = xq.to(torch.int16)
         if not cpu.int_mm_takes_any_shape():
             xq = F.pad(xq, (0, 0, 0, max(0, cpu.INT_MM_MIN_M - xq.shape[0])))
-        wt = w8.w_int8.t()
+
+        # Every variant reads its own copy of the weight, so none finds another's copy of
+        # the same tensor still in cache: within a round the other variants read more
+        # than the last-level cache in between, and each call streams its weight from
+        # memory, as decode does with a model bigger than the cache.
+        def int8_w() -> tuple[torch.Tensor, torch.Tensor]:
+            return w8.w_int8.clone(), w8.w_scale.clone()
+
+        def int4_w() -> tuple:
+            return w4.qweight.clone(), w4.scale.clone(), w4.zero.clone(), w4.group_size
+
+        wt = w8.w_int8.clone().t()
         out: dict[str, Callable[[], object]] = {
             "fp32": lambda: F.linear(x, self.w),
             "bf16": lambda: F.linear(xb, self.wb),
             "int_mm": lambda: torch._int_mm(xq, wt),
-            "stream_i8": lambda: self.bytes8.sum(),
-            "stream_i4": lambda: self.bytes4.sum(),
+            "stream_i8": self.bytes8,
+            "stream_i4": self.bytes4,
         }
         if cpu.native_available():
-            out["native_gemm"] = lambda: cpu.w8a8_gemm_native(xq16, xs, w8.w_int8, w8.w_scale, None)
+            g8 = int8_w()
+            out["native_gemm"] = lambda: cpu.w8a8_gemm_native(xq16, xs, *g8, None)
+            out["wo8_kernel"] = cpu.weight_only_kernel_call(
+                "int8_weight_only_linear", x, *int8_w(), None
+            )
+            out["wo4_kernel"] = cpu.weight_only_kernel_call(
+                "int4_weight_only_linear", x, *int4_w(), None
+            )
+        ops_fn = {
+            "int8_linear": ops.int8_linear,
+            "int8_weight_only_linear": ops.int8_weight_only_linear,
+            "int4_weight_only_linear": ops.int4_weight_only_linear,
+        }
 
-        def forced(op: str, path: str, call: Callable[[], object]) -> Callable[[], object]:
+        def forced(op: str, path: str, args: tuple) -> Callable[[], object]:
             def run() -> object:
                 with ops.use_path(path):
-                    return call()
+                    return ops_fn[op](x, *args)
 
             return run
 
-        calls = {
-            "int8_linear": lambda: ops.int8_linear(x, w8.w_int8, w8.w_scale, None, "dynamic"),
-            "int8_weight_only_linear": lambda: ops.int8_weight_only_linear(
-                x, w8.w_int8, w8.w_scale, None
-            ),
-            "int4_weight_only_linear": lambda: ops.int4_weight_only_linear(
-                x, w4.qweight, w4.scale, w4.zero, w4.group_size, None
-            ),
+        args = {
+            "int8_linear": lambda: (*int8_w(), None, "dynamic"),
+            "int8_weight_only_linear": lambda: (*int8_w(), None),
+            "int4_weight_only_linear": lambda: (*int4_w(), None),
         }
         for op, (prefix, _) in OP_COLUMNS.items():
             for path in CANDIDATES[op]:
                 if ops.CPU_PATHS[op][path].available():
-                    out[f"{prefix}_{path}"] = forced(op, path, calls[op])
-        for name, mod in self.bnb.items():
-            out[name] = lambda mod=mod: mod(x)
+                    out[f"{prefix}_{path}"] = forced(op, path, args[op]())
+        for name in ("bnb_int8", "bnb_nf4"):
+            if name in self.bnb:
+                out[name] = lambda mod=self.bnb[name]: mod(x)
         for name, call in self.outlier_variants(with_outliers(x)).items():
             out[name] = call
         if self.fbgemm is not None:
@@ -169,10 +201,11 @@ class Cell:
         return out
 
     def outlier_variants(self, xo: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
-        """The two LLM.int8() implementations, on an input with outlier features."""
+        """The two LLM.int8() implementations, on an input with outlier features (each
+        layer its own: bitsandbytes' is a second copy, not the one bnb_int8 times)."""
         out = {"llm_int8": lambda: self.llm8(xo)}
-        if "bnb_int8" in self.bnb:
-            out["bnb_int8_outliers"] = lambda: self.bnb["bnb_int8"](xo)
+        if "bnb_int8_outliers" in self.bnb:
+            out["bnb_int8_outliers"] = lambda: self.bnb["bnb_int8_outliers"](xo)
         return out
 
     def outlier_errors(self, x: torch.Tensor) -> dict[str, float]:
@@ -277,6 +310,8 @@ def add_ceilings(row: dict) -> None:
         "w8a8": max((v for v in (row["ceiling_int_ms"], row["ceiling_bytes_ms"]) if v), default=0),
         "int8_weight_only": row["ceiling_bytes_ms"],
         "int4_weight_only": row["ceiling_bytes_int4_ms"],
+        "wo8_kernel": row["ceiling_bytes_ms"],
+        "wo4_kernel": row["ceiling_bytes_int4_ms"],
     }
     for name, ceiling in ceilings.items():
         got = row.get(f"{name}_ms")
@@ -310,7 +345,7 @@ def format_row(row: dict) -> str:
             parts.append(f"{name} {v:.3f}ms ({row[f'{name}_x_fp32']:.2f}x)")
     ceil = " ".join(
         f"{name} {row[f'{name}_pct_ceiling']:.0f}%"
-        for name in ("w8a8", "int8_weight_only", "int4_weight_only")
+        for name in ("w8a8", "int8_weight_only", "wo8_kernel", "int4_weight_only", "wo4_kernel")
         if row.get(f"{name}_pct_ceiling") is not None
     )
     parts.append(

@@ -31,6 +31,24 @@ def test_int8_gemm_row_has_every_column_and_the_llm_int8_comparison() -> None:
     assert int8_gemm.with_outliers(x).abs().amax(0).gt(6).sum() >= 1
 
 
+def test_kernel_alone_columns_compute_what_the_ops_compute() -> None:
+    """The bench's kernel-alone variants (arguments prepared once) give the ops' outputs."""
+    from core.kernels import cpu, ops
+
+    if not cpu.native_available():
+        pytest.skip("no native kernels here")
+    torch.manual_seed(1)
+    cell = int8_gemm.Cell(256, 40)
+    x = torch.randn(3, 256)
+    fns = cell.variants(x)
+    w8, w4 = cell.w8, cell.w4
+    with ops.use_path("native"):
+        want8 = ops.int8_weight_only_linear(x, w8.w_int8, w8.w_scale, None)
+        want4 = ops.int4_weight_only_linear(x, w4.qweight, w4.scale, w4.zero, w4.group_size, None)
+    assert torch.equal(fns["wo8_kernel"](), want8)
+    assert torch.equal(fns["wo4_kernel"](), want4)
+
+
 @pytest.mark.both_backends
 def test_queue_load_drains_every_job_and_prints_a_row_per_round(db_url: str) -> None:
     from bench import queue_load

@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -118,6 +119,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.cl_int32_epilogue.argtypes = [_p, _p, _p, _p, _p, _i64, _i64, _int]
     lib.cl_w8a8_linear.argtypes = [_p, _p, _p, _p, _p, _p, _p, _i64, _i64, _i64, _int]
     lib.cl_w8a8_linear_f32.argtypes = [_p, _f32, _p, _p, _p, _p, _i64, _i64, _i64, _int, _int]
+    lib.cl_read_bytes.argtypes = [_p, _i64, _int]
+    lib.cl_read_bytes.restype = _i64
     lib.cl_w8a8_vnni.restype = _int
     lib.cl_llm_int8_linear.restype = _int
     lib.cl_llm_int8_linear.argtypes = [*(_p,) * 5, *(_i64,) * 3, _p, _p, _i64, _int, _int]
@@ -186,6 +189,14 @@ def _f32c(t: torch.Tensor | None) -> torch.Tensor | None:
     if t is None or (t.dtype == torch.float32 and t.is_contiguous()):
         return t
     return t.detach().float().contiguous()
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` as a contiguous ``dtype`` tensor, without a dispatcher call when it is one
+    already (decode calls every linear once per token: each call costs microseconds)."""
+    if t.dtype == dtype and t.is_contiguous():
+        return t
+    return t.to(dtype).contiguous()
 
 
 def _lib() -> ctypes.CDLL:
@@ -340,7 +351,7 @@ def int8_weight_only_native(
     x2 = _f32c(x2)
     m, k = x2.shape
     n = w_int8.shape[0]
-    w, ws, b = w_int8.contiguous(), _f32c(w_scale), _f32c(bias)
+    w, ws, b = _as(w_int8, torch.int8), _f32c(w_scale), _f32c(bias)
     out = torch.empty((m, n), dtype=torch.float32)
     _lib().cl_int8_weight_only_linear(
         x2.data_ptr(),
@@ -374,8 +385,8 @@ def int4_weight_only_native(
     x2 = _f32c(x2)
     m, k = x2.shape
     n, half = w_packed.shape
-    w, sc = w_packed.contiguous(), scale.to(torch.float16).contiguous()
-    z, b = zero.to(torch.uint8).contiguous(), _f32c(bias)
+    w, sc = _as(w_packed, torch.uint8), _as(scale, torch.float16)
+    z, b = _as(zero, torch.uint8), _f32c(bias)
     out = torch.empty((m, n), dtype=torch.float32)
     _lib().cl_int4_weight_only_linear(
         x2.data_ptr(),
@@ -392,6 +403,49 @@ def int4_weight_only_native(
         _matmul_threads(m, n, k),
     )
     return out
+
+
+def read_bytes_call(nbytes: int) -> Callable[[], int]:
+    """One read over a buffer of ``nbytes`` with every thread, each a contiguous part, as
+    the kernels read their weights: the benchmark's bytes ceiling."""
+    buf = torch.ones(nbytes, dtype=torch.uint8)
+    fn, threads = _lib().cl_read_bytes, max(1, torch.get_num_threads())
+
+    def run(keep: torch.Tensor = buf) -> int:  # keep: the buffer lives as long as run
+        return fn(keep.data_ptr(), nbytes, threads)
+
+    return run
+
+
+def weight_only_kernel_call(op: str, x2: torch.Tensor, *args: object) -> Callable[[], torch.Tensor]:
+    """The native weight-only kernel alone, for the benchmark: every argument prepared
+    (converted, output allocated) once, so each call of the returned function runs just
+    the C kernel (and returns its output, the same tensor each time), without the Python
+    around it (which costs tens of microseconds when the interpreter's own memory has
+    left the cache)."""
+    x = _f32c(x2)
+    m, k = x.shape
+    if op == "int8_weight_only_linear":
+        w, ws, b = _as(args[0], torch.int8), _f32c(args[1]), _f32c(args[2])
+        out = torch.empty((m, w.shape[0]), dtype=torch.float32)
+        fn = _lib().cl_int8_weight_only_linear
+        call = (x, w, ws, b, out, m, w.shape[0], k)
+    elif op == "int4_weight_only_linear":
+        w, sc, z = _as(args[0], torch.uint8), _as(args[1], torch.float16), _as(args[2], torch.uint8)
+        group, b = int(args[3]), _f32c(args[4])
+        out = torch.empty((m, w.shape[0]), dtype=torch.float32)
+        fn = _lib().cl_int4_weight_only_linear
+        call = (x, w, sc, z, b, out, m, w.shape[0], k, w.shape[1] * 2, group)
+    else:
+        raise ValueError(f"no weight-only kernel for {op!r}")
+    raw = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in call]
+    threads = _matmul_threads(m, out.shape[1], k)
+
+    def run(keep: tuple = call) -> torch.Tensor:  # keep: the tensors live as long as run
+        fn(*raw, threads)
+        return out
+
+    return run
 
 
 def _out_buffer(out: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor:
