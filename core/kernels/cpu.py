@@ -165,6 +165,14 @@ def load_library() -> ctypes.CDLL | None:
         return None
 
 
+@functools.cache
+def build_id() -> str:
+    """Which kernel library runs here: the hash of its source, flags and compiler ("none"
+    without one). Part of a tuned table's key: new kernels are timed again."""
+    cxx = _compiler()
+    return _build_key(cxx) if native_available() and cxx else "none"
+
+
 def native_available() -> bool:
     return load_library() is not None
 

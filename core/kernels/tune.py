@@ -4,9 +4,10 @@ On first use of an op on a CPU (or by ``python -m workers tune-kernels``) every 
 path of the op is timed briefly for each (M bucket, K bucket) cell, and the fastest is
 stored in the data folder (``$COMPRESSLAB_DATA``, default the repository's ``data/``) under
 ``kernels/dispatch_<key>.json``. The key is a hash of what decides which path is
-fastest: the CPU model, its feature flags, the core count and the torch version. A
-table whose stored key differs from this machine's is ignored; the committed table
-(core/kernels/dispatch_cpu.json) and then a fixed heuristic are the fallbacks.
+fastest: the CPU model, its feature flags, the core count, the torch version and the
+build of our kernel library (its source, flags and compiler: new kernels are timed
+again). A table whose stored key differs from this machine's is ignored; the committed
+table (core/kernels/dispatch_cpu.json) and then a fixed heuristic are the fallbacks.
 
 Tuning is bounded: each op gets ``budget_s`` seconds in all; large cells time fewer
 output columns; a path far slower than the best at one M whose time extrapolated to
@@ -65,6 +66,7 @@ def machine_key() -> dict:
         "flags": sorted(cpu.cpu_flags()),
         "cores": os.cpu_count() or 1,
         "torch": torch.__version__,
+        "kernels": cpu.build_id(),
     }
 
 
