@@ -122,8 +122,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.cl_read_bytes.argtypes = [_p, _i64, _int]
     lib.cl_read_bytes.restype = _i64
     lib.cl_w8a8_vnni.restype = _int
-    lib.cl_llm_int8_linear.restype = _int
-    lib.cl_llm_int8_linear.argtypes = [*(_p,) * 5, *(_i64,) * 3, _p, _p, _i64, _int, _int]
+    lib.cl_llm_int8_linear.restype = _i64
+    lib.cl_llm_int8_linear.argtypes = [_p, _f32, *(_p,) * 4, *(_i64,) * 3, _int, _int]
     lib.cl_w8a8_scratch_needed.argtypes = [_i64, _i64]
     lib.cl_w8a8_scratch_needed.restype = _i64
     lib.cl_int8_weight_only_linear.argtypes = [_p, _p, _p, _p, _p, _i64, _i64, _i64, _int]
@@ -286,39 +286,35 @@ def w8a8_linear_native(
 
 
 def llm_int8_native(
-    regular: torch.Tensor,
-    outliers: torch.Tensor,
-    cols: torch.Tensor,
+    x2: torch.Tensor,
+    threshold: float,
     w_int8: torch.Tensor,
     w_scale: torch.Tensor,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    """LLM.int8() in one pass over the weight (needs :func:`native_w8a8_vnni`): W8A8 with
-    per-token scales on ``regular`` (M, K) (the outlier columns zeroed), plus
-    ``outliers`` (M, C), the float values of input columns ``cols``, times those columns
-    of the dequantized weight, summed while each weight row is in cache."""
-    x2, xo = _f32c(regular), _f32c(outliers)
-    m, k = x2.shape
+    """LLM.int8() in one native call (needs :func:`native_w8a8_vnni`): the columns of
+    ``x2`` (M, K) with some |x| > ``threshold`` are multiplied in float with their
+    dequantized weight columns, summed in the same pass over the weight as the W8A8
+    product of every other column (per-token scales, outliers zeroed)."""
+    x = _f32c(x2)
+    m, k = x.shape
     n = w_int8.shape[0]
-    c = cols.to(torch.int64).contiguous()
     ws, b = _f32c(w_scale), _f32c(bias)
     out = torch.empty((m, n), dtype=torch.float32)
     done = _lib().cl_llm_int8_linear(
-        x2.data_ptr(),
-        w_int8.contiguous().data_ptr(),
+        x.data_ptr(),
+        float(threshold),
+        _as(w_int8, torch.int8).data_ptr(),
         ws.data_ptr(),
         _ptr(b),
         out.data_ptr(),
         m,
         n,
         k,
-        c.data_ptr(),
-        xo.data_ptr(),
-        c.numel(),
         _threads(16 * m * k),
         _matmul_threads(m, n, k),
     )
-    if not done:
+    if done < 0:
         raise RuntimeError("the fused LLM.int8() kernel needs AVX-512 VNNI")
     return out
 

@@ -119,8 +119,8 @@ def _tiled_linear(
     k = x2.shape[1]
     rows = max(16, DEQUANT_TILE_FLOATS // max(1, k))
     x2 = x2.float()
-    if rows >= n:
-        out = x2 @ dequant_rows(0, n, None).t()
+    if rows >= n:  # one tile; the reused buffer spares a fresh allocation's page faults
+        out = x2 @ dequant_rows(0, n, _tile_buffer(n, k)).t()
     else:
         out = torch.empty((x2.shape[0], n), dtype=torch.float32)
         for n0 in range(0, n, rows):
@@ -683,29 +683,53 @@ def int4_weight_only_linear(
     return torch.ops.compresslab.int4_weight_only_linear(x, w_packed, scale, zero, group_size, bias)
 
 
+# Up to this many rows LLM.int8() takes the fused VNNI kernel whatever W8A8's table says:
+# on a 256-wide layer at M = 1, 23 us against 43-52 us for the torch decomposition (at
+# M = 128 the kernel's per-tile sums make it slower than torch._int_mm on short rows).
+LLM_INT8_FUSED_MAX_M = 16
+
+
+def outlier_columns(x2: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Indices of the input columns of ``x2`` (M, K) with some |x| > threshold (none for a
+    threshold <= 0): LLM.int8()'s outlier features."""
+    if threshold <= 0:
+        return x2.new_zeros(0, dtype=torch.long)
+    return (x2.abs().amax(dim=0) > threshold).nonzero().flatten()
+
+
 def llm_int8_linear(
     x2: torch.Tensor,
-    cols: torch.Tensor,
+    threshold: float,
     w_int8: torch.Tensor,
     w_scale: torch.Tensor,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    """LLM.int8() on (M, K) ``x2``: input columns ``cols`` (the outlier features) times
-    their dequantized weight columns in float, every other column through W8A8 with
-    per-token scales (``int8_linear``, whose path choice this follows); float32 (M, N).
-    Where that is the native kernel with VNNI, the float columns are summed in the same
-    pass over the weight, while each row is in cache; elsewhere they are gathered from
-    the weight (strided: one cache line per row and column) and multiplied after."""
-    regular = x2.index_fill(1, cols, 0)  # outliers no longer set the int8 scales
-    outliers = x2.index_select(1, cols)
+    """LLM.int8() on (M, K) ``x2``; float32 (M, N). Input columns with some |x| above
+    ``threshold`` (the outlier features) are multiplied in float with their dequantized
+    weight columns; every other column goes through W8A8 with per-token scales
+    (``int8_linear``, whose path choice this follows). Where that is the native kernel
+    with VNNI, or the batch is decode-sized (up to LLM_INT8_FUSED_MAX_M rows, where the
+    decomposition's eight extra tensor ops cost more than the product on small layers),
+    one native call finds the outliers and sums their float product in the same pass
+    over the weight, while each row is in cache. Elsewhere the columns are found and
+    gathered from the weight in torch (strided: one cache line per row and column) and
+    multiplied after the int8 product."""
     args = (w_int8, w_scale, bias, "dynamic", None)
+    path = None
     if _direct(x2):
-        path, y = _cpu_path("int8_linear", regular, args)
-        if path == "native" and cpu.native_w8a8_vnni():
-            return cpu.llm_int8_native(regular, outliers, cols, w_int8, w_scale, bias)
-        if y is None:
-            y = CPU_PATHS["int8_linear"][path].fn(regular, *args)
-    else:
-        y = int8_linear(regular, *args).float()
+        path, _ = _cpu_path("int8_linear", x2, args)  # recorded in the path log
+        decode = x2.shape[0] <= LLM_INT8_FUSED_MAX_M
+        if cpu.native_w8a8_vnni() and (path == "native" or decode):
+            return cpu.llm_int8_native(x2, threshold, w_int8, w_scale, bias)
+
+    def w8a8(x: torch.Tensor) -> torch.Tensor:
+        if path is None:  # another device, or tracing: through the registered op
+            return int8_linear(x, *args).float()
+        return CPU_PATHS["int8_linear"][path].fn(x, *args)
+
+    cols = outlier_columns(x2, threshold)
+    if cols.numel() == 0:
+        return w8a8(x2)
+    y = w8a8(x2.index_fill(1, cols, 0))  # outliers no longer set the int8 scales
     w_out = w_int8.index_select(1, cols).float() * w_scale.reshape(-1, 1)
-    return y + torch.nn.functional.linear(outliers.float(), w_out)
+    return y + torch.nn.functional.linear(x2.index_select(1, cols).float(), w_out)

@@ -95,18 +95,12 @@ class LLMInt8Linear(Int8RowsLinear):
 
     def outlier_columns(self, x2: torch.Tensor) -> torch.Tensor:
         """Indices of the input columns of ``x2`` (M, K) with some |x| > threshold."""
-        if self.threshold <= 0:
-            return x2.new_zeros(0, dtype=torch.long)
-        return (x2.abs().amax(dim=0) > self.threshold).nonzero().flatten()
+        return ops.outlier_columns(x2, self.threshold)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
-        cols = self.outlier_columns(x2)
-        if cols.numel() == 0:
-            y = ops.int8_linear(x2, self.w_int8, self.w_scale, self.bias, "dynamic")
-        else:
-            y = ops.llm_int8_linear(x2, cols, self.w_int8, self.w_scale, self.bias).to(x.dtype)
-        return y.reshape(*x.shape[:-1], self.out_features)
+        y = ops.llm_int8_linear(x2, self.threshold, self.w_int8, self.w_scale, self.bias)
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def scheme(self) -> str:
         return f"llm-int8-t{self.threshold:g}"
