@@ -115,3 +115,34 @@ def test_recipe_runs_the_int8_op() -> None:
     assert {r["op"] for r in ops.path_log()} == {"int8_linear"}
     p, q = want.log_softmax(-1), got.log_softmax(-1)
     assert (p.exp() * (p - q)).sum(-1).mean() < 0.01  # KL(float || int8) per token, nats
+
+
+def test_decode_batches_take_one_native_call_where_vnni_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Up to LLM_INT8_FUSED_MAX_M rows the fused VNNI call runs whatever path the W8A8
+    table picked (the torch decomposition's extra ops cost more on small layers), and it
+    gives the split computation's result; larger batches follow the table."""
+    from core.kernels import cpu
+
+    if not cpu.native_w8a8_vnni():
+        pytest.skip("no AVX-512 VNNI here")
+    lin, x = _layer_and_input(outliers=True)
+    layer = LLMInt8Linear.build(lin.weight, lin.bias, threshold=6.0)
+    calls: list[int] = []
+    fused = cpu.llm_int8_native
+    monkeypatch.setattr(
+        cpu, "llm_int8_native", lambda x2, *a: calls.append(len(x2)) or fused(x2, *a)
+    )
+    monkeypatch.setattr(ops, "choose_cpu_path_and_source", lambda *a: ("int_mm", "measured"))
+    monkeypatch.setattr(ops, "verify_enabled", lambda: False)
+    ops.forget_choices()
+    small = x[0, :3]
+    got = layer(small)
+    with ops.use_path("int_mm"):  # forced: the split decomposition on _int_mm
+        want = layer(small)
+    assert calls == [3]
+    assert _rel(got, want) < 1e-6
+    layer(x.reshape(1, 24, 256).expand(2, 24, 256))  # 48 rows: the table's int_mm
+    assert calls == [3]
+    ops.forget_choices()

@@ -718,7 +718,8 @@ def llm_int8_linear(
     path = None
     if _direct(x2):
         path, _ = _cpu_path("int8_linear", x2, args)  # recorded in the path log
-        decode = x2.shape[0] <= LLM_INT8_FUSED_MAX_M
+        chosen = getattr(_forced, "name", None) is None  # not forced by use_path
+        decode = chosen and x2.shape[0] <= LLM_INT8_FUSED_MAX_M
         if cpu.native_w8a8_vnni() and (path == "native" or decode):
             return cpu.llm_int8_native(x2, threshold, w_int8, w_scale, bias)
 
