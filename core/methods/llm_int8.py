@@ -36,11 +36,14 @@ class LLMInt8Config(MethodConfig):
         static_or_dynamic="dynamic (activation scales and outlier columns found per input)",
         scope="weights and activations (int8 matmul plus a float matmul for outlier columns)",
         parameters="heuristic: absmax scales; the threshold (6.0) is set by hand",
-        hardware="the int8 part runs on our CPU kernel (VNNI/AMX would speed it up; AVX2 "
-        "here) or Triton on a GPU; the outlier part is a small float matmul",
+        hardware="the int8 part runs on our CPU kernel (AVX-512 VNNI where the CPU has it, "
+        "else AVX2) or oneDNN's int8 matmul, or Triton on a GPU; the outlier part is a "
+        "small float matmul, summed inside the VNNI kernel's pass over the weight",
         memory="about 4x smaller than FP32 weights (1 byte each + a float32 scale per row)",
-        speed="the decomposition adds a column scan, a gather and a second matmul per call: "
-        "slower than plain w8a8, compare the run's latency with bnb-int8 and fp32",
+        speed="the decomposition adds a column scan and the outlier columns' float "
+        "product per call (one native call for decode-sized batches with VNNI; a gather "
+        "and a second matmul otherwise): slower than plain w8a8, and far slower where many "
+        "columns are outliers; compare the run's latency with bnb-int8 and fp32",
         reference="Dettmers et al. 2022, LLM.int8(): 8-bit Matrix Multiplication for "
         "Transformers at Scale (arXiv:2208.07339)",
     ),
