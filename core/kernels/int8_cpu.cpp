@@ -47,6 +47,13 @@ constexpr int64_t SMALL_M = 4;
 
 inline int64_t k_block(int64_t M, int64_t K) { return M <= SMALL_M ? K : std::min(K, KC); }
 
+// Weight rows per parallel task: NC, or fewer where NC would leave a thread idle (a
+// 64-row layer on two threads: two tasks of 32 rows; it had run on one thread).
+inline int64_t row_chunk(int64_t N, int nt) {
+  const int64_t per = (N + nt - 1) / std::max(1, nt);
+  return std::max<int64_t>(8, std::min(NC, (per + 7) / 8 * 8));
+}
+
 // ---------------------------------------------------------------- activation quantization
 
 // Symmetric int8 quantization of each row of x (M, K), stored as int16 (the GEMM widens to
@@ -172,10 +179,10 @@ inline void w8a8_row_panel(const W8A8Args& a, int64_t m0, int64_t n0, int64_t n1
 }
 
 void w8a8_impl(const W8A8Args& a, int nt) {
-  const int64_t chunks = (a.N + NC - 1) / NC;
+  const int64_t nc = row_chunk(a.N, nt), chunks = (a.N + nc - 1) / nc;
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t ch = 0; ch < chunks; ++ch) {
-    const int64_t n0 = ch * NC, n1 = std::min(a.N, n0 + NC);
+    const int64_t n0 = ch * nc, n1 = std::min(a.N, n0 + nc);
     const int64_t kc = k_block(a.M, a.K);
     for (int64_t k0 = 0; k0 < a.K; k0 += kc) {
       const int64_t k1 = std::min(a.K, k0 + kc);
@@ -232,10 +239,10 @@ inline void wo8_row_panel(const WO8Args& a, int64_t m0, int64_t n0, int64_t n1) 
 }
 
 void wo8_impl(const WO8Args& a, int nt) {
-  const int64_t chunks = (a.N + NC - 1) / NC;
+  const int64_t nc = row_chunk(a.N, nt), chunks = (a.N + nc - 1) / nc;
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t ch = 0; ch < chunks; ++ch) {
-    const int64_t n0 = ch * NC, n1 = std::min(a.N, n0 + NC);
+    const int64_t n0 = ch * nc, n1 = std::min(a.N, n0 + nc);
     int64_t m = 0;
     for (; m + 2 <= a.M; m += 2) wo8_row_panel<2>(a, m, n0, n1);
     for (; m < a.M; ++m) wo8_row_panel<1>(a, m, n0, n1);
@@ -322,10 +329,10 @@ inline void wo4_row_panel(const WO4Args& a, int64_t m0, int64_t n0, int64_t n1) 
 }
 
 void wo4_impl(const WO4Args& a, int nt) {
-  const int64_t chunks = (a.N + NC - 1) / NC;
+  const int64_t nc = row_chunk(a.N, nt), chunks = (a.N + nc - 1) / nc;
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t ch = 0; ch < chunks; ++ch) {
-    const int64_t n0 = ch * NC, n1 = std::min(a.N, n0 + NC);
+    const int64_t n0 = ch * nc, n1 = std::min(a.N, n0 + nc);
     int64_t m = 0;
     for (; m + 4 <= a.M; m += 4) wo4_row_panel<4>(a, m, n0, n1);
     for (; m < a.M; ++m) wo4_row_panel<1>(a, m, n0, n1);
@@ -391,10 +398,10 @@ inline void wo8_row_panel_512(const WO8Args& a, int64_t m0, int64_t n0, int64_t 
 constexpr int64_t WO8_MR4_MAX_K = 1024;
 
 void wo8_impl_512(const WO8Args& a, int nt) {
-  const int64_t chunks = (a.N + NC - 1) / NC;
+  const int64_t nc = row_chunk(a.N, nt), chunks = (a.N + nc - 1) / nc;
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t ch = 0; ch < chunks; ++ch) {
-    const int64_t n0 = ch * NC, n1 = std::min(a.N, n0 + NC);
+    const int64_t n0 = ch * nc, n1 = std::min(a.N, n0 + nc);
     int64_t m = 0;
     // 4 rows of x per tile where they fit in L1 with room to spare (K <= 1024: 16 KiB):
     // each converted weight vector then feeds 4 rows, not 2 (256-wide layers at M = 128:
@@ -481,10 +488,10 @@ inline void wo4_row_panel_512(const WO4Args& a, int64_t m0, int64_t n0, int64_t 
 }
 
 void wo4_impl_512(const WO4Args& a, int nt) {
-  const int64_t chunks = (a.N + NC - 1) / NC;
+  const int64_t nc = row_chunk(a.N, nt), chunks = (a.N + nc - 1) / nc;
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t ch = 0; ch < chunks; ++ch) {
-    const int64_t n0 = ch * NC, n1 = std::min(a.N, n0 + NC);
+    const int64_t n0 = ch * nc, n1 = std::min(a.N, n0 + nc);
     int64_t m = 0;
     for (; m + 4 <= a.M; m += 4) wo4_row_panel_512<4, 2>(a, m, n0, n1);
     for (; m + 2 <= a.M; m += 2) wo4_row_panel_512<2, 4>(a, m, n0, n1);
@@ -586,10 +593,10 @@ inline void vnni_row_panel(const VnniArgs& a, int64_t m0, int64_t n0, int64_t n1
 // Chunks of NC weight rows per task (they stay in L2), every MR-row panel of activations
 // against each chunk; the first panel also sums the chunk's rows.
 void vnni_impl(const VnniArgs& a, int nt) {
-  const int64_t chunks = (a.N + NC - 1) / NC;
+  const int64_t nc = row_chunk(a.N, nt), chunks = (a.N + nc - 1) / nc;
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t ch = 0; ch < chunks; ++ch) {
-    const int64_t n0 = ch * NC, n1 = std::min(a.N, n0 + NC);
+    const int64_t n0 = ch * nc, n1 = std::min(a.N, n0 + nc);
     int64_t m = 0;
     for (; m + 4 <= a.M; m += 4) vnni_row_panel<4, 4>(a, m, n0, n1);
     for (; m + 2 <= a.M; m += 2) vnni_row_panel<2, 6>(a, m, n0, n1);
