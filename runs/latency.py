@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
+from core.kernels import ops
 from core.metrics import SLOWER_TOLERANCE, EvalSettings
 from core.paths import temp_path
 from core.walk import find_linears, replace_module
@@ -486,7 +487,12 @@ def measure_latency_report(
 ) -> LatencyReport:
     """Every measure of :func:`measures`, interleaving the baseline (through ``swap``)
     and the model as it is; without a swap only the model as it is is timed. ``probe``
-    reads the machine's load before and after; the verdicts take it into account."""
+    reads the machine's load before and after; the verdicts take it into account. Kernel
+    tuning still running in the background is waited for first: it times kernels on every
+    core, unseen by the load probe (same process)."""
+    if ops.tuning_in_progress():
+        on_progress(0.0, "waiting for kernel tuning")
+        ops.wait_for_tuning()
     before = probe()
     todo = measures(settings, len(prompt))
     results = []

@@ -345,3 +345,34 @@ def test_a_table_choosing_float_where_an_integer_path_is_faster_is_overruled(
     n = len(calls)
     ops.int8_linear(x, w, ws, None, "dynamic")
     assert len(calls) == n  # decided once: the slow float path never runs again
+
+
+def test_latency_timing_waits_for_background_tuning(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job timed while the worker's tuning thread times kernels would share the CPUs
+    with it, unseen by the load probe: the latency report starts once tuning is done."""
+    import threading
+
+    from core.metrics import EvalSettings
+    from core.models import tiny_llama
+    from runs import latency
+
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait, args=(30,), daemon=True)
+    thread.start()
+    monkeypatch.setattr(ops, "_BACKGROUND", thread)
+    messages: list[str] = []
+
+    def progress(f: float, msg: str) -> None:
+        messages.append(msg)
+        if msg == "waiting for kernel tuning":
+            assert thread.is_alive()
+            release.set()
+
+    model = tiny_llama(hidden=32, layers=1, seed=0)
+    prompt = torch.randint(0, 256, (24,))
+    settings = EvalSettings(prompt_len=8, decode_tokens=2, repeats=3)
+    latency.measure_latency_report(model, prompt, settings, on_progress=progress)
+    assert messages[0] == "waiting for kernel tuning"
+    assert not thread.is_alive() and not ops.tuning_in_progress()

@@ -405,12 +405,33 @@ def tune_in_background(names: tuple[str, ...] = OPS) -> threading.Thread | None:
     is quiet now (tune.stale_ops), in a daemon thread (a worker calls this at start so no
     job pays for tuning); None where there is nothing to do or auto-tuning
     is off. Ops used meanwhile wait for the table (one lock) instead of tuning twice."""
+    global _BACKGROUND
     missing = tune.stale_ops(tuned_table(), names)
     if not missing or not tune.autotune_enabled():
         return None
     thread = threading.Thread(target=tune_ops, args=(missing,), name="tune-kernels", daemon=True)
     thread.start()
+    _BACKGROUND = thread
     return thread
+
+
+_BACKGROUND: threading.Thread | None = None  # the last background tuning thread
+
+
+def tuning_in_progress() -> bool:
+    """Whether a background tuning thread is timing kernels now."""
+    return _BACKGROUND is not None and _BACKGROUND.is_alive()
+
+
+def wait_for_tuning(timeout_s: float = 120.0) -> bool:
+    """Wait for the background tuning thread, if one is running, for up to ``timeout_s``
+    seconds; True once none runs. Latency timing calls this first: tuning times kernels
+    on every core, and a job timed meanwhile would share the CPUs with it."""
+    thread = _BACKGROUND
+    if thread is None or thread is threading.current_thread():
+        return True
+    thread.join(timeout_s)
+    return not thread.is_alive()
 
 
 # ---------------------------------------------------------------- the float-path guard
