@@ -347,15 +347,17 @@ void wo4_impl(const WO4Args& a, int nt) {
 #define CL_HAVE_AVX512 1
 
 // int8: 16 codes sign-extended to 16 int32 lanes in one load, converted, one FMA; the
-// per-row scale is applied once to the finished dot product. Two accumulators per
-// (row, column) pair hide the FMA latency.
-template <int MR, int NR>
+// per-row scale is applied once to the finished dot product. ACC accumulators per (row,
+// column) pair hide the FMA latency: two in the small tiles, one in the 4 x 4 tile, whose
+// 16 pairs are enough on their own.
+template <int MR, int NR, int ACC = 2>
 inline void wo8_tile_512(const WO8Args& a, int64_t m0, int64_t n0) {
   const float* x = a.x + m0 * a.K;
   const int8_t* w = a.w + n0 * a.K;
-  __m512 acc[MR][NR][2];
+  __m512 acc[MR][NR][ACC];
   for (int m = 0; m < MR; ++m)
-    for (int n = 0; n < NR; ++n) acc[m][n][0] = acc[m][n][1] = _mm512_setzero_ps();
+    for (int n = 0; n < NR; ++n)
+      for (int j = 0; j < ACC; ++j) acc[m][n][j] = _mm512_setzero_ps();
   int64_t k = 0;
   for (; k + 32 <= a.K; k += 32) {
     for (int n = 0; n < NR; ++n) {
@@ -367,7 +369,8 @@ inline void wo8_tile_512(const WO8Args& a, int64_t m0, int64_t n0) {
           _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + 16))));
       for (int m = 0; m < MR; ++m) {
         acc[m][n][0] = _mm512_fmadd_ps(_mm512_loadu_ps(x + m * a.K + k), w0, acc[m][n][0]);
-        acc[m][n][1] = _mm512_fmadd_ps(_mm512_loadu_ps(x + m * a.K + k + 16), w1, acc[m][n][1]);
+        acc[m][n][ACC - 1] =
+            _mm512_fmadd_ps(_mm512_loadu_ps(x + m * a.K + k + 16), w1, acc[m][n][ACC - 1]);
       }
     }
   }
@@ -383,7 +386,9 @@ inline void wo8_tile_512(const WO8Args& a, int64_t m0, int64_t n0) {
   }
   for (int m = 0; m < MR; ++m)
     for (int n = 0; n < NR; ++n) {
-      const float s = _mm512_reduce_add_ps(_mm512_add_ps(acc[m][n][0], acc[m][n][1])) * a.ws[n0 + n];
+      __m512 v = acc[m][n][0];
+      if (ACC == 2) v = _mm512_add_ps(v, acc[m][n][ACC - 1]);
+      const float s = _mm512_reduce_add_ps(v) * a.ws[n0 + n];
       a.out[(m0 + m) * a.N + n0 + n] = a.bias ? s + a.bias[n0 + n] : s;
     }
 }
@@ -395,23 +400,19 @@ inline void wo8_row_panel_512(const WO8Args& a, int64_t m0, int64_t n0, int64_t 
   for (; n < n1; ++n) wo8_tile_512<MR, 1>(a, m0, n);
 }
 
-constexpr int64_t WO8_MR4_MAX_K = 1024;
-
 void wo8_impl_512(const WO8Args& a, int nt) {
   const int64_t nc = row_chunk(a.N, nt), chunks = (a.N + nc - 1) / nc;
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t ch = 0; ch < chunks; ++ch) {
     const int64_t n0 = ch * nc, n1 = std::min(a.N, n0 + nc);
     int64_t m = 0;
-    // 4 rows of x per tile where they fit in L1 with room to spare (K <= 1024: 16 KiB):
-    // each converted weight vector then feeds 4 rows, not 2 (256-wide layers at M = 128:
-    // 126 against 145 us); at K = 4096 the 4 rows (64 KiB) leave L1 and it is slower
-    if (a.K <= WO8_MR4_MAX_K)
-      for (; m + 4 <= a.M; m += 4) {
-        int64_t n = n0;
-        for (; n + 2 <= n1; n += 2) wo8_tile_512<4, 2>(a, m, n);
-        for (; n < n1; ++n) wo8_tile_512<4, 1>(a, m, n);
-      }
+    // 4 rows of x against 4 weight rows: each converted weight vector feeds 4 rows, not
+    // 2 (K = N = 4096: 1.71 against 2.02 ms at M = 16, 3.25 against 4.57 ms at M = 32)
+    for (; m + 4 <= a.M; m += 4) {
+      int64_t n = n0;
+      for (; n + 4 <= n1; n += 4) wo8_tile_512<4, 4, 1>(a, m, n);
+      for (; n < n1; ++n) wo8_tile_512<4, 1>(a, m, n);
+    }
     for (; m + 2 <= a.M; m += 2) wo8_row_panel_512<2>(a, m, n0, n1);
     for (; m < a.M; ++m) wo8_row_panel_512<1>(a, m, n0, n1);
   }
