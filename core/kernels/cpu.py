@@ -261,8 +261,9 @@ def w8a8_linear_native(
     act_mode: str,
     x_scale: torch.Tensor | None,
 ) -> torch.Tensor:
-    """x2 (M, K) float -> (M, N) float32: activation quantization and the AVX2 int16-madd
-    GEMM (exact int32 sums) with its dequantize + bias epilogue, in one native call."""
+    """x2 (M, K) float -> (M, N) float32: activation quantization and the native integer
+    GEMM (VNNI bytes or AVX2 int16 madds; exact int32 sums) with its dequantize + bias
+    epilogue, in one native call."""
     x2 = _f32c(x2)
     m, k = x2.shape
     n = w_int8.shape[0]
