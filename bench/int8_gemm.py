@@ -415,7 +415,7 @@ def main() -> None:
         "cpu": cpu_model(),
         "isa": ops.cpu_description(),
         "native_kernels": cpu.native_available(),
-        "native_w8a8": "avx512-vnni" if cpu.native_w8a8_vnni() else "avx2-madd",
+        "native_w8a8": cpu.native_w8a8_kernel(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "load_before": [round(v, 2) for v in os.getloadavg()],

@@ -114,7 +114,7 @@ def machine() -> dict:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "native_vector_bits": cpu.native_vector_bits(),
-        "native_w8a8": "avx512-vnni" if cpu.native_w8a8_vnni() else "avx2-madd",
+        "native_w8a8": cpu.native_w8a8_kernel(),
         "load_before": [round(v, 2) for v in os.getloadavg()],
     }
 

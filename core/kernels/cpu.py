@@ -189,6 +189,13 @@ def native_w8a8_vnni() -> bool:
     return lib is not None and bool(lib.cl_w8a8_vnni())
 
 
+def native_w8a8_kernel() -> str:
+    """Which native W8A8 kernel runs here: "avx512-vnni", "avx2-madd" or "none"."""
+    if not native_available():
+        return "none"
+    return "avx512-vnni" if native_w8a8_vnni() else "avx2-madd"
+
+
 def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
@@ -350,39 +357,45 @@ def w8a8_gemm_native(
     return out
 
 
-def int8_weight_only_native(
+def _raw(call: tuple) -> list:
+    """A kernel call's arguments for ctypes: tensors as their data pointers (None: null)."""
+    return [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in call]
+
+
+def _int8_weight_only_call(
     x2: torch.Tensor, w_int8: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None
-) -> torch.Tensor:
+) -> tuple[Callable[..., None], tuple, torch.Tensor]:
+    """The int8 weight-only C kernel, its arguments (tensors converted, threads last) and
+    the output they write."""
     x2 = _f32c(x2)
     m, k = x2.shape
     n = w_int8.shape[0]
     w, ws, b = _as(w_int8, torch.int8), _f32c(w_scale), _f32c(bias)
     out = torch.empty((m, n), dtype=torch.float32)
-    _lib().cl_int8_weight_only_linear(
-        x2.data_ptr(),
-        w.data_ptr(),
-        ws.data_ptr(),
-        _ptr(b),
-        out.data_ptr(),
-        m,
-        n,
-        k,
-        _matmul_threads(m, n, k),
-    )
+    call = (x2, w, ws, b, out, m, n, k, _matmul_threads(m, n, k))
+    return _lib().cl_int8_weight_only_linear, call, out
+
+
+def int8_weight_only_native(
+    x2: torch.Tensor, w_int8: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    fn, call, out = _int8_weight_only_call(x2, w_int8, w_scale, bias)
+    fn(*_raw(call))
     return out
 
 
 INT4_GROUP_MULTIPLE = 32  # the native int4 kernel reads 32 codes (16 bytes) per step
 
 
-def int4_weight_only_native(
+def _int4_weight_only_call(
     x2: torch.Tensor,
     w_packed: torch.Tensor,
     scale: torch.Tensor,
     zero: torch.Tensor,
     group_size: int,
     bias: torch.Tensor | None,
-) -> torch.Tensor:
+) -> tuple[Callable[..., None], tuple, torch.Tensor]:
+    """The int4 weight-only C kernel, its arguments and the output they write."""
     if group_size % INT4_GROUP_MULTIPLE:
         raise ValueError(
             f"the native int4 kernel needs a group size that is a multiple of {INT4_GROUP_MULTIPLE}"
@@ -393,20 +406,20 @@ def int4_weight_only_native(
     w, sc = _as(w_packed, torch.uint8), _as(scale, torch.float16)
     z, b = _as(zero, torch.uint8), _f32c(bias)
     out = torch.empty((m, n), dtype=torch.float32)
-    _lib().cl_int4_weight_only_linear(
-        x2.data_ptr(),
-        w.data_ptr(),
-        sc.data_ptr(),
-        z.data_ptr(),
-        _ptr(b),
-        out.data_ptr(),
-        m,
-        n,
-        k,
-        half * 2,
-        group_size,
-        _matmul_threads(m, n, k),
-    )
+    call = (x2, w, sc, z, b, out, m, n, k, half * 2, int(group_size), _matmul_threads(m, n, k))
+    return _lib().cl_int4_weight_only_linear, call, out
+
+
+def int4_weight_only_native(
+    x2: torch.Tensor,
+    w_packed: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    group_size: int,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    fn, call, out = _int4_weight_only_call(x2, w_packed, scale, zero, group_size, bias)
+    fn(*_raw(call))
     return out
 
 
@@ -428,26 +441,17 @@ def weight_only_kernel_call(op: str, x2: torch.Tensor, *args: object) -> Callabl
     the C kernel (and returns its output, the same tensor each time), without the Python
     around it (which costs tens of microseconds when the interpreter's own memory has
     left the cache)."""
-    x = _f32c(x2)
-    m, k = x.shape
-    if op == "int8_weight_only_linear":
-        w, ws, b = _as(args[0], torch.int8), _f32c(args[1]), _f32c(args[2])
-        out = torch.empty((m, w.shape[0]), dtype=torch.float32)
-        fn = _lib().cl_int8_weight_only_linear
-        call = (x, w, ws, b, out, m, w.shape[0], k)
-    elif op == "int4_weight_only_linear":
-        w, sc, z = _as(args[0], torch.uint8), _as(args[1], torch.float16), _as(args[2], torch.uint8)
-        group, b = int(args[3]), _f32c(args[4])
-        out = torch.empty((m, w.shape[0]), dtype=torch.float32)
-        fn = _lib().cl_int4_weight_only_linear
-        call = (x, w, sc, z, b, out, m, w.shape[0], k, w.shape[1] * 2, group)
-    else:
+    builders = {
+        "int8_weight_only_linear": _int8_weight_only_call,
+        "int4_weight_only_linear": _int4_weight_only_call,
+    }
+    if op not in builders:
         raise ValueError(f"no weight-only kernel for {op!r}")
-    raw = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in call]
-    threads = _matmul_threads(m, out.shape[1], k)
+    fn, call, out = builders[op](x2, *args)
+    raw = _raw(call)
 
     def run(keep: tuple = call) -> torch.Tensor:  # keep: the tensors live as long as run
-        fn(*raw, threads)
+        fn(*raw)
         return out
 
     return run

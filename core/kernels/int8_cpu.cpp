@@ -606,17 +606,25 @@ void vnni_impl(const VnniArgs& a, int nt) {
 
 // x (M, K) float -> codes + 128, then the GEMM: scratch for codes and row sums is the
 // caller's vectors.
+// The GEMM on activation codes + 128 (u, M x K) with their scales xs, the weight rows'
+// sums in a scratch of its own.
+void vnni_gemm(const uint8_t* u, const float* xs, const int8_t* w, const float* ws,
+               const float* bias, float* out, int64_t M, int64_t N, int64_t K,
+               const int64_t* cols, const float* xo, int64_t C, int nt) {
+  std::vector<int32_t> wsum(N);
+  VnniArgs a{u, xs, w, ws, bias, wsum.data(), out, M, N, K, cols, xo, C};
+  vnni_impl(a, nt);
+}
+
 void vnni_linear_f32(const float* x, float static_scale, const int8_t* w, const float* ws,
                      const float* bias, float* out, int64_t M, int64_t N, int64_t K,
                      const int64_t* cols, const float* xo, int64_t C, int nt_quant, int nt) {
   std::vector<int8_t> q(M * K);
   std::vector<float> xs(M);
-  std::vector<int32_t> wsum(N);
   quantize_rows_impl(x, M, K, static_scale, q.data(), xs.data(), nt_quant);
   for (auto& b : q) b = static_cast<int8_t>(static_cast<uint8_t>(b) ^ 0x80u);  // q + 128
-  VnniArgs a{reinterpret_cast<const uint8_t*>(q.data()), xs.data(), w, ws, bias, wsum.data(),
-             out, M, N, K, cols, xo, C};
-  vnni_impl(a, nt);
+  vnni_gemm(reinterpret_cast<const uint8_t*>(q.data()), xs.data(), w, ws, bias, out, M, N, K,
+            cols, xo, C, nt);
 }
 #endif  // VNNI
 
@@ -809,9 +817,7 @@ void cl_w8a8_linear(const int16_t* xq, const float* xs, const int8_t* w, const f
 #ifdef CL_HAVE_VNNI
   std::vector<uint8_t> u(M * K);
   for (int64_t i = 0; i < M * K; ++i) u[i] = static_cast<uint8_t>(xq[i] + 128);
-  std::vector<int32_t> wsum(N);
-  VnniArgs v{u.data(), xs, w, ws, bias, wsum.data(), out, M, N, K, nullptr, nullptr, 0};
-  vnni_impl(v, nt);
+  vnni_gemm(u.data(), xs, w, ws, bias, out, M, N, K, nullptr, nullptr, 0, nt);
 #else
   W8A8Args a{xq, xs, w, ws, bias, c, out, M, N, K};
   w8a8_impl(a, nt);
