@@ -270,6 +270,17 @@ def live(page: Page, act: Callable[[], None], tries: int = 5) -> None:
             page.wait_for_timeout(500)
 
 
+def settled(locator: Locator, timeout_ms: float = PAGE_LOAD_MS) -> Locator:
+    """``locator`` once it matches exactly one element, for assertions on its state.
+
+    Right after a rerun Streamlit can for a moment show a widget's old copy beside its new
+    one (see ``live``; seen in CI on "Queue run", enabled beside the disabled new copy),
+    and an assertion then fails Playwright's strict mode at once. This waits for the old
+    copy to go; a second copy that stays fails, as it should."""
+    expect(locator).to_have_count(1, timeout=timeout_ms)
+    return locator
+
+
 def fill_live(page: Page, field: Locator, value: str, enter: bool = False) -> None:
     """Fill a field in a timer-refreshed fragment (see ``live``); Enter commits it."""
 

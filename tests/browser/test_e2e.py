@@ -133,7 +133,7 @@ def _expect_refused(flow: ModuleType, page: Any, what: str) -> None:
     flow.expect(error).to_contain_text(f"{what} is out of range")
     flow.expect(error).to_contain_text("[2, 8]")  # rtn's range for bits
     flow.expect(error).not_to_contain_text("RTNConfig")
-    flow.expect(page.get_by_role("button", name="Queue run")).to_be_disabled()
+    flow.expect(flow.settled(page.get_by_role("button", name="Queue run"))).to_be_disabled()
 
 
 def _assert_nothing_queued(app_db: Any, before: set[int]) -> None:
