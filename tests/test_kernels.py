@@ -420,3 +420,32 @@ def test_triton_kernel_under_the_interpreter() -> None:
         [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+@needs_native
+def test_weight_arguments_kept_between_calls_follow_the_tensors() -> None:
+    """The native calls keep each weight's converted arguments (decode calls every layer
+    with the same tensors), yet see a weight changed in place, a bias of another dtype
+    (converted each call, so its in-place changes count too) and new tensors; an entry
+    goes with its weight."""
+    import gc
+
+    w, ws, b = _w8(24, 100, seed=5)
+    x = _x(2, 100, seed=6)
+    cpu.int8_weight_only_native(x, w, ws, b)
+    assert id(w) in cpu._WEIGHT_ARGS
+    w.copy_(w.flip(0))  # in place: same pointers, new values
+    _close(cpu.int8_weight_only_native(x, w, ws, b), ref.int8_weight_only_linear(x, w, ws, b), 1e-5)
+    ws2 = ws * 2  # another scale tensor with the same weight
+    _close(
+        cpu.int8_weight_only_native(x, w, ws2, b), ref.int8_weight_only_linear(x, w, ws2, b), 1e-5
+    )
+    b16 = b.half()
+    cpu.w8a8_linear_native(x, w, ws, b16, "dynamic", None)
+    b16.add_(1)  # converted to float32 on each call: the change is seen
+    got = cpu.w8a8_linear_native(x, w, ws, b16, "dynamic", None)
+    assert torch.equal(got, ref.int8_linear(x, w, ws, b16.float(), "dynamic").float())
+    key = id(w)
+    del w
+    gc.collect()
+    assert key not in cpu._WEIGHT_ARGS

@@ -49,18 +49,22 @@ def test_decomposition_matches_its_definition() -> None:
 
 
 @pytest.mark.parametrize("path", ["native", "int_mm", "dequant"])
-@pytest.mark.parametrize("shape", [(1, 100, 17), (3, 257, 40), (16, 130, 70), (37, 96, 33)])
+@pytest.mark.parametrize(
+    "shape", [(1, 100, 17), (3, 257, 40), (16, 130, 70), (37, 96, 33), (5, 300, 37, "dense")]
+)
 def test_every_path_computes_the_decomposition(path: str, shape: tuple) -> None:
-    """Odd shapes (M = 1, 3; K not a multiple of 64) on each W8A8 path. With AVX-512 VNNI
-    the native path sums the outlier columns inside the int8 kernel's pass over the
-    weight; the other paths gather them after. All give the definition in float64."""
+    """Odd shapes (M = 1, 3; K not a multiple of 64) on each W8A8 path, with a few outlier
+    columns or with most of them ("dense": 150 of 300, several vectors of them). With
+    AVX-512 VNNI the native path sums the outlier columns inside the int8 kernel's pass
+    over the weight; the other paths split them off first. All give the definition in
+    float64."""
     if not ops.CPU_PATHS["int8_linear"][path].available():
         pytest.skip(f"{path} is not available here")
-    m, k, n = shape
+    m, k, n, *dense = shape
     torch.manual_seed(k)
     lin = torch.nn.Linear(k, n)
     x = torch.randn(m, k) * 2
-    x[:, :: max(1, k // 5)] *= 20
+    x[:, :: 2 if dense else max(1, k // 5)] *= 20
     layer = LLMInt8Linear.build(lin.weight, lin.bias, threshold=6.0)
     cols = layer.outlier_columns(x)
     assert 0 < cols.numel() < k
@@ -72,6 +76,42 @@ def test_every_path_computes_the_decomposition(path: str, shape: tuple) -> None:
         got = layer(x)
     assert got.shape == (m, n) and got.dtype == x.dtype
     assert _rel(got, want) < 1e-6
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+def test_the_native_split_of_each_instruction_set_is_exact(
+    isa: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The split the int_mm and AVX2 paths use (cpu.llm_int8_split) gives exactly: the
+    input with its outlier columns zeroed (an infinite outlier too), their values, and
+    their dequantized weight columns; None without outliers. K = 300 is not a multiple of
+    16; the outliers are sparse, dense, or in the last column (the weight's last byte)."""
+    from core.kernels import cpu
+
+    if not cpu.native_available():
+        pytest.skip("no native kernels here")
+    if isa == "avx512" and not all(f in cpu.cpu_flags() for f in cpu.AVX512_FLAGS):
+        pytest.skip("this CPU has no AVX-512")
+    monkeypatch.setenv("COMPRESSLAB_NO_AVX512", "1" if isa == "avx2" else "0")
+    cpu.load_library.cache_clear()
+    try:
+        assert cpu.native_vector_bits() == (512 if isa == "avx512" else 256)
+        torch.manual_seed(1)
+        m, k, n = 7, 300, 45
+        w = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+        ws = torch.rand(n) * 0.01
+        for outliers in ([299], [0, 17, 150, 299], list(range(1, 300, 2))):
+            x = torch.randn(m, k)
+            x[2, outliers] = 9.0
+            x[4, outliers[-1]] = float("inf")
+            xr, xo, wo = cpu.llm_int8_split(x, 6.0, w, ws)
+            cols = torch.tensor(outliers)
+            assert torch.equal(xr, x.index_fill(1, cols, 0))
+            assert torch.equal(xo, x[:, cols])
+            assert torch.equal(wo, w[:, cols].float() * ws[:, None])
+        assert cpu.llm_int8_split(torch.randn(m, k), 6.0, w, ws) is None
+    finally:
+        cpu.load_library.cache_clear()
 
 
 def test_more_accurate_than_w8a8_on_outliers_and_close_to_bitsandbytes() -> None:

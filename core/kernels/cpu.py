@@ -17,8 +17,10 @@ import os
 import shutil
 import subprocess
 import tempfile
+import weakref
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -35,7 +37,7 @@ AVX512_FLAGS = {"avx512f": "-mavx512f", "avx512bw": "-mavx512bw", "avx512vl": "-
 # With AVX-512, VNNI too where the CPU has it: the native W8A8 kernel then multiplies
 # bytes with vpdpbusd (64 products an instruction) instead of vpmaddwd on int16 (16).
 VNNI_FLAG = {"avx512_vnni": "-mavx512vnni"}
-ABI_VERSION = 4
+ABI_VERSION = 5
 _REQUIRED_CPU_FLAGS = ("avx2", "fma", "f16c")
 
 _i64, _f32, _int = ctypes.c_int64, ctypes.c_float, ctypes.c_int
@@ -124,6 +126,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.cl_w8a8_vnni.restype = _int
     lib.cl_llm_int8_linear.restype = _i64
     lib.cl_llm_int8_linear.argtypes = [_p, _f32, *(_p,) * 4, *(_i64,) * 3, _int, _int]
+    lib.cl_outlier_columns.restype = _i64
+    lib.cl_outlier_columns.argtypes = [_p, _i64, _i64, _f32, _p]
+    lib.cl_llm_int8_split.argtypes = [_p, _i64, _i64, _p, _i64, _p, _p, _i64, _p, _p, _p, _int]
     lib.cl_w8a8_scratch_needed.argtypes = [_i64, _i64]
     lib.cl_w8a8_scratch_needed.restype = _i64
     lib.cl_int8_weight_only_linear.argtypes = [_p, _p, _p, _p, _p, _i64, _i64, _i64, _int]
@@ -221,6 +226,35 @@ def _lib() -> ctypes.CDLL:
     return lib
 
 
+# Decode calls every linear once per token with the same weights. Converting their side
+# of a kernel's arguments each time (dtype and layout checks, data pointers, ctypes
+# integers) cost more than the kernel itself on a 256-wide layer, so each weight tensor's
+# raw arguments are kept, keyed by the tensor's id, and reused while the tensors passed
+# with it are the same ones (their data pointers match). Only arguments that needed no
+# conversion are kept (a converted copy would miss later in-place changes, such as
+# load_state_dict's); an entry goes when its weight tensor is freed.
+_WEIGHT_ARGS: dict[int, tuple[tuple, tuple]] = {}
+
+
+def _weight_args(
+    w: torch.Tensor, side: tuple[torch.Tensor | None, ...], convert: Callable[[], tuple]
+) -> tuple[tuple, tuple]:
+    """(raw ctypes arguments of ``convert()``: tensors as data pointers, the tensors they
+    point into). ``convert`` turns (``w``, *``side``) into the kernel's dtypes and layout;
+    where it changes none of them, the result is computed once per weight."""
+    key = (w.data_ptr(), *[0 if t is None else t.data_ptr() for t in side])
+    hit = _WEIGHT_ARGS.get(id(w))
+    if hit is not None and hit[0] == key:
+        return hit[1], ()
+    converted = convert()
+    raw = tuple(_raw(converted))
+    if all(c is t for c, t in zip(converted, (w, *side), strict=True)):
+        if id(w) not in _WEIGHT_ARGS:
+            weakref.finalize(w, _WEIGHT_ARGS.pop, id(w), None)
+        _WEIGHT_ARGS[id(w)] = (key, raw)
+    return raw, converted
+
+
 def quantize_rows(
     x2: torch.Tensor, static_scale: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -274,15 +308,15 @@ def w8a8_linear_native(
     x2 = _f32c(x2)
     m, k = x2.shape
     n = w_int8.shape[0]
-    ws, b = _f32c(w_scale), _f32c(bias)
     static = float(x_scale) if act_mode == "static" and x_scale is not None else 0.0
+    weights, _keep = _weight_args(
+        w_int8, (w_scale, bias), lambda: _int8_rows(w_int8, w_scale, bias)
+    )
     out = torch.empty((m, n), dtype=torch.float32)
     _lib().cl_w8a8_linear_f32(
         x2.data_ptr(),
         static,
-        w_int8.contiguous().data_ptr(),
-        ws.data_ptr(),
-        _ptr(b),
+        *weights,
         out.data_ptr(),
         m,
         n,
@@ -291,6 +325,11 @@ def w8a8_linear_native(
         _matmul_threads(m, n, k),
     )
     return out
+
+
+def _int8_rows(w_int8: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+    """An int8-rows weight's side of the int8 kernels' arguments: weight, scales, bias."""
+    return _as(w_int8, torch.int8), _f32c(w_scale), _f32c(bias)
 
 
 def llm_int8_native(
@@ -307,14 +346,14 @@ def llm_int8_native(
     x = _f32c(x2)
     m, k = x.shape
     n = w_int8.shape[0]
-    ws, b = _f32c(w_scale), _f32c(bias)
+    weights, _keep = _weight_args(
+        w_int8, (w_scale, bias), lambda: _int8_rows(w_int8, w_scale, bias)
+    )
     out = torch.empty((m, n), dtype=torch.float32)
     done = _lib().cl_llm_int8_linear(
         x.data_ptr(),
         float(threshold),
-        _as(w_int8, torch.int8).data_ptr(),
-        ws.data_ptr(),
-        _ptr(b),
+        *weights,
         out.data_ptr(),
         m,
         n,
@@ -325,6 +364,31 @@ def llm_int8_native(
     if done < 0:
         raise RuntimeError("the fused LLM.int8() kernel needs AVX-512 VNNI")
     return out
+
+
+def llm_int8_split(
+    x2: torch.Tensor, threshold: float, w_int8: torch.Tensor, w_scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """LLM.int8()'s split for paths whose int8 product runs elsewhere, in two native calls:
+    (x2 with its outlier columns zeroed, their values (M, C), the weight's columns
+    dequantized (N, C)); None where no column of ``x2`` (M, K) has |x| > ``threshold``."""
+    x = _f32c(x2)
+    m, k = x.shape
+    n = w_int8.shape[0]
+    lib = _lib()
+    cols = torch.empty(k, dtype=torch.int64)
+    c = lib.cl_outlier_columns(x.data_ptr(), m, k, float(threshold), cols.data_ptr())
+    if c == 0:
+        return None
+    xr = torch.empty((m, k), dtype=torch.float32)
+    xo = torch.empty((m, c), dtype=torch.float32)
+    wo = torch.empty((n, c), dtype=torch.float32)
+    w, ws = _as(w_int8, torch.int8), _f32c(w_scale)
+    lib.cl_llm_int8_split(
+        x.data_ptr(), m, k, cols.data_ptr(), c, w.data_ptr(), ws.data_ptr(), n,
+        xr.data_ptr(), xo.data_ptr(), wo.data_ptr(), _threads(n * c * 16),
+    )  # fmt: skip
+    return xr, xo, wo
 
 
 def w8a8_gemm_native(
@@ -357,6 +421,22 @@ def w8a8_gemm_native(
     return out
 
 
+class KernelCall(NamedTuple):
+    """A weight-only kernel call: the C function, its float input and output, the weight's
+    side of its arguments (raw, converted once per weight) and the sizes after them."""
+
+    fn: Callable[..., None]
+    x: torch.Tensor
+    weights: tuple
+    out: torch.Tensor
+    tail: tuple
+    keep: tuple  # the tensors ``weights`` point into: alive as long as the call
+
+    def run(self) -> torch.Tensor:
+        self.fn(self.x.data_ptr(), *self.weights, self.out.data_ptr(), *self.tail)
+        return self.out
+
+
 def _raw(call: tuple) -> list:
     """A kernel call's arguments for ctypes: tensors as their data pointers (None: null)."""
     return [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in call]
@@ -364,24 +444,22 @@ def _raw(call: tuple) -> list:
 
 def _int8_weight_only_call(
     x2: torch.Tensor, w_int8: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None
-) -> tuple[Callable[..., None], tuple, torch.Tensor]:
-    """The int8 weight-only C kernel, its arguments (tensors converted, threads last) and
-    the output they write."""
+) -> KernelCall:
+    """The int8 weight-only C kernel with its arguments and the output it writes."""
     x2 = _f32c(x2)
     m, k = x2.shape
     n = w_int8.shape[0]
-    w, ws, b = _as(w_int8, torch.int8), _f32c(w_scale), _f32c(bias)
+    weights, keep = _weight_args(w_int8, (w_scale, bias), lambda: _int8_rows(w_int8, w_scale, bias))
     out = torch.empty((m, n), dtype=torch.float32)
-    call = (x2, w, ws, b, out, m, n, k, _matmul_threads(m, n, k))
-    return _lib().cl_int8_weight_only_linear, call, out
+    tail = (m, n, k, _matmul_threads(m, n, k))
+    keep = (w_int8, w_scale, bias, *keep)
+    return KernelCall(_lib().cl_int8_weight_only_linear, x2, weights, out, tail, keep)
 
 
 def int8_weight_only_native(
     x2: torch.Tensor, w_int8: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    fn, call, out = _int8_weight_only_call(x2, w_int8, w_scale, bias)
-    fn(*_raw(call))
-    return out
+    return _int8_weight_only_call(x2, w_int8, w_scale, bias).run()
 
 
 INT4_GROUP_MULTIPLE = 32  # the native int4 kernel reads 32 codes (16 bytes) per step
@@ -394,8 +472,8 @@ def _int4_weight_only_call(
     zero: torch.Tensor,
     group_size: int,
     bias: torch.Tensor | None,
-) -> tuple[Callable[..., None], tuple, torch.Tensor]:
-    """The int4 weight-only C kernel, its arguments and the output they write."""
+) -> KernelCall:
+    """The int4 weight-only C kernel with its arguments and the output it writes."""
     if group_size % INT4_GROUP_MULTIPLE:
         raise ValueError(
             f"the native int4 kernel needs a group size that is a multiple of {INT4_GROUP_MULTIPLE}"
@@ -403,11 +481,16 @@ def _int4_weight_only_call(
     x2 = _f32c(x2)
     m, k = x2.shape
     n, half = w_packed.shape
-    w, sc = _as(w_packed, torch.uint8), _as(scale, torch.float16)
-    z, b = _as(zero, torch.uint8), _f32c(bias)
+
+    def convert() -> tuple:
+        w, sc = _as(w_packed, torch.uint8), _as(scale, torch.float16)
+        return w, sc, _as(zero, torch.uint8), _f32c(bias)
+
+    weights, keep = _weight_args(w_packed, (scale, zero, bias), convert)
     out = torch.empty((m, n), dtype=torch.float32)
-    call = (x2, w, sc, z, b, out, m, n, k, half * 2, int(group_size), _matmul_threads(m, n, k))
-    return _lib().cl_int4_weight_only_linear, call, out
+    tail = (m, n, k, half * 2, int(group_size), _matmul_threads(m, n, k))
+    keep = (w_packed, scale, zero, bias, *keep)
+    return KernelCall(_lib().cl_int4_weight_only_linear, x2, weights, out, tail, keep)
 
 
 def int4_weight_only_native(
@@ -418,9 +501,7 @@ def int4_weight_only_native(
     group_size: int,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    fn, call, out = _int4_weight_only_call(x2, w_packed, scale, zero, group_size, bias)
-    fn(*_raw(call))
-    return out
+    return _int4_weight_only_call(x2, w_packed, scale, zero, group_size, bias).run()
 
 
 def read_bytes_call(nbytes: int) -> Callable[[], int]:
@@ -447,10 +528,11 @@ def weight_only_kernel_call(op: str, x2: torch.Tensor, *args: object) -> Callabl
     }
     if op not in builders:
         raise ValueError(f"no weight-only kernel for {op!r}")
-    fn, call, out = builders[op](x2, *args)
-    raw = _raw(call)
+    call = builders[op](x2, *args)
+    fn, out = call.fn, call.out
+    raw = (call.x.data_ptr(), *call.weights, out.data_ptr(), *call.tail)
 
-    def run(keep: tuple = call) -> torch.Tensor:  # keep: the tensors live as long as run
+    def run(keep: KernelCall = call) -> torch.Tensor:  # keep: its tensors live as long as run
         fn(*raw)
         return out
 

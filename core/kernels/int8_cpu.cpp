@@ -528,7 +528,73 @@ struct VnniArgs {
   const int64_t* cols;
   const float* xo;    // (M, C)
   int64_t C;
+  float* wo;          // (N, C) scratch: the outlier weight columns dequantized, row by row
 };
+
+// The sums of the lanes of up to 16 vectors at once: out[i] = sum of v[i]'s 16 lanes. One
+// reduction each costs about eight instructions, as many as the dot products of a whole
+// tile over a 256-long row; folded together (adjacent pairs, then 128-bit lanes) the 16
+// take 45, and missing vectors count as zeros.
+// ``vec(i)`` gives vector i (a lambda, so the accumulators stay in registers).
+template <int COUNT, class Vec>
+inline void lane_sums(Vec vec, int32_t* out) {
+  static_assert(COUNT >= 1 && COUNT <= 16, "up to 16 vectors");
+  auto at = [&](int i) { return i < COUNT ? vec(i) : _mm512_setzero_si512(); };
+  __m512i q[8], r[4], c[2];
+  for (int i = 0; i < 8; ++i)  // per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3]
+    q[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(at(2 * i), at(2 * i + 1)),
+                            _mm512_unpackhi_epi32(at(2 * i), at(2 * i + 1)));
+  for (int i = 0; i < 4; ++i)  // per 128-bit lane: 4 vectors' sums over that lane
+    r[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(q[2 * i], q[2 * i + 1]),
+                            _mm512_unpackhi_epi64(q[2 * i], q[2 * i + 1]));
+  for (int i = 0; i < 2; ++i)  // 128-bit lanes 0 + 1 and 2 + 3 of two of them
+    c[i] = _mm512_add_epi32(_mm512_shuffle_i32x4(r[2 * i], r[2 * i + 1], 0x88),
+                            _mm512_shuffle_i32x4(r[2 * i], r[2 * i + 1], 0xDD));
+  const __m512i all = _mm512_add_epi32(_mm512_shuffle_i32x4(c[0], c[1], 0x88),
+                                       _mm512_shuffle_i32x4(c[0], c[1], 0xDD));
+  if (COUNT == 16) {
+    _mm512_storeu_si512(out, all);
+  } else {
+    alignas(64) int32_t tmp[16];
+    _mm512_store_si512(tmp, all);
+    for (int i = 0; i < COUNT; ++i) out[i] = tmp[i];
+  }
+}
+
+// ``v`` rounded to float as it is: the compiler may not fuse the product that made it
+// with an addition that follows (the reference rounds the product, then adds the bias).
+inline float rounded(float v) {
+  asm("" : "+v"(v));
+  return v;
+}
+inline __m512 rounded(__m512 v) {
+  asm("" : "+v"(v));
+  return v;
+}
+
+// The outliers' float products of one MR x NR tile: f[m][n] = sum_j xo[m0 + m, j] *
+// wo[n0 + n, j], 16 columns at a time (the tail masked), MR x NR independent sums so the
+// multiply-adds do not wait on each other.
+template <int MR, int NR>
+inline void outlier_tile(const VnniArgs& a, int64_t m0, int64_t n0, float (&f)[MR][NR]) {
+  __m512 acc[MR][NR];
+  for (int m = 0; m < MR; ++m)
+    for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_setzero_ps();
+  const float* xo = a.xo + m0 * a.C;
+  const float* wo = a.wo + n0 * a.C;
+  for (int64_t j = 0; j < a.C; j += 16) {
+    const __mmask16 mk =
+        a.C - j >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (a.C - j)) - 1);
+    __m512 wv[NR];
+    for (int n = 0; n < NR; ++n) wv[n] = _mm512_maskz_loadu_ps(mk, wo + n * a.C + j);
+    for (int m = 0; m < MR; ++m) {
+      const __m512 xv = _mm512_maskz_loadu_ps(mk, xo + m * a.C + j);
+      for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_fmadd_ps(xv, wv[n], acc[m][n]);
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int n = 0; n < NR; ++n) f[m][n] = _mm512_reduce_add_ps(acc[m][n]);
+}
 
 // One MR x NR tile over all of K. SUMS: the tile also sums its weight rows (vpdpbusd with
 // ones, one more instruction per weight vector) and stores them in wsum; the first panel
@@ -562,21 +628,41 @@ inline void vnni_tile(const VnniArgs& a, int64_t m0, int64_t n0) {
   for (; k + 64 <= a.K; k += 64) step(k, ~__mmask64{0}, true);
   // the last K % 64 columns masked: zero bytes add nothing, nothing past a row is read
   if (k < a.K) step(k, (__mmask64{1} << (a.K - k)) - 1, false);
+  if (SUMS) lane_sums<NR>([&](int i) { return sum[i]; }, a.wsum + n0);
+  int32_t dot[MR * NR];
+  lane_sums<MR * NR>([&](int i) { return acc[i / NR][i % NR]; }, dot);
   if (SUMS)
-    for (int n = 0; n < NR; ++n) a.wsum[n0 + n] = _mm512_reduce_add_epi32(sum[n]);
+    for (int n = 0; n < NR; ++n) {
+      const int64_t col = n0 + n;  // its outlier weights, once, while the row is in cache
+      for (int64_t j = 0; j < a.C; ++j)
+        a.wo[col * a.C + j] = static_cast<float>(a.w[col * a.K + a.cols[j]]) * a.ws[col];
+    }
+  float fo[MR][NR];  // read only where a.C: outlier_tile fills it
+  if (a.C) outlier_tile<MR, NR>(a, m0, n0, fo);
+  if constexpr (MR == 4 && NR == 4) {  // the whole tile's epilogue in one vector: lane 4m + n
+    const __m512i sums = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.wsum + n0)));
+    const __m512i u = _mm512_sub_epi32(_mm512_loadu_si512(dot), _mm512_slli_epi32(sums, 7));
+    const __m512 xs = _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
+                                            _mm512_castps128_ps512(_mm_loadu_ps(a.xs + m0)));
+    const __m512 ws = _mm512_broadcast_f32x4(_mm_loadu_ps(a.ws + n0));
+    __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(u), xs), ws);
+    if (a.bias) v = _mm512_add_ps(rounded(v), _mm512_broadcast_f32x4(_mm_loadu_ps(a.bias + n0)));
+    if (a.C) v = _mm512_add_ps(rounded(v), _mm512_loadu_ps(&fo[0][0]));
+    float* o = a.out + m0 * a.N + n0;
+    _mm_storeu_ps(o, _mm512_castps512_ps128(v));
+    _mm_storeu_ps(o + a.N, _mm512_extractf32x4_ps(v, 1));
+    _mm_storeu_ps(o + 2 * a.N, _mm512_extractf32x4_ps(v, 2));
+    _mm_storeu_ps(o + 3 * a.N, _mm512_extractf32x4_ps(v, 3));
+    return;
+  }
   for (int m = 0; m < MR; ++m)
     for (int n = 0; n < NR; ++n) {
       const int64_t col = n0 + n, row = m0 + m;
-      const uint32_t u = static_cast<uint32_t>(_mm512_reduce_add_epi32(acc[m][n])) -
+      const uint32_t u = static_cast<uint32_t>(dot[m * NR + n]) -
                          128u * static_cast<uint32_t>(a.wsum[col]);
-      float v = static_cast<float>(static_cast<int32_t>(u)) * a.xs[row] * a.ws[col];
+      float v = rounded(static_cast<float>(static_cast<int32_t>(u)) * a.xs[row] * a.ws[col]);
       if (a.bias) v = v + a.bias[col];
-      if (a.C) {
-        float f = 0.0f;
-        for (int64_t j = 0; j < a.C; ++j)
-          f += a.xo[row * a.C + j] * (static_cast<float>(a.w[col * a.K + a.cols[j]]) * a.ws[col]);
-        v = v + f;
-      }
+      if (a.C) v = v + fo[m][n];
       a.out[row * a.N + col] = v;
     }
 }
@@ -612,7 +698,8 @@ void vnni_gemm(const uint8_t* u, const float* xs, const int8_t* w, const float* 
                const float* bias, float* out, int64_t M, int64_t N, int64_t K,
                const int64_t* cols, const float* xo, int64_t C, int nt) {
   std::vector<int32_t> wsum(N);
-  VnniArgs a{u, xs, w, ws, bias, wsum.data(), out, M, N, K, cols, xo, C};
+  std::vector<float> wo(N * C);
+  VnniArgs a{u, xs, w, ws, bias, wsum.data(), out, M, N, K, cols, xo, C, wo.data()};
   vnni_impl(a, nt);
 }
 
@@ -681,6 +768,19 @@ void dequantize_int4_impl(const uint8_t* w, const uint16_t* scale, const uint8_t
       }
     }
   }
+}
+
+// LLM.int8()'s outlier columns of x (M, K): those holding some |x| > threshold (none for
+// threshold <= 0), in increasing order. Row by row (contiguous reads), one flag per column.
+std::vector<int64_t> outlier_columns(const float* x, int64_t M, int64_t K, float threshold) {
+  std::vector<int64_t> cols;
+  if (!(threshold > 0.0f)) return cols;
+  std::vector<uint8_t> hit(K, 0);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) hit[k] |= std::fabs(x[m * K + k]) > threshold;
+  for (int64_t k = 0; k < K; ++k)
+    if (hit[k]) cols.push_back(k);
+  return cols;
 }
 
 }  // namespace
@@ -760,7 +860,7 @@ int64_t cl_read_bytes(const uint8_t* p, int64_t n, int nt) {
 }
 
 // Bumped whenever an entry point's meaning or arguments change (cpu.py checks it).
-int cl_abi_version() { return 4; }
+int cl_abi_version() { return 5; }
 
 // Which vector width the weight-only kernels were compiled for (512 or 256).
 int cl_vector_bits() {
@@ -843,14 +943,7 @@ int64_t cl_llm_int8_linear(const float* x, float threshold, const int8_t* w, con
                            const float* bias, float* out, int64_t M, int64_t N, int64_t K,
                            int nt_quant, int nt) {
 #ifdef CL_HAVE_VNNI
-  std::vector<int64_t> cols;
-  if (threshold > 0.0f)
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t m = 0; m < M; ++m)
-        if (std::fabs(x[m * K + k]) > threshold) {
-          cols.push_back(k);
-          break;
-        }
+  const std::vector<int64_t> cols = outlier_columns(x, M, K, threshold);
   const int64_t C = static_cast<int64_t>(cols.size());
   if (C == 0) {
     vnni_linear_f32(x, 0.0f, w, ws, bias, out, M, N, K, nullptr, nullptr, 0, nt_quant, nt);
@@ -869,6 +962,75 @@ int64_t cl_llm_int8_linear(const float* x, float threshold, const int8_t* w, con
   (void)x, (void)threshold, (void)w, (void)ws, (void)bias, (void)out, (void)M, (void)N;
   (void)K, (void)nt_quant, (void)nt;
   return -1;
+#endif
+}
+
+// LLM.int8() for the other paths, whose int8 product runs elsewhere (torch._int_mm, the
+// AVX2 kernel): the outlier columns of x (M, K) into cols (room for K); returns how many.
+int64_t cl_outlier_columns(const float* x, int64_t M, int64_t K, float threshold,
+                           int64_t* cols) {
+  const std::vector<int64_t> found = outlier_columns(x, M, K, threshold);
+  std::copy(found.begin(), found.end(), cols);
+  return static_cast<int64_t>(found.size());
+}
+
+// ... and the split around those C columns, in one call: xr = x with them zeroed (the int8
+// product's input), xo (M, C) their values, wo (N, C) the weight's columns dequantized as
+// w[n, cols[j]] * ws[n] (the float product's weight, row by row in parallel).
+void cl_llm_int8_split(const float* x, int64_t M, int64_t K, const int64_t* cols, int64_t C,
+                       const int8_t* w, const float* ws, int64_t N, float* __restrict xr,
+                       float* __restrict xo, float* __restrict wo, int nt) {
+#ifdef CL_HAVE_AVX512
+  // 16 columns at a time: `hit` marks a chunk's outlier columns. xr is x blended with
+  // zeros there (a blend, not a product: an infinite outlier must leave a zero behind);
+  // xo and wo take those columns, packed in order by vcompress. Chunks without outliers
+  // are skipped for xo and wo, so the cost follows min(C, K / 16) chunks per row.
+  const int64_t chunks = (K + 15) / 16;
+  std::vector<__mmask16> hit(chunks, 0);
+  for (int64_t j = 0; j < C; ++j) hit[cols[j] / 16] |= static_cast<__mmask16>(1u << (cols[j] % 16));
+  auto in_row = [K](int64_t k) {
+    return K - k >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (K - k)) - 1);
+  };
+  auto put = [](float* dst, __mmask16 sel, __m512 v) {  // the selected lanes, packed
+    const int c = _mm_popcnt_u32(sel);
+    _mm512_mask_storeu_ps(dst, static_cast<__mmask16>((1u << c) - 1), _mm512_maskz_compress_ps(sel, v));
+    return c;
+  };
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xm = x + m * K;
+    float* o = xo + m * C;
+    for (int64_t c = 0; c < chunks; ++c) {
+      const __mmask16 in = in_row(16 * c);
+      const __m512 v = _mm512_maskz_loadu_ps(in, xm + 16 * c);
+      _mm512_mask_storeu_ps(xr + m * K + 16 * c, in, _mm512_maskz_mov_ps(~hit[c], v));
+      if (hit[c]) o += put(o, hit[c], v);
+    }
+  }
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const int8_t* row = w + n * K;
+    const __m512 sv = _mm512_set1_ps(ws[n]);
+    float* o = wo + n * C;
+    for (int64_t c = 0; c < chunks; ++c) {
+      if (!hit[c]) continue;
+      const __m128i b = _mm_maskz_loadu_epi8(in_row(16 * c), row + 16 * c);
+      const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), sv);
+      o += put(o, hit[c], v);
+    }
+  }
+#else
+  std::copy(x, x + M * K, xr);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t j = 0; j < C; ++j) {
+      xo[m * C + j] = x[m * K + cols[j]];
+      xr[m * K + cols[j]] = 0.0f;
+    }
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const int8_t* row = w + n * K;
+    const float s = ws[n];
+    for (int64_t j = 0; j < C; ++j) wo[n * C + j] = static_cast<float>(row[cols[j]]) * s;
+  }
 #endif
 }
 

@@ -137,16 +137,19 @@ def noise(times: dict[str, list[float]]) -> float:
 
 
 def time_paths_all(
-    fns: dict[str, Callable[[], object]], deadline: float, repeats: int = 3
+    fns: dict[str, Callable[[], object]], deadline: float, repeats: int = 3, warmup: int = 1
 ) -> dict[str, list[float]]:
-    """Every timed call of each path, in seconds (see :func:`time_paths`)."""
+    """Every timed call of each path, in seconds (see :func:`time_paths`), after
+    ``warmup`` untimed rounds (fewer where one is slow)."""
     times: dict[str, list[float]] = {p: [] for p in fns}
     with torch.no_grad():
-        t0 = time.perf_counter()
-        for fn in fns.values():
-            fn()
-        if time.perf_counter() - t0 > SLOW_CALL_S * len(fns):
-            repeats = 1
+        for _ in range(max(1, warmup)):
+            t0 = time.perf_counter()
+            for fn in fns.values():
+                fn()
+            if time.perf_counter() - t0 > SLOW_CALL_S * len(fns):
+                repeats = 1
+                break
         for _ in range(repeats):
             for p, fn in fns.items():
                 t1 = time.perf_counter()

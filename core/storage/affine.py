@@ -25,6 +25,8 @@ sizes its native kernel cannot serve); 8 bits, symmetric, one group per row ->
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -109,10 +111,11 @@ class AffineLinear(CompressedLinear):
         )
 
     def zero_codes(self) -> torch.Tensor:
-        """(N, G) uint8 zero codes; the constant mid code when symmetric."""
+        """(N, G) uint8 zero codes; the constant mid code when symmetric (one shared,
+        read-only tensor per shape: decode asks for it once per layer and token)."""
         if self.zero is not None:
             return self.zero
-        return torch.full_like(self.scale, code_offset(self.bits), dtype=torch.uint8)
+        return _mid_codes(*self.scale.shape, self.bits, self.scale.device)
 
     def int_weight(self) -> torch.Tensor:
         """The signed integer weights (out, in) as the quantizer produced them."""
@@ -141,7 +144,7 @@ class AffineLinear(CompressedLinear):
                 x, self.qweight, self.scale, self.zero_codes(), self.group_size, self.bias
             )
         if kind == "int8":
-            return ops.int8_weight_only_linear(x, self.qweight, self.scale.reshape(-1), self.bias)
+            return ops.int8_weight_only_linear(x, self.qweight, self.scale, self.bias)  # (N, 1)
         w = self.dequantized_weight().to(x.dtype)
         return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
 
@@ -153,6 +156,11 @@ class AffineLinear(CompressedLinear):
     def scheme(self) -> str:
         kind = "sym" if self.symmetric else "asym"
         return f"int{self.bits}-{kind}-g{self.group_size}"
+
+
+@functools.lru_cache(maxsize=64)
+def _mid_codes(n: int, groups: int, bits: int, device: torch.device) -> torch.Tensor:
+    return torch.full((n, groups), code_offset(bits), dtype=torch.uint8, device=device)
 
 
 def _pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
