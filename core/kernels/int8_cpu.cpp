@@ -981,13 +981,14 @@ void cl_llm_int8_split(const float* x, int64_t M, int64_t K, const int64_t* cols
                        const int8_t* w, const float* ws, int64_t N, float* __restrict xr,
                        float* __restrict xo, float* __restrict wo, int nt) {
 #ifdef CL_HAVE_AVX512
-  // 16 columns at a time: `hit` marks a chunk's outlier columns. xr is x blended with
+  // 16 columns at a time, `hit` marking a chunk's outlier columns: xr is x blended with
   // zeros there (a blend, not a product: an infinite outlier must leave a zero behind);
-  // xo and wo take those columns, packed in order by vcompress. Chunks without outliers
-  // are skipped for xo and wo, so the cost follows min(C, K / 16) chunks per row.
-  const int64_t chunks = (K + 15) / 16;
-  std::vector<__mmask16> hit(chunks, 0);
+  // xo and wo visit only the chunks holding outliers, each packed in order by vcompress.
+  std::vector<__mmask16> hit((K + 15) / 16, 0);
   for (int64_t j = 0; j < C; ++j) hit[cols[j] / 16] |= static_cast<__mmask16>(1u << (cols[j] % 16));
+  std::vector<int64_t> chunks;
+  for (int64_t c = 0; c < static_cast<int64_t>(hit.size()); ++c)
+    if (hit[c]) chunks.push_back(c);
   auto in_row = [K](int64_t k) {
     return K - k >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (K - k)) - 1);
   };
@@ -998,24 +999,21 @@ void cl_llm_int8_split(const float* x, int64_t M, int64_t K, const int64_t* cols
   };
   for (int64_t m = 0; m < M; ++m) {
     const float* xm = x + m * K;
-    float* o = xo + m * C;
-    for (int64_t c = 0; c < chunks; ++c) {
-      const __mmask16 in = in_row(16 * c);
-      const __m512 v = _mm512_maskz_loadu_ps(in, xm + 16 * c);
-      _mm512_mask_storeu_ps(xr + m * K + 16 * c, in, _mm512_maskz_mov_ps(~hit[c], v));
-      if (hit[c]) o += put(o, hit[c], v);
+    for (int64_t k = 0; k < K; k += 16) {
+      const __mmask16 in = in_row(k);
+      _mm512_mask_storeu_ps(xr + m * K + k, in, _mm512_maskz_loadu_ps(in & ~hit[k / 16], xm + k));
     }
+    float* o = xo + m * C;
+    for (const int64_t c : chunks) o += put(o, hit[c], _mm512_maskz_loadu_ps(in_row(16 * c), xm + 16 * c));
   }
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t n = 0; n < N; ++n) {
     const int8_t* row = w + n * K;
     const __m512 sv = _mm512_set1_ps(ws[n]);
     float* o = wo + n * C;
-    for (int64_t c = 0; c < chunks; ++c) {
-      if (!hit[c]) continue;
+    for (const int64_t c : chunks) {
       const __m128i b = _mm_maskz_loadu_epi8(in_row(16 * c), row + 16 * c);
-      const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), sv);
-      o += put(o, hit[c], v);
+      o += put(o, hit[c], _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), sv));
     }
   }
 #else
