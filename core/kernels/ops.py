@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -538,8 +539,12 @@ _LOG_LOCK = threading.Lock()
 
 
 def _record(op: str, device: str, path: str, m: int, source: str = "fixed") -> None:
+    _count((op, device, path, m_bucket(m), source))
+
+
+def _count(entry: tuple[str, str, str, int, str]) -> None:
     with _LOG_LOCK:
-        _LOG[(op, device, path, m_bucket(m), source)] += 1
+        _LOG[entry] += 1
 
 
 def reset_path_log() -> None:
@@ -576,42 +581,62 @@ def _finish(y: torch.Tensor, lead: tuple[int, ...] | None, dtype: torch.dtype) -
     return y if y.dtype == dtype else y.to(dtype)
 
 
-# (op, M, K, N, int4 group or W8A8 act mode) -> (path, source) once decided: decode calls
-# every linear with the same shapes, and looking the tables up each time cost as much
-# as a 256-wide layer's matmul. Cleared whenever a table or a verdict changes.
-_CHOSEN: dict[tuple, tuple[str, str]] = {}
+class Choice(NamedTuple):
+    """A decided path: its name, what chose it, its function and its path-log entry."""
+
+    path: str
+    source: str
+    fn: Callable[..., torch.Tensor]
+    entry: tuple[str, str, str, int, str]
+
+
+# (op, M, K, N, int4 group or W8A8 act mode) -> Choice once decided: decode calls every
+# linear with the same shapes, and looking the tables up each time cost as much as a
+# 256-wide layer's matmul. Cleared whenever a table or a verdict changes.
+_CHOSEN: dict[tuple, Choice] = {}
 
 
 def forget_choices() -> None:
     _CHOSEN.clear()
 
 
-def _cpu_path(op: str, x2: torch.Tensor, args: tuple) -> tuple[str, torch.Tensor | None]:
+def _cpu_choice(op: str, x2: torch.Tensor, args: tuple) -> tuple[Choice, torch.Tensor | None]:
     """The path ``op`` takes on (M, K) ``x2`` (recorded in the path log) and, when a
     first-use check just ran it, its output."""
-    key = (op, x2.shape[0], x2.shape[1], args[0].shape[0], args[3:4])
-    chosen = None if getattr(_forced, "name", None) else _CHOSEN.get(key)
+    m, k = x2.shape
+    key = (op, m, k, args[0].shape[0], args[3:4])
+    choice = None if getattr(_forced, "name", None) else _CHOSEN.get(key)
     y = None
-    if chosen is None:
-        path, source = choose_cpu_path_and_source(op, x2.shape[0], x2.shape[1])
+    if choice is None:
+        path, source = choose_cpu_path_and_source(op, m, k)
         if not CPU_PATHS[op][path].serves(x2, *args):
             path = FLOAT_PATH
         if source != "forced":
             path, y = _guarded(op, path, x2, args)
-            _CHOSEN[key] = (path, source)
-    else:
-        path, source = chosen
-    _record(op, "cpu", path, x2.shape[0], source)
-    return path, y
+        choice = Choice(
+            path, source, CPU_PATHS[op][path].fn, (op, "cpu", path, m_bucket(m), source)
+        )
+        if source != "forced":
+            _CHOSEN[key] = choice
+    _count(choice.entry)
+    return choice, y
+
+
+def _cpu_path(op: str, x2: torch.Tensor, args: tuple) -> tuple[str, torch.Tensor | None]:
+    """The name of the path ``op`` takes on ``x2`` (see :func:`_cpu_choice`)."""
+    choice, y = _cpu_choice(op, x2, args)
+    return choice.path, y
 
 
 def _cpu_impl(op: str) -> Callable[..., torch.Tensor]:
     def impl(x: torch.Tensor, *args):
-        x2, lead = _flatten(x)
-        path, y = _cpu_path(op, x2, args)
+        x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+        choice, y = _cpu_choice(op, x2, args)
         if y is None:
-            y = CPU_PATHS[op][path].fn(x2, *args)
-        return _finish(y, lead, x.dtype)
+            y = choice.fn(x2, *args)
+        if x2 is not x:
+            y = y.reshape(*x.shape[:-1], y.shape[-1])
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
     return impl
 
