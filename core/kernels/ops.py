@@ -600,14 +600,16 @@ def forget_choices() -> None:
     _CHOSEN.clear()
 
 
-def _cpu_choice(op: str, x2: torch.Tensor, args: tuple) -> tuple[Choice, torch.Tensor | None]:
-    """The path ``op`` takes on (M, K) ``x2`` (recorded in the path log) and, when a
-    first-use check just ran it, its output."""
-    m, k = x2.shape
+def _cpu_choice(op: str, x: torch.Tensor, args: tuple) -> tuple[Choice, torch.Tensor | None]:
+    """The path ``op`` takes on ``x`` (..., K) (recorded in the path log) and, when a
+    first-use check just ran it, its (M, N) output."""
+    k = x.shape[-1]
+    m = x.numel() // max(k, 1)
     key = (op, m, k, args[0].shape[0], args[3:4])
     choice = None if getattr(_forced, "name", None) else _CHOSEN.get(key)
     y = None
     if choice is None:
+        x2 = x.reshape(m, k)
         path, source = choose_cpu_path_and_source(op, m, k)
         if not CPU_PATHS[op][path].serves(x2, *args):
             path = FLOAT_PATH
@@ -630,12 +632,14 @@ def _cpu_path(op: str, x2: torch.Tensor, args: tuple) -> tuple[str, torch.Tensor
 
 def _cpu_impl(op: str) -> Callable[..., torch.Tensor]:
     def impl(x: torch.Tensor, *args):
-        x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-        choice, y = _cpu_choice(op, x2, args)
-        if y is None:
-            y = choice.fn(x2, *args)
-        if x2 is not x:
-            y = y.reshape(*x.shape[:-1], y.shape[-1])
+        choice, y = _cpu_choice(op, x, args)
+        if y is None and choice.path == "native" and x.is_contiguous():
+            y = choice.fn(x, *args)  # the native calls take (..., K) as it is: no reshapes
+        else:
+            if y is None:
+                y = choice.fn(x if x.dim() == 2 else x.reshape(-1, x.shape[-1]), *args)
+            if x.dim() != 2:
+                y = y.reshape(*x.shape[:-1], y.shape[-1])
         return y if y.dtype == x.dtype else y.to(x.dtype)
 
     return impl
@@ -750,32 +754,43 @@ def outlier_columns(x2: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 def llm_int8_linear(
-    x2: torch.Tensor,
+    x: torch.Tensor,
     threshold: float,
     w_int8: torch.Tensor,
     w_scale: torch.Tensor,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    """LLM.int8() on (M, K) ``x2``; float32 (M, N). Input columns with some |x| above
+    """LLM.int8() on ``x`` (..., K); float32 (..., N). Input columns with some |x| above
     ``threshold`` (the outlier features) are multiplied in float with their dequantized
     weight columns; every other column goes through W8A8 with per-token scales
     (``int8_linear``, whose path choice this follows). Where that is the native kernel
     with VNNI, or the batch is decode-sized (up to LLM_INT8_FUSED_MAX_M rows, where the
-    decomposition's eight extra tensor ops cost more than the product on small layers),
-    one native call finds the outliers and sums their float product in the same pass
-    over the weight, while each row is in cache. Elsewhere two native calls find the
-    columns and split the input and the weight around them (without the native library,
-    torch ops do), the int8 product runs on the chosen path, and BLAS adds the outliers'
-    float product to it (at M = 128 on a 256-wide layer with 189 outlier columns, 9x
-    faster than summing them inside the VNNI kernel's tiles)."""
+    decomposition's extra calls cost more than the product on small layers), one native
+    call finds the outliers and sums their float product in the same pass over the
+    weight, while each row is in cache. Elsewhere two native calls find the columns and
+    split the input and the weight around them (without the native library, torch ops
+    do), the int8 product runs on the chosen path, and BLAS adds the outliers' float
+    product to it."""
     args = (w_int8, w_scale, bias, "dynamic", None)
+    k, n = x.shape[-1], w_int8.shape[0]
     path = None
-    if _direct(x2):
-        path, _ = _cpu_path("int8_linear", x2, args)  # recorded in the path log
+    if _direct(x):
+        path = _cpu_choice("int8_linear", x, args)[0].path  # recorded in the path log
         chosen = getattr(_forced, "name", None) is None  # not forced by use_path
-        decode = chosen and x2.shape[0] <= LLM_INT8_FUSED_MAX_M
+        decode = chosen and x.numel() <= LLM_INT8_FUSED_MAX_M * k
         if cpu.native_w8a8_vnni() and (path == "native" or decode):
-            return cpu.llm_int8_native(x2, threshold, w_int8, w_scale, bias)
+            return cpu.llm_int8_native(x, threshold, w_int8, w_scale, bias)
+    x2 = x if x.dim() == 2 else x.reshape(-1, k)
+    y = _llm_int8_split(x2, threshold, args, path)
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], n)
+
+
+def _llm_int8_split(
+    x2: torch.Tensor, threshold: float, args: tuple, path: str | None
+) -> torch.Tensor:
+    """LLM.int8() on (M, K) ``x2`` as a split: W8A8 on the regular columns (on ``path``,
+    or through the registered op where None), plus the outliers' float product."""
+    w_int8, w_scale = args[0], args[1]
 
     def w8a8(x: torch.Tensor) -> torch.Tensor:
         if path is None:  # another device, or tracing: through the registered op

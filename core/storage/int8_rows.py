@@ -98,10 +98,8 @@ class LLMInt8Linear(Int8RowsLinear):
         return ops.outlier_columns(x2, self.threshold)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
-        y = ops.llm_int8_linear(x2, self.threshold, self.w_int8, self.w_scale, self.bias)
-        y = y if y.dtype == x.dtype else y.to(x.dtype)
-        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
+        y = ops.llm_int8_linear(x, self.threshold, self.w_int8, self.w_scale, self.bias)
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
     def scheme(self) -> str:
         return f"llm-int8-t{self.threshold:g}"
