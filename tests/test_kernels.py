@@ -423,29 +423,37 @@ def test_triton_kernel_under_the_interpreter() -> None:
 
 
 @needs_native
-def test_weight_arguments_kept_between_calls_follow_the_tensors() -> None:
-    """The native calls keep each weight's converted arguments (decode calls every layer
-    with the same tensors), yet see a weight changed in place, a bias of another dtype
-    (converted each call, so its in-place changes count too) and new tensors; an entry
-    goes with its weight."""
-    import gc
+def test_the_kernels_as_torch_ops_give_the_ctypes_calls_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where torch_ops.cpp builds, the native calls go through torch's dispatcher; they
+    give the ctypes calls' results bit for bit on odd and batched shapes (M = 1, 3; K not a
+    multiple of 64; a float16 bias converted on the way), and use the kernels of the
+    library loaded now."""
+    if cpu.torch_ops() is None:
+        pytest.skip("the torch ops could not be built here")
 
-    w, ws, b = _w8(24, 100, seed=5)
-    x = _x(2, 100, seed=6)
-    cpu.int8_weight_only_native(x, w, ws, b)
-    assert id(w) in cpu._WEIGHT_ARGS
-    w.copy_(w.flip(0))  # in place: same pointers, new values
-    _close(cpu.int8_weight_only_native(x, w, ws, b), ref.int8_weight_only_linear(x, w, ws, b), 1e-5)
-    ws2 = ws * 2  # another scale tensor with the same weight
-    _close(
-        cpu.int8_weight_only_native(x, w, ws2, b), ref.int8_weight_only_linear(x, w, ws2, b), 1e-5
-    )
-    b16 = b.half()
-    cpu.w8a8_linear_native(x, w, ws, b16, "dynamic", None)
-    b16.add_(1)  # converted to float32 on each call: the change is seen
-    got = cpu.w8a8_linear_native(x, w, ws, b16, "dynamic", None)
-    assert torch.equal(got, ref.int8_linear(x, w, ws, b16.float(), "dynamic").float())
-    key = id(w)
-    del w
-    gc.collect()
-    assert key not in cpu._WEIGHT_ARGS
+    def both(fn, *args):
+        via_ops = fn(*args)
+        assert cpu._OPS_KERNELS[0] is cpu.load_library()
+        with monkeypatch.context() as mp:
+            mp.setattr(cpu, "_ops", lambda: None)
+            return via_ops, fn(*args)
+
+    for m, k, n in SHAPES:
+        w, ws, b = _w8(n, k, seed=k)
+        x = _x(m, k, seed=m).reshape(1, m, k)
+        for bias in (b, None, b.half()):
+            got, want = both(cpu.int8_weight_only_native, x, w, ws, bias)
+            assert got.shape == (1, m, n) and torch.equal(got, want)
+            got, want = both(cpu.w8a8_linear_native, x, w, ws, bias, "dynamic", None)
+            assert torch.equal(got, want)
+            if cpu.native_w8a8_vnni():
+                xo = x.clone()
+                xo[..., :: max(1, k // 4)] *= 30  # outlier columns
+                got, want = both(cpu.llm_int8_native, xo, 6.0, w, ws, bias)
+                assert torch.equal(got, want)
+        layer = _int4(torch.nn.Linear(k, n), 32)
+        args = (layer.qweight, layer.scale, layer.zero, 32, layer.bias)
+        got, want = both(cpu.int4_weight_only_native, x, *args)
+        assert torch.equal(got, want)

@@ -17,10 +17,9 @@ import os
 import shutil
 import subprocess
 import tempfile
-import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -84,25 +83,34 @@ def _env_off(name: str) -> bool:
     return os.environ.get(name, "") in {"1", "true", "yes"}
 
 
-def _build_key(cxx: str) -> str:
+def _build_key(cxx: str, source: Path = SOURCE, flags: tuple[str, ...] | None = None) -> str:
     try:
         version = subprocess.run(
             [cxx, "--version"], capture_output=True, text=True, timeout=30
         ).stdout
     except (OSError, subprocess.SubprocessError):
         version = ""
-    raw = SOURCE.read_bytes() + " ".join(compile_flags()).encode() + version.encode()
+    flags = compile_flags() if flags is None else flags
+    raw = source.read_bytes() + " ".join(flags).encode() + version.encode()
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def _compile(cxx: str, target: Path) -> None:
-    """Compile to a temporary name, then rename: concurrent workers never load half a file."""
+def _compile(
+    cxx: str,
+    target: Path,
+    source: Path = SOURCE,
+    flags: tuple[str, ...] | None = None,
+    libs: tuple[str, ...] = (),
+) -> None:
+    """Compile to a temporary name, then rename: concurrent workers never load half a file.
+    ``libs`` come after the source (linkers drop a library named before its first use)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
+    flags = compile_flags() if flags is None else flags
     try:
         subprocess.run(
-            [cxx, *compile_flags(), str(SOURCE), "-o", tmp],
+            [cxx, *flags, str(source), *libs, "-o", tmp],
             check=True,
             capture_output=True,
             timeout=300,
@@ -170,6 +178,65 @@ def load_library() -> ctypes.CDLL | None:
         return None
 
 
+# ---------------------------------------------------------------- the kernels as torch ops
+
+TORCH_OPS_SOURCE = Path(__file__).with_name("torch_ops.cpp")
+
+
+def torch_ops_flags() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """How torch_ops.cpp is built: (compiler flags, libraries), against this torch's
+    headers and libraries, with its C++ ABI (torch.utils.cpp_extension's paths, without
+    importing it)."""
+    root = Path(torch.__file__).resolve().parent
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    flags = (
+        "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+        f"-I{root / 'include'}", f"-I{root / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
+    )  # fmt: skip
+    return flags, (f"-L{root / 'lib'}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{root / 'lib'}")
+
+
+@functools.cache
+def torch_ops() -> Any | None:
+    """``torch.ops.compresslab_native``: the native kernels as torch operators (compiled
+    once per torch version, about 10 s), or None where they cannot be built or loaded
+    (the ctypes calls serve then), or ``COMPRESSLAB_NO_TORCH_OPS=1``."""
+    cxx = _compiler()
+    if _env_off("COMPRESSLAB_NO_TORCH_OPS") or cxx is None:
+        return None
+    flags, libs = torch_ops_flags()
+    key = _build_key(cxx, TORCH_OPS_SOURCE, (*flags, *libs, torch.__version__))
+    target = cache_dir() / f"torch_ops_{key}.so"
+    try:
+        if not target.is_file():
+            log.info("compiling %s -> %s (once)", TORCH_OPS_SOURCE.name, target)
+            _compile(cxx, target, TORCH_OPS_SOURCE, flags, libs)
+        torch.ops.load_library(str(target))
+        ops = torch.ops.compresslab_native
+        ops.set_policy(DECODE_M, DECODE_PARALLEL_MIN_WEIGHTS, PARALLEL_MIN_WORK)
+        return ops
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        detail = getattr(e, "stderr", b"") or b""
+        log.info("native torch ops off (ctypes calls serve): %s %s", e, detail[-300:])
+        return None
+
+
+_OPS_KERNELS: list[ctypes.CDLL | None] = [None]  # the library torch_ops' kernels come from
+
+
+def _ops() -> Any | None:
+    """The torch ops, their kernels those of the library loaded now (tests load another
+    instruction set's), or None."""
+    lib = load_library()
+    ops = torch_ops() if lib is not None else None
+    if ops is not None and _OPS_KERNELS[0] is not lib:
+        names = ("cl_int8_weight_only_linear", "cl_int4_weight_only_linear")
+        names += ("cl_w8a8_linear_f32", "cl_llm_int8_linear")
+        ops.set_kernels(*[ctypes.cast(getattr(lib, f), ctypes.c_void_p).value for f in names])
+        _OPS_KERNELS[0] = lib
+    return ops
+
+
 @functools.cache
 def build_id() -> str:
     """Which kernel library runs here: the hash of its source, flags and compiler ("none"
@@ -226,16 +293,6 @@ def _lib() -> ctypes.CDLL:
     return lib
 
 
-# Decode calls every linear once per token with the same weights. Converting their side
-# of a kernel's arguments each time (dtype and layout checks, data pointers, ctypes
-# integers) cost more than the kernel itself on a 256-wide layer, so each weight tensor's
-# raw arguments are kept, keyed by the tensor's id, and reused while the tensors passed
-# with it are the same ones (their data pointers match). Only arguments that needed no
-# conversion are kept (a converted copy would miss later in-place changes, such as
-# load_state_dict's); an entry goes when its weight tensor is freed.
-_WEIGHT_ARGS: dict[int, tuple[tuple, tuple]] = {}
-
-
 def _rows_and_out(x: torch.Tensor, n: int) -> tuple[torch.Tensor, int, int, torch.Tensor]:
     """``x`` (..., K) as contiguous float32, its rows M (all leading dims), K, and the
     (..., N) float32 output: the native calls take batched inputs as they are, without
@@ -245,23 +302,10 @@ def _rows_and_out(x: torch.Tensor, n: int) -> tuple[torch.Tensor, int, int, torc
     return x, x.numel() // max(k, 1), k, torch.empty((*x.shape[:-1], n), dtype=torch.float32)
 
 
-def _weight_args(
-    w: torch.Tensor, side: tuple[torch.Tensor | None, ...], convert: Callable[[], tuple]
-) -> tuple[tuple, tuple]:
-    """(raw ctypes arguments of ``convert()``: tensors as data pointers, the tensors they
-    point into). ``convert`` turns (``w``, *``side``) into the kernel's dtypes and layout;
-    where it changes none of them, the result is computed once per weight."""
-    key = (w.data_ptr(), *[0 if t is None else t.data_ptr() for t in side])
-    hit = _WEIGHT_ARGS.get(id(w))
-    if hit is not None and hit[0] == key:
-        return hit[1], ()
-    converted = convert()
-    raw = tuple(_raw(converted))
-    if all(c is t for c, t in zip(converted, (w, *side), strict=True)):
-        if id(w) not in _WEIGHT_ARGS:
-            weakref.finalize(w, _WEIGHT_ARGS.pop, id(w), None)
-        _WEIGHT_ARGS[id(w)] = (key, raw)
-    return raw, converted
+def _weight_args(converted: tuple) -> tuple[tuple, tuple]:
+    """(the raw ctypes arguments of a weight's converted tensors: data pointers, those
+    tensors, which must stay alive until the call returns)."""
+    return tuple(_raw(converted)), converted
 
 
 def quantize_rows(
@@ -315,11 +359,11 @@ def w8a8_linear_native(
     GEMM (VNNI bytes or AVX2 int16 madds; exact int32 sums) with its dequantize + bias
     epilogue, in one native call."""
     n = w_int8.shape[0]
-    x2, m, k, out = _rows_and_out(x2, n)
     static = float(x_scale) if act_mode == "static" and x_scale is not None else 0.0
-    weights, _keep = _weight_args(
-        w_int8, (w_scale, bias), lambda: _int8_rows(w_int8, w_scale, bias)
-    )
+    if (ops := _ops()) is not None:
+        return ops.w8a8_linear(x2, static, w_int8, w_scale, bias)
+    x2, m, k, out = _rows_and_out(x2, n)
+    weights, _keep = _weight_args(_int8_rows(w_int8, w_scale, bias))
     _lib().cl_w8a8_linear_f32(
         x2.data_ptr(),
         static,
@@ -350,11 +394,11 @@ def llm_int8_native(
     ``x2`` (M, K) with some |x| > ``threshold`` are multiplied in float with their
     dequantized weight columns, summed in the same pass over the weight as the W8A8
     product of every other column (per-token scales, outliers zeroed)."""
+    if (ops := _ops()) is not None:
+        return ops.llm_int8(x2, float(threshold), w_int8, w_scale, bias)
     n = w_int8.shape[0]
     x, m, k, out = _rows_and_out(x2, n)
-    weights, _keep = _weight_args(
-        w_int8, (w_scale, bias), lambda: _int8_rows(w_int8, w_scale, bias)
-    )
+    weights, _keep = _weight_args(_int8_rows(w_int8, w_scale, bias))
     done = _lib().cl_llm_int8_linear(
         x.data_ptr(),
         float(threshold),
@@ -453,15 +497,16 @@ def _int8_weight_only_call(
     """The int8 weight-only C kernel with its arguments and the output it writes."""
     n = w_int8.shape[0]
     x2, m, k, out = _rows_and_out(x2, n)
-    weights, keep = _weight_args(w_int8, (w_scale, bias), lambda: _int8_rows(w_int8, w_scale, bias))
+    weights, keep = _weight_args(_int8_rows(w_int8, w_scale, bias))
     tail = (m, n, k, _matmul_threads(m, n, k))
-    keep = (w_int8, w_scale, bias, *keep)
     return KernelCall(_lib().cl_int8_weight_only_linear, x2, weights, out, tail, keep)
 
 
 def int8_weight_only_native(
     x2: torch.Tensor, w_int8: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
+    if (ops := _ops()) is not None:
+        return ops.int8_weight_only(x2, w_int8, w_scale, bias)
     return _int8_weight_only_call(x2, w_int8, w_scale, bias).run()
 
 
@@ -484,13 +529,9 @@ def _int4_weight_only_call(
     n, half = w_packed.shape
     x2, m, k, out = _rows_and_out(x2, n)
 
-    def convert() -> tuple:
-        w, sc = _as(w_packed, torch.uint8), _as(scale, torch.float16)
-        return w, sc, _as(zero, torch.uint8), _f32c(bias)
-
-    weights, keep = _weight_args(w_packed, (scale, zero, bias), convert)
+    w, sc = _as(w_packed, torch.uint8), _as(scale, torch.float16)
+    weights, keep = _weight_args((w, sc, _as(zero, torch.uint8), _f32c(bias)))
     tail = (m, n, k, half * 2, int(group_size), _matmul_threads(m, n, k))
-    keep = (w_packed, scale, zero, bias, *keep)
     return KernelCall(_lib().cl_int4_weight_only_linear, x2, weights, out, tail, keep)
 
 
@@ -502,6 +543,8 @@ def int4_weight_only_native(
     group_size: int,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
+    if group_size % INT4_GROUP_MULTIPLE == 0 and (ops := _ops()) is not None:
+        return ops.int4_weight_only(x2, w_packed, scale, zero, int(group_size), bias)
     return _int4_weight_only_call(x2, w_packed, scale, zero, group_size, bias).run()
 
 

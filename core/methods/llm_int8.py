@@ -38,12 +38,15 @@ class LLMInt8Config(MethodConfig):
         parameters="heuristic: absmax scales; the threshold (6.0) is set by hand",
         hardware="the int8 part runs on our CPU kernel (AVX-512 VNNI where the CPU has it, "
         "else AVX2) or oneDNN's int8 matmul, or Triton on a GPU; the outlier part is a "
-        "small float matmul, summed inside the VNNI kernel's pass over the weight",
+        "float matmul, summed inside the VNNI kernel's pass over the weight for "
+        "decode-sized batches, else split off natively and added by BLAS",
         memory="about 4x smaller than FP32 weights (1 byte each + a float32 scale per row)",
         speed="the decomposition adds a column scan and the outlier columns' float "
-        "product per call (one native call for decode-sized batches with VNNI; a gather "
-        "and a second matmul otherwise): slower than plain w8a8, and far slower where many "
-        "columns are outliers; compare the run's latency with bnb-int8 and fp32",
+        "product per call (one native call for decode-sized batches with VNNI; a native "
+        "split and a second matmul otherwise): slower than plain w8a8, and no faster than "
+        "fp32 where most columns are outliers (the demo model's MLP down projections: "
+        "157-230 of 256 on real text, so its prefill is slower than fp32); compare the "
+        "run's latency with bnb-int8 and fp32",
         reference="Dettmers et al. 2022, LLM.int8(): 8-bit Matrix Multiplication for "
         "Transformers at Scale (arXiv:2208.07339)",
     ),
