@@ -380,3 +380,18 @@ def test_latency_timing_waits_for_background_tuning(
     latency.measure_latency_report(model, prompt, settings, on_progress=progress)
     assert messages[0] == "waiting for kernel tuning"
     assert not thread.is_alive() and not ops.tuning_in_progress()
+
+
+def test_a_near_tie_goes_to_the_preferred_path_and_a_clear_win_does_not() -> None:
+    """Two paths within a cell's noise are a tie the prior decides (the heuristic, in
+    ops.tune_ops); a path clearly faster than the preferred one keeps the cell."""
+
+    def sleeper(seconds: float) -> Callable[..., None]:
+        return lambda *args: time.sleep(seconds)
+
+    paths = {"dequant": sleeper(0.006), "native": sleeper(0.002), "int_mm": sleeper(0.00205)}
+    cells = {"ms": [1, 16], "ks": [64], "n": 8}
+    tied = tune.tune_op("int8_linear", paths, 5.0, prefer=lambda m, k: "int_mm", **cells)
+    assert [r["path"] for r in tied] == ["int_mm", "int_mm"]
+    clear = tune.tune_op("int8_linear", paths, 5.0, prefer=lambda m, k: "dequant", **cells)
+    assert [r["path"] for r in clear] == ["native", "native"]

@@ -386,7 +386,9 @@ def tune_ops(
         for op in names:
             if force or op in tune.stale_ops(table, [op]):
                 t0, load0 = time.perf_counter(), tune.load_now()
-                table["rules"][op] = tune.tune_op(op, tuning_paths(op), budget_s)
+                table["rules"][op] = tune.tune_op(
+                    op, tuning_paths(op), budget_s, prefer=functools.partial(heuristic_path, op)
+                )
                 table.setdefault("load", {})[op] = round(max(load0, tune.load_now()), 2)
                 log.info("tuned %s in %.1fs", op, time.perf_counter() - t0)
         on_disk = tune.load_tuned()  # another process may have measured other ops

@@ -34,6 +34,9 @@ from core.paths import data_dir, write_json_atomic
 
 TUNE_M = (1, 16, 128, 512, 2048)  # the dispatch's M buckets
 TUNE_K = (1024, 4096)  # K buckets: a cell serves every K up to its own
+# Untimed rounds before a cell's timed ones: a path's first calls on a new shape run slow
+# (torch._int_mm: several calls), which one warm-up left in the timings.
+TUNE_WARMUP = 3
 TUNE_N = 4096  # output width timed: weights of 4-16 MiB, as LLM layers (beyond L2)
 MAX_MACS = 1 << 31  # big cells time fewer output columns (compute-bound there anyway)
 BUDGET_S = 4.0  # per op
@@ -167,9 +170,12 @@ def tune_op(
     ms: Iterable[int] | None = None,
     ks: Iterable[int] | None = None,
     n: int | None = None,
+    prefer: Callable[[int, int], str] | None = None,
 ) -> list[dict]:
     """Rules ``{"m", "k", "path", "ms": {path: ms}, "noise"}`` for the cells reached in
-    ``budget_s``; ``noise`` is the cell's relative timing noise (:func:`noise`).
+    ``budget_s``; ``noise`` is the cell's relative timing noise (:func:`noise`). Where
+    ``prefer(m, k)`` names a path within that noise of the fastest, the cell takes it: a
+    near tie is decided by the prior (the heuristic), not by which path was luckier.
 
     ``paths`` maps a path name to a callable taking the op's arguments with x (M, K); the
     float path (FLOAT_PATH) is always among those timed, so a cell's choice is never
@@ -187,12 +193,18 @@ def tune_op(
             args = _op_args(op, m, k, cell_n(m, k, n))
             alive = {p: f for p, f in paths.items() if p == FLOAT_PATH or not _drop(last, p, size)}
             raw = time_paths_all(
-                {p: (lambda f=f, a=args: f(*a)) for p, f in alive.items()}, deadline
+                {p: (lambda f=f, a=args: f(*a)) for p, f in alive.items()},
+                deadline,
+                warmup=TUNE_WARMUP,
             )
             t = {p: min(v) * 1000 for p, v in raw.items()}
             best = min(t, key=t.__getitem__)
+            cell_noise = noise(raw)
+            prior = prefer(m, k) if prefer is not None else None
+            if prior in t and t[prior] <= t[best] * (1 + cell_noise):
+                best = prior
             rule = {"m": m, "k": k, "path": best, "ms": {p: round(v, 4) for p, v in t.items()}}
-            rule["noise"] = noise(raw)
+            rule["noise"] = cell_noise
             if rule["noise"] >= MAX_NOISE:  # timed on a machine too busy to tell: not used
                 rule["noisy"] = True
             rules.append(rule)
