@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
@@ -302,12 +302,6 @@ def _rows_and_out(x: torch.Tensor, n: int) -> tuple[torch.Tensor, int, int, torc
     return x, x.numel() // max(k, 1), k, torch.empty((*x.shape[:-1], n), dtype=torch.float32)
 
 
-def _weight_args(converted: tuple) -> tuple[tuple, tuple]:
-    """(the raw ctypes arguments of a weight's converted tensors: data pointers, those
-    tensors, which must stay alive until the call returns)."""
-    return tuple(_raw(converted)), converted
-
-
 def quantize_rows(
     x2: torch.Tensor, static_scale: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -363,11 +357,13 @@ def w8a8_linear_native(
     if (ops := _ops()) is not None:
         return ops.w8a8_linear(x2, static, w_int8, w_scale, bias)
     x2, m, k, out = _rows_and_out(x2, n)
-    weights, _keep = _weight_args(_int8_rows(w_int8, w_scale, bias))
+    w, ws, b = _int8_rows(w_int8, w_scale, bias)
     _lib().cl_w8a8_linear_f32(
         x2.data_ptr(),
         static,
-        *weights,
+        w.data_ptr(),
+        ws.data_ptr(),
+        _ptr(b),
         out.data_ptr(),
         m,
         n,
@@ -398,11 +394,13 @@ def llm_int8_native(
         return ops.llm_int8(x2, float(threshold), w_int8, w_scale, bias)
     n = w_int8.shape[0]
     x, m, k, out = _rows_and_out(x2, n)
-    weights, _keep = _weight_args(_int8_rows(w_int8, w_scale, bias))
+    w, ws, b = _int8_rows(w_int8, w_scale, bias)
     done = _lib().cl_llm_int8_linear(
         x.data_ptr(),
         float(threshold),
-        *weights,
+        w.data_ptr(),
+        ws.data_ptr(),
+        _ptr(b),
         out.data_ptr(),
         m,
         n,
@@ -470,22 +468,6 @@ def w8a8_gemm_native(
     return out
 
 
-class KernelCall(NamedTuple):
-    """A weight-only kernel call: the C function, its float input and output, the weight's
-    side of its arguments (raw, converted once per weight) and the sizes after them."""
-
-    fn: Callable[..., None]
-    x: torch.Tensor
-    weights: tuple
-    out: torch.Tensor
-    tail: tuple
-    keep: tuple  # the tensors ``weights`` point into: alive as long as the call
-
-    def run(self) -> torch.Tensor:
-        self.fn(self.x.data_ptr(), *self.weights, self.out.data_ptr(), *self.tail)
-        return self.out
-
-
 def _raw(call: tuple) -> list:
     """A kernel call's arguments for ctypes: tensors as their data pointers (None: null)."""
     return [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in call]
@@ -493,13 +475,13 @@ def _raw(call: tuple) -> list:
 
 def _int8_weight_only_call(
     x2: torch.Tensor, w_int8: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None
-) -> KernelCall:
-    """The int8 weight-only C kernel with its arguments and the output it writes."""
+) -> tuple[Callable[..., None], tuple, torch.Tensor]:
+    """The int8 weight-only C kernel, its arguments (tensors converted, threads last) and
+    the output they write."""
     n = w_int8.shape[0]
     x2, m, k, out = _rows_and_out(x2, n)
-    weights, keep = _weight_args(_int8_rows(w_int8, w_scale, bias))
-    tail = (m, n, k, _matmul_threads(m, n, k))
-    return KernelCall(_lib().cl_int8_weight_only_linear, x2, weights, out, tail, keep)
+    call = (x2, *_int8_rows(w_int8, w_scale, bias), out, m, n, k, _matmul_threads(m, n, k))
+    return _lib().cl_int8_weight_only_linear, call, out
 
 
 def int8_weight_only_native(
@@ -507,7 +489,9 @@ def int8_weight_only_native(
 ) -> torch.Tensor:
     if (ops := _ops()) is not None:
         return ops.int8_weight_only(x2, w_int8, w_scale, bias)
-    return _int8_weight_only_call(x2, w_int8, w_scale, bias).run()
+    fn, call, out = _int8_weight_only_call(x2, w_int8, w_scale, bias)
+    fn(*_raw(call))
+    return out
 
 
 INT4_GROUP_MULTIPLE = 32  # the native int4 kernel reads 32 codes (16 bytes) per step
@@ -520,19 +504,18 @@ def _int4_weight_only_call(
     zero: torch.Tensor,
     group_size: int,
     bias: torch.Tensor | None,
-) -> KernelCall:
-    """The int4 weight-only C kernel with its arguments and the output it writes."""
+) -> tuple[Callable[..., None], tuple, torch.Tensor]:
+    """The int4 weight-only C kernel, its arguments and the output they write."""
     if group_size % INT4_GROUP_MULTIPLE:
         raise ValueError(
             f"the native int4 kernel needs a group size that is a multiple of {INT4_GROUP_MULTIPLE}"
         )
     n, half = w_packed.shape
     x2, m, k, out = _rows_and_out(x2, n)
-
     w, sc = _as(w_packed, torch.uint8), _as(scale, torch.float16)
-    weights, keep = _weight_args((w, sc, _as(zero, torch.uint8), _f32c(bias)))
-    tail = (m, n, k, half * 2, int(group_size), _matmul_threads(m, n, k))
-    return KernelCall(_lib().cl_int4_weight_only_linear, x2, weights, out, tail, keep)
+    z, b = _as(zero, torch.uint8), _f32c(bias)
+    call = (x2, w, sc, z, b, out, m, n, k, half * 2, int(group_size), _matmul_threads(m, n, k))
+    return _lib().cl_int4_weight_only_linear, call, out
 
 
 def int4_weight_only_native(
@@ -545,7 +528,9 @@ def int4_weight_only_native(
 ) -> torch.Tensor:
     if group_size % INT4_GROUP_MULTIPLE == 0 and (ops := _ops()) is not None:
         return ops.int4_weight_only(x2, w_packed, scale, zero, int(group_size), bias)
-    return _int4_weight_only_call(x2, w_packed, scale, zero, group_size, bias).run()
+    fn, call, out = _int4_weight_only_call(x2, w_packed, scale, zero, group_size, bias)
+    fn(*_raw(call))
+    return out
 
 
 def read_bytes_call(nbytes: int) -> Callable[[], int]:
@@ -572,11 +557,10 @@ def weight_only_kernel_call(op: str, x2: torch.Tensor, *args: object) -> Callabl
     }
     if op not in builders:
         raise ValueError(f"no weight-only kernel for {op!r}")
-    call = builders[op](x2, *args)
-    fn, out = call.fn, call.out
-    raw = (call.x.data_ptr(), *call.weights, out.data_ptr(), *call.tail)
+    fn, call, out = builders[op](x2, *args)
+    raw = _raw(call)
 
-    def run(keep: KernelCall = call) -> torch.Tensor:  # keep: its tensors live as long as run
+    def run(keep: tuple = call) -> torch.Tensor:  # keep: the tensors live as long as run
         fn(*raw)
         return out
 
