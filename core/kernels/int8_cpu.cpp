@@ -640,10 +640,12 @@ inline void vnni_tile(const VnniArgs& a, int64_t m0, int64_t n0) {
   float fo[MR][NR];  // read only where a.C: outlier_tile fills it
   if (a.C) outlier_tile<MR, NR>(a, m0, n0, fo);
   if constexpr (MR == 4 && NR == 4) {  // the whole tile's epilogue in one vector: lane 4m + n
-    const __m512i sums = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.wsum + n0)));
+    const __m512i sums =
+        _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.wsum + n0)));
     const __m512i u = _mm512_sub_epi32(_mm512_loadu_si512(dot), _mm512_slli_epi32(sums, 7));
-    const __m512 xs = _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
-                                            _mm512_castps128_ps512(_mm_loadu_ps(a.xs + m0)));
+    const __m512i row_of_lane = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    const __m512 xs =
+        _mm512_permutexvar_ps(row_of_lane, _mm512_castps128_ps512(_mm_loadu_ps(a.xs + m0)));
     const __m512 ws = _mm512_broadcast_f32x4(_mm_loadu_ps(a.ws + n0));
     __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(u), xs), ws);
     if (a.bias) v = _mm512_add_ps(rounded(v), _mm512_broadcast_f32x4(_mm_loadu_ps(a.bias + n0)));
@@ -994,7 +996,8 @@ void cl_llm_int8_split(const float* x, int64_t M, int64_t K, const int64_t* cols
   };
   auto put = [](float* dst, __mmask16 sel, __m512 v) {  // the selected lanes, packed
     const int c = _mm_popcnt_u32(sel);
-    _mm512_mask_storeu_ps(dst, static_cast<__mmask16>((1u << c) - 1), _mm512_maskz_compress_ps(sel, v));
+    const __mmask16 first_c = static_cast<__mmask16>((1u << c) - 1);
+    _mm512_mask_storeu_ps(dst, first_c, _mm512_maskz_compress_ps(sel, v));
     return c;
   };
   for (int64_t m = 0; m < M; ++m) {
@@ -1004,7 +1007,8 @@ void cl_llm_int8_split(const float* x, int64_t M, int64_t K, const int64_t* cols
       _mm512_mask_storeu_ps(xr + m * K + k, in, _mm512_maskz_loadu_ps(in & ~hit[k / 16], xm + k));
     }
     float* o = xo + m * C;
-    for (const int64_t c : chunks) o += put(o, hit[c], _mm512_maskz_loadu_ps(in_row(16 * c), xm + 16 * c));
+    for (const int64_t c : chunks)
+      o += put(o, hit[c], _mm512_maskz_loadu_ps(in_row(16 * c), xm + 16 * c));
   }
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t n = 0; n < N; ++n) {

@@ -51,7 +51,11 @@ int matmul_threads(int64_t m, int64_t n, int64_t k) {
   return threads(m * n * k);
 }
 
-at::Tensor as(const at::Tensor& t, at::ScalarType type) { return t.to(type).contiguous(); }
+// ``t`` as a contiguous ``type`` tensor; no dispatcher call where it is one already.
+at::Tensor as(const at::Tensor& t, at::ScalarType type) {
+  if (t.scalar_type() == type && t.is_contiguous()) return t;
+  return t.to(type).contiguous();
+}
 
 const float* bias_ptr(const std::optional<at::Tensor>& b, at::Tensor& keep) {
   if (!b.has_value()) return nullptr;
