@@ -282,10 +282,12 @@ def settled(locator: Locator, timeout_ms: float = PAGE_LOAD_MS) -> Locator:
 
 
 def fill_live(page: Page, field: Locator, value: str, enter: bool = False) -> None:
-    """Fill a field in a timer-refreshed fragment (see ``live``); Enter commits it."""
+    """Fill a field in a timer-refreshed fragment (see ``live``); Enter commits it. Each
+    try first waits for the field's old copy to go (``settled``): in CI a copy of the
+    history's "Parameters" filter outlived the retries' 2.5 s on a busy machine."""
 
     def act() -> None:
-        field.fill(value)
+        settled(field).fill(value)
         if enter:
             field.press("Enter")
 
