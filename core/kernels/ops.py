@@ -702,7 +702,7 @@ def _direct(x: torch.Tensor) -> bool:
     """Eager CPU calls skip the dispatcher round trip (Python -> C++ -> Python costs about
     50 us a call, as much as a decode-sized matmul); the op stays the definition that
     tracing, torch.compile and other devices go through, and the same path is chosen."""
-    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+    return x.is_cpu and not torch.compiler.is_compiling()
 
 
 def int8_linear(
