@@ -349,7 +349,7 @@ def w8a8_linear_native(
     act_mode: str,
     x_scale: torch.Tensor | None,
 ) -> torch.Tensor:
-    """x2 (M, K) float -> (M, N) float32: activation quantization and the native integer
+    """x2 (..., K) float -> (..., N) float32: activation quantization and the native integer
     GEMM (VNNI bytes or AVX2 int16 madds; exact int32 sums) with its dequantize + bias
     epilogue, in one native call."""
     n = w_int8.shape[0]
@@ -387,7 +387,7 @@ def llm_int8_native(
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
     """LLM.int8() in one native call (needs :func:`native_w8a8_vnni`): the columns of
-    ``x2`` (M, K) with some |x| > ``threshold`` are multiplied in float with their
+    ``x2`` (..., K) with some |x| > ``threshold`` are multiplied in float with their
     dequantized weight columns, summed in the same pass over the weight as the W8A8
     product of every other column (per-token scales, outliers zeroed)."""
     if (ops := _ops()) is not None:

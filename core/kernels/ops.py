@@ -626,12 +626,6 @@ def _cpu_choice(op: str, x: torch.Tensor, args: tuple) -> tuple[Choice, torch.Te
     return choice, y
 
 
-def _cpu_path(op: str, x2: torch.Tensor, args: tuple) -> tuple[str, torch.Tensor | None]:
-    """The name of the path ``op`` takes on ``x2`` (see :func:`_cpu_choice`)."""
-    choice, y = _cpu_choice(op, x2, args)
-    return choice.path, y
-
-
 def _cpu_impl(op: str) -> Callable[..., torch.Tensor]:
     def impl(x: torch.Tensor, *args):
         choice, y = _cpu_choice(op, x, args)
