@@ -253,21 +253,27 @@ def wait_idle(page: Page, timeout_ms: float = PAGE_LOAD_MS) -> None:
     expect(main_area(page).get_by_test_id("stSkeleton")).to_have_count(0, timeout=timeout_ms)
 
 
-def live(page: Page, act: Callable[[], None], tries: int = 5) -> None:
+STALE_COPY_MS = 20_000  # how long a widget's old copy may stay beside the new one
+
+
+def live(page: Page, act: Callable[[], None], timeout_ms: float = STALE_COPY_MS) -> None:
     """Do ``act`` (a fill, a click) on a widget inside a fragment that refreshes on a timer.
 
     While such a fragment reruns, Streamlit can for a moment show the old copy of a widget
     beside the new one, and the action then fails Playwright's strict mode before doing
-    anything (seen in CI on the history's "Parameters" filter), so it is tried again a
-    moment later. A second copy that stays fails every try, as it should."""
-    for attempt in range(tries):
+    anything (seen in CI on the history's "Parameters" filter, once for longer than five
+    tries half a second apart on a busy machine), so it is tried again every half second
+    for up to ``timeout_ms``. A second copy that stays fails, as it should."""
+    waited = 0.0
+    while True:
         try:
             act()
             return
         except PlaywrightError as e:
-            if "strict mode violation" not in str(e) or attempt == tries - 1:
+            if "strict mode violation" not in str(e) or waited >= timeout_ms:
                 raise
             page.wait_for_timeout(500)
+            waited += 500
 
 
 def settled(locator: Locator, timeout_ms: float = PAGE_LOAD_MS) -> Locator:
@@ -282,12 +288,10 @@ def settled(locator: Locator, timeout_ms: float = PAGE_LOAD_MS) -> Locator:
 
 
 def fill_live(page: Page, field: Locator, value: str, enter: bool = False) -> None:
-    """Fill a field in a timer-refreshed fragment (see ``live``); Enter commits it. Each
-    try first waits for the field's old copy to go (``settled``): in CI a copy of the
-    history's "Parameters" filter outlived the retries' 2.5 s on a busy machine."""
+    """Fill a field in a timer-refreshed fragment (see ``live``); Enter commits it."""
 
     def act() -> None:
-        settled(field).fill(value)
+        field.fill(value)
         if enter:
             field.press("Enter")
 

@@ -165,7 +165,7 @@ def _pick_run(flow: ModuleType, page: Any, job_id: int) -> None:
     option = page.get_by_role("option", name=re.compile(rf"^#{job_id}: "))
     for attempt in range(5):
         try:
-            box.click()
+            flow.live(page, box.click)  # the box too can show an old copy for a moment
             option.click(timeout=10_000)
             break
         except Exception:
