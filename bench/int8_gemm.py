@@ -9,7 +9,10 @@ For M in 1, 16, 128, 512, 2048 rows and K = N in 1024, 4096 it times one forward
 - ``w8a8_ms``: our W8A8 linear through ``core.kernels.ops`` including the per-token
   activation quantization and the epilogue, on the path the dispatcher picks
   (``w8a8_path``); each candidate path also gets its own column (``w8a8_<path>_ms``);
-- ``int8_weight_only_ms`` / ``int4_weight_only_ms``: our weight-only decode ops, likewise;
+- ``int8_weight_only_ms`` / ``int4_weight_only_ms``: our weight-only decode ops, likewise.
+  These three columns are the ops called as a model calls them (the path the dispatcher
+  decided, its first-use check done in the warm-up); the per-path columns force a path
+  with ``ops.use_path``, which looks the path up again on every call;
 - ``int_mm_ms``: ``torch._int_mm`` alone on already quantized int8 inputs;
   ``native_gemm_ms``: our integer GEMM alone on already quantized codes (AVX-512
   VNNI where the CPU has it, else AVX2; ``native_w8a8`` in the header says which);
@@ -21,6 +24,14 @@ For M in 1, 16, 128, 512, 2048 rows and K = N in 1024, 4096 it times one forward
   one read over a buffer the size of the int8 (int4) weight. Each op is also printed as
   % of its ceiling (``*_pct_ceiling``): W8A8 of the slower of the two ceilings, the
   weight-only ops of their weight bytes;
+- ``seq_<name>_ms`` for M up to SEQ_MAX_M (decode): fp32, the weight-only ops and kernels,
+  W8A8 and both byte reads again, each called as a decode step calls its layers: one
+  after another over enough distinct copies of the weight that together they fill the
+  last-level cache twice. Every call streams its weight from memory, as above, but the
+  interpreter and torch's dispatcher stay in cache, as they do in a model's forward. In
+  the round robin above the other variants' reads evict those too, and an op's fixed
+  cost is timed with every line of it a memory miss (about 0.1 ms at K = N = 4096). With
+  ``seq_*_x_fp32`` and ``seq_*_pct_ceiling`` (of ``seq_stream_i8_ms`` / ``seq_stream_i4_ms``);
 - ``bnb_int8_ms`` / ``bnb_nf4_ms``: bitsandbytes' LLM.int8() and NF4 layers;
 - ``llm_int8_ms`` / ``bnb_int8_outliers_ms``: our LLM.int8() decomposition and
   bitsandbytes' on the same input with OUTLIER_COLUMNS feature columns scaled up 20x (as
@@ -51,6 +62,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -73,6 +85,11 @@ OP_COLUMNS = {  # op -> (prefix of its per-path columns, column of the dispatche
     "int8_weight_only_linear": ("wo8", "int8_weight_only_ms"),
     "int4_weight_only_linear": ("wo4", "int4_weight_only_ms"),
 }
+SEQ_MAX_M = 16  # decode batch sizes: also timed in sequence over distinct weights
+SEQ_VARIANTS = (
+    "fp32", "stream_i8", "stream_i4", "w8a8", "int8_weight_only", "int4_weight_only",
+    "wo8_kernel", "wo4_kernel",
+)  # fmt: skip
 CANDIDATES = {  # paths that compute the same function (ref: float64, never a contender)
     "int8_linear": ("native", "int_mm", "dequant"),
     "int8_weight_only_linear": ("native", "dequant"),
@@ -122,20 +139,59 @@ class Cell:
         int4 = QuantSpec(bits=4, symmetric=False, granularity="group", group_size=128)
         self.w4 = AffineLinear.build(quantize(self.lin.weight, int4), self.lin.bias)
         self.bnb = _bnb_layers(self.lin)
-        # one read over a buffer of the int8 / int4 weight's byte size: our own read loop,
-        # threads split as in the kernels (torch's float sum, used where the native library
-        # does not run, measured 0.28-0.30 ms over 8 MiB from memory where the loop took
-        # 0.19-0.23 ms)
-        if cpu.native_available():
-            self.bytes8 = cpu.read_bytes_call(n * k)
-            self.bytes4 = cpu.read_bytes_call(n * k // 2)
-        else:
-            b8, b4 = torch.randn(max(1, n * k // 4)), torch.randn(max(1, n * k // 8))
-            self.bytes8, self.bytes4 = b8.sum, b4.sum
         self.fbgemm = _fbgemm(self.lin)
 
+    def int8_w(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A copy of the int8 weight and its scales of its own."""
+        return self.w8.w_int8.clone(), self.w8.w_scale.clone()
+
+    def int4_w(self) -> tuple:
+        w4 = self.w4
+        return w4.qweight.clone(), w4.scale.clone(), w4.zero.clone(), w4.group_size
+
+    def stream(self, nbytes: int) -> Callable[[], object]:
+        """One read over a buffer of its own of ``nbytes``: our own read loop, threads
+        split as in the kernels (torch's float sum where the native library does not run;
+        it measured 0.28-0.30 ms over 8 MiB from memory where the loop took 0.19-0.23 ms)."""
+        if cpu.native_available():
+            return cpu.read_bytes_call(nbytes)
+        return torch.randn(max(1, nbytes // 4)).sum
+
+    def weight_readers(self, x: torch.Tensor) -> dict[str, tuple[int, Callable[[], Callable]]]:
+        """name -> (weight bytes, factory): each call of the factory makes the variant on
+        ``x`` over a copy of the weight of its own. The ops are called as a model calls
+        them, on the path the dispatcher decides."""
+        n, k = self.w.shape
+        out: dict[str, tuple[int, Callable[[], Callable]]] = {
+            "fp32": (4 * n * k, lambda: partial(F.linear, x, self.w.clone())),
+            "stream_i8": (n * k, lambda: self.stream(n * k)),
+            "stream_i4": (n * k // 2, lambda: self.stream(n * k // 2)),
+            "w8a8": (n * k, lambda: partial(ops.int8_linear, x, *self.int8_w(), None, "dynamic")),
+            "int8_weight_only": (
+                n * k,
+                lambda: partial(ops.int8_weight_only_linear, x, *self.int8_w(), None),
+            ),
+            "int4_weight_only": (
+                n * k // 2,
+                lambda: partial(ops.int4_weight_only_linear, x, *self.int4_w(), None),
+            ),
+        }
+        if cpu.native_available():
+            out["wo8_kernel"] = (
+                n * k,
+                lambda: cpu.weight_only_kernel_call(
+                    "int8_weight_only_linear", x, *self.int8_w(), None
+                ),
+            )
+            out["wo4_kernel"] = (
+                n * k // 2,
+                lambda: cpu.weight_only_kernel_call(
+                    "int4_weight_only_linear", x, *self.int4_w(), None
+                ),
+            )
+        return out
+
     def variants(self, x: torch.Tensor) -> dict[str, Callable[[], object]]:
-        w8, w4 = self.w8, self.w4
         xb = x.to(torch.bfloat16)
         xq, xs = quantize_per_token(x)
         xq16 = xq.to(torch.int16)
@@ -146,29 +202,15 @@ class Cell:
         # the same tensor still in cache: within a round the other variants read more
         # than the last-level cache in between, and each call streams its weight from
         # memory, as decode does with a model bigger than the cache.
-        def int8_w() -> tuple[torch.Tensor, torch.Tensor]:
-            return w8.w_int8.clone(), w8.w_scale.clone()
-
-        def int4_w() -> tuple:
-            return w4.qweight.clone(), w4.scale.clone(), w4.zero.clone(), w4.group_size
-
-        wt = w8.w_int8.clone().t()
-        out: dict[str, Callable[[], object]] = {
-            "fp32": lambda: F.linear(x, self.w),
-            "bf16": lambda: F.linear(xb, self.wb),
-            "int_mm": lambda: torch._int_mm(xq, wt),
-            "stream_i8": self.bytes8,
-            "stream_i4": self.bytes4,
-        }
+        wt = self.w8.w_int8.clone().t()
+        out: dict[str, Callable[[], object]] = {"fp32": lambda: F.linear(x, self.w)}
+        readers = self.weight_readers(x)
+        out.update({name: make() for name, (_, make) in readers.items() if name != "fp32"})
+        out["bf16"] = lambda: F.linear(xb, self.wb)
+        out["int_mm"] = lambda: torch._int_mm(xq, wt)
         if cpu.native_available():
-            g8 = int8_w()
+            g8 = self.int8_w()
             out["native_gemm"] = lambda: cpu.w8a8_gemm_native(xq16, xs, *g8, None)
-            out["wo8_kernel"] = cpu.weight_only_kernel_call(
-                "int8_weight_only_linear", x, *int8_w(), None
-            )
-            out["wo4_kernel"] = cpu.weight_only_kernel_call(
-                "int4_weight_only_linear", x, *int4_w(), None
-            )
         ops_fn = {
             "int8_linear": ops.int8_linear,
             "int8_weight_only_linear": ops.int8_weight_only_linear,
@@ -183,9 +225,9 @@ class Cell:
             return run
 
         args = {
-            "int8_linear": lambda: (*int8_w(), None, "dynamic"),
-            "int8_weight_only_linear": lambda: (*int8_w(), None),
-            "int4_weight_only_linear": lambda: (*int4_w(), None),
+            "int8_linear": lambda: (*self.int8_w(), None, "dynamic"),
+            "int8_weight_only_linear": lambda: (*self.int8_w(), None),
+            "int4_weight_only_linear": lambda: (*self.int4_w(), None),
         }
         for op, (prefix, _) in OP_COLUMNS.items():
             for path in CANDIDATES[op]:
@@ -199,6 +241,16 @@ class Cell:
         if self.fbgemm is not None:
             out["fbgemm_a7"] = lambda: self.fbgemm(x)
         return out
+
+    def sequences(self, x: torch.Tensor, cache_bytes: int) -> dict[str, list[Callable]]:
+        """SEQ_VARIANTS, each over as many copies of its weight as fill ``cache_bytes``
+        twice (at least two)."""
+        readers = self.weight_readers(x)
+        return {
+            name: [make() for _ in range(copies_to_fill(2 * cache_bytes, nbytes))]
+            for name, (nbytes, make) in readers.items()
+            if name in SEQ_VARIANTS
+        }
 
     def outlier_variants(self, xo: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
         """The two LLM.int8() implementations, on an input with outlier features (each
@@ -247,6 +299,42 @@ def time_round_robin(
     return {k: statistics.median(v) * 1000 for k, v in times.items()}
 
 
+def time_sequences(seqs: dict[str, list[Callable[[], object]]], repeats: int) -> dict[str, float]:
+    """Median ms per call; per round every variant runs its calls one after another, as a
+    model's forward runs its layers. One warm-up pass first."""
+    times: dict[str, list[float]] = {k: [] for k in seqs}
+    now = time.perf_counter
+    with torch.no_grad():
+        for calls in seqs.values():
+            for fn in calls:
+                fn()
+        for _ in range(repeats):
+            for k, calls in seqs.items():
+                for fn in calls:
+                    t0 = now()
+                    fn()
+                    times[k].append(now() - t0)
+    return {k: statistics.median(v) * 1000 for k, v in times.items()}
+
+
+def copies_to_fill(total: int, nbytes: int) -> int:
+    """How many copies of ``nbytes`` make at least ``total`` (at least 2, at most 512)."""
+    return min(512, max(2, -(-total // max(1, nbytes))))
+
+
+def last_level_cache_bytes(default: int = 32 << 20) -> int:
+    """The largest CPU cache's size (Linux sysfs), or ``default``."""
+    sizes = []
+    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = f.read_text().strip().upper()
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        if text[:-1].isdigit() and text[-1] in units:
+            sizes.append(int(text[:-1]) * units[text[-1]])
+        elif text.isdigit():
+            sizes.append(int(text))
+    return max(sizes, default=default)
+
+
 def _too_slow(prev_m: int, prev_ms: float, m: int, max_call_s: float) -> bool:
     """Linear extrapolation in M, applied only to variants already slow at the previous M
     (paths with a fixed cost, such as dequantizing the weight, do not scale with M)."""
@@ -269,27 +357,46 @@ def run(args: argparse.Namespace) -> list[dict]:
                 if name != "fp32" and name in last and _too_slow(*last[name], m, args.max_call_s):
                     skipped.append(name)
                     del fns[name]
+            ops.reset_path_log()
             t = time_round_robin(fns, args.repeats, args.clock)
             for name, v in t.items():
                 last[name] = (m, v)
-            rows.append({**make_row(m, k, k, t, skipped), **cell.outlier_errors(x)})
+            paths = dispatched_paths(m)
+            del fns
+            if m <= SEQ_MAX_M:
+                seq = time_sequences(cell.sequences(x, last_level_cache_bytes()), args.repeats)
+                t.update({f"seq_{name}": v for name, v in seq.items()})
+            row = make_row(m, k, k, t, skipped, paths)
+            rows.append({**row, **cell.outlier_errors(x)})
             print(format_row(rows[-1]), flush=True)
     return rows
 
 
-def make_row(m: int, k: int, n: int, t: dict[str, float], skipped: list[str]) -> dict:
+def dispatched_paths(m: int) -> dict[str, str]:
+    """op -> the path its unforced calls took at M = ``m`` since the path log's reset."""
+    return {
+        e["op"]: e["path"]
+        for e in ops.path_log()
+        if e["table"] != "forced" and e["device"] == "cpu" and e["m_le"] == ops.m_bucket(m)
+    }
+
+
+def make_row(
+    m: int, k: int, n: int, t: dict[str, float], skipped: list[str], paths: dict[str, str]
+) -> dict:
     row: dict = {"M": m, "K": k, "N": n}
     row.update({f"{name}_ms": round(v, 4) for name, v in t.items()})
     for name in skipped:
         row[f"{name}_ms"] = None
-    for op, (prefix, column) in OP_COLUMNS.items():
-        path = ops.choose_cpu_path(op, m, k)
-        row[column] = row.get(f"{prefix}_{path}_ms")
-        row[column.replace("_ms", "_path")] = path
-    fp32 = row["fp32_ms"]
-    for key in [c for c in row if c.endswith("_ms") and c != "fp32_ms"]:
-        if row[key]:
-            row[key.replace("_ms", "_x_fp32")] = round(fp32 / row[key], 3)
+    for op, (_, column) in OP_COLUMNS.items():
+        row[column.replace("_ms", "_path")] = paths.get(op)
+    for base in ("fp32", "seq_fp32"):
+        if not row.get(f"{base}_ms"):
+            continue
+        prefix = "seq_" if base == "seq_fp32" else ""
+        for key in [c for c in row if c.endswith("_ms") and c != f"{base}_ms"]:
+            if row[key] and key.startswith("seq_") == bool(prefix):
+                row[key.replace("_ms", "_x_fp32")] = round(row[f"{base}_ms"] / row[key], 3)
     macs = 2.0 * m * n * k
     for key in ("w8a8_ms", "int_mm_ms"):
         if row.get(key):
@@ -316,6 +423,16 @@ def add_ceilings(row: dict) -> None:
     for name, ceiling in ceilings.items():
         got = row.get(f"{name}_ms")
         row[f"{name}_pct_ceiling"] = round(100 * ceiling / got, 2) if ceiling and got else None
+    seq_ceilings = {
+        "i8": ("int8_weight_only", "wo8_kernel"),
+        "i4": ("int4_weight_only", "wo4_kernel"),
+    }
+    for stream, names in seq_ceilings.items():
+        ceiling = row.get(f"seq_stream_{stream}_ms")
+        for name in names:
+            got = row.get(f"seq_{name}_ms")
+            if ceiling and got:
+                row[f"seq_{name}_pct_ceiling"] = round(100 * ceiling / got, 2)
 
 
 SHOW = (
@@ -352,7 +469,17 @@ def format_row(row: dict) -> str:
         f"ceilings int {row['ceiling_int_ms'] or 0:.3f}ms bytes {row['ceiling_bytes_ms'] or 0:.3f}ms"
         f" int4-bytes {row['ceiling_bytes_int4_ms'] or 0:.3f}ms: {ceil}"
     )
-    paths = "/".join(row[c.replace("_ms", "_path")] for _, c in OP_COLUMNS.values())
+    if row.get("seq_fp32_ms"):
+        parts.append(
+            "in sequence: "
+            + " ".join(
+                f"{name} {row[f'seq_{name}_x_fp32']:.2f}x"
+                + (f" {pct:.0f}%" if (pct := row.get(f"seq_{name}_pct_ceiling")) else "")
+                for name in SEQ_VARIANTS[3:]
+                if row.get(f"seq_{name}_x_fp32")
+            )
+        )
+    paths = "/".join(str(row[c.replace("_ms", "_path")]) for _, c in OP_COLUMNS.values())
     tops = row.get("w8a8_tops")
     parts.append(f"paths {paths}" + (f", w8a8 {tops:.3f} TOPS" if tops else ""))
     return " | ".join(parts)

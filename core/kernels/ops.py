@@ -180,8 +180,8 @@ def _native() -> bool:
 
 
 def _int4_native_serves(x2, w, s, z, g, b) -> bool:
-    """The native int4 kernel walks each group 32 codes at a time."""
-    return g % cpu.INT4_GROUP_MULTIPLE == 0
+    """The native int4 kernel walks each group 32 codes at a time, over whole groups."""
+    return g % cpu.INT4_GROUP_MULTIPLE == 0 and (2 * w.shape[-1]) % g == 0
 
 
 CPU_PATHS: dict[str, dict[str, KernelPath]] = {

@@ -116,7 +116,7 @@ def _op_args(op: str, m: int, k: int, n: int) -> tuple:
         return (x, w8, ws, None, "dynamic", None)
     if op == "int8_weight_only_linear":
         return (x, w8, ws, None)
-    group = 128
+    group = min(128, k)  # whole groups: tests tune K = 64
     packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=g)
     scale = (torch.rand(n, k // group, generator=g) * 0.01).to(torch.float16)
     zero = torch.full((n, k // group), 8, dtype=torch.uint8)
