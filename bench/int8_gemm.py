@@ -390,13 +390,10 @@ def make_row(
         row[f"{name}_ms"] = None
     for op, (_, column) in OP_COLUMNS.items():
         row[column.replace("_ms", "_path")] = paths.get(op)
-    for base in ("fp32", "seq_fp32"):
-        if not row.get(f"{base}_ms"):
-            continue
-        prefix = "seq_" if base == "seq_fp32" else ""
-        for key in [c for c in row if c.endswith("_ms") and c != f"{base}_ms"]:
-            if row[key] and key.startswith("seq_") == bool(prefix):
-                row[key.replace("_ms", "_x_fp32")] = round(row[f"{base}_ms"] / row[key], 3)
+    for key in [c for c in row if c.endswith("_ms") and row[c]]:
+        base = "seq_fp32_ms" if key.startswith("seq_") else "fp32_ms"  # fp32 timed alike
+        if key != base and row.get(base):
+            row[key.replace("_ms", "_x_fp32")] = round(row[base] / row[key], 3)
     macs = 2.0 * m * n * k
     for key in ("w8a8_ms", "int_mm_ms"):
         if row.get(key):

@@ -430,7 +430,7 @@ def llm_int8_split(
     xr = torch.empty((m, k), dtype=torch.float32)
     xo = torch.empty((m, c), dtype=torch.float32)
     wo = torch.empty((n, c), dtype=torch.float32)
-    w, ws = _as(w_int8, torch.int8), _f32c(w_scale)
+    w, ws, _ = _int8_rows(w_int8, w_scale, None)
     lib.cl_llm_int8_split(
         x.data_ptr(), m, k, cols.data_ptr(), c, w.data_ptr(), ws.data_ptr(), n,
         xr.data_ptr(), xo.data_ptr(), wo.data_ptr(), _threads(n * c * 16),

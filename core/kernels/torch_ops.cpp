@@ -80,15 +80,32 @@ Rows rows(const at::Tensor& x, int64_t n) {
   return r;
 }
 
+// An int8-rows call's tensors: x's rows and output, the int8 weight and its float scales,
+// the bias (null or float32), all kept alive for the kernel.
+struct Int8Call {
+  Rows r;
+  at::Tensor w, ws, bias_keep;
+  const float* bias;
+  int64_t n;
+};
+Int8Call int8_call(const at::Tensor& x, const at::Tensor& w, const at::Tensor& ws,
+                   const std::optional<at::Tensor>& bias) {
+  Int8Call c;
+  c.n = w.size(0);
+  c.r = rows(x, c.n);
+  c.w = as(w, at::kChar);
+  c.ws = as(ws, at::kFloat);
+  c.bias = bias_ptr(bias, c.bias_keep);
+  return c;
+}
+
 at::Tensor int8_weight_only(const at::Tensor& x, const at::Tensor& w, const at::Tensor& ws,
                             const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(wo8 != nullptr, "compresslab_native: kernels not set");
-  const int64_t n = w.size(0);
-  Rows r = rows(x, n);
-  at::Tensor wc = as(w, at::kChar), sc = as(ws, at::kFloat), bk;
-  wo8(r.x.data_ptr<float>(), wc.data_ptr<int8_t>(), sc.data_ptr<float>(), bias_ptr(bias, bk),
-      r.out.data_ptr<float>(), r.m, n, r.k, matmul_threads(r.m, n, r.k));
-  return r.out;
+  Int8Call c = int8_call(x, w, ws, bias);
+  wo8(c.r.x.data_ptr<float>(), c.w.data_ptr<int8_t>(), c.ws.data_ptr<float>(), c.bias,
+      c.r.out.data_ptr<float>(), c.r.m, c.n, c.r.k, matmul_threads(c.r.m, c.n, c.r.k));
+  return c.r.out;
 }
 
 at::Tensor int4_weight_only(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
@@ -108,27 +125,23 @@ at::Tensor int4_weight_only(const at::Tensor& x, const at::Tensor& w, const at::
 at::Tensor w8a8_linear(const at::Tensor& x, double static_scale, const at::Tensor& w,
                        const at::Tensor& ws, const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(w8a8 != nullptr, "compresslab_native: kernels not set");
-  const int64_t n = w.size(0);
-  Rows r = rows(x, n);
-  at::Tensor wc = as(w, at::kChar), sc = as(ws, at::kFloat), bk;
-  w8a8(r.x.data_ptr<float>(), static_cast<float>(static_scale), wc.data_ptr<int8_t>(),
-       sc.data_ptr<float>(), bias_ptr(bias, bk), r.out.data_ptr<float>(), r.m, n, r.k,
-       threads(16 * r.m * r.k), matmul_threads(r.m, n, r.k));
-  return r.out;
+  Int8Call c = int8_call(x, w, ws, bias);
+  w8a8(c.r.x.data_ptr<float>(), static_cast<float>(static_scale), c.w.data_ptr<int8_t>(),
+       c.ws.data_ptr<float>(), c.bias, c.r.out.data_ptr<float>(), c.r.m, c.n, c.r.k,
+       threads(16 * c.r.m * c.r.k), matmul_threads(c.r.m, c.n, c.r.k));
+  return c.r.out;
 }
 
 at::Tensor llm_int8(const at::Tensor& x, double threshold, const at::Tensor& w,
                     const at::Tensor& ws, const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(llm != nullptr, "compresslab_native: kernels not set");
-  const int64_t n = w.size(0);
-  Rows r = rows(x, n);
-  at::Tensor wc = as(w, at::kChar), sc = as(ws, at::kFloat), bk;
-  const int64_t done = llm(r.x.data_ptr<float>(), static_cast<float>(threshold),
-                           wc.data_ptr<int8_t>(), sc.data_ptr<float>(), bias_ptr(bias, bk),
-                           r.out.data_ptr<float>(), r.m, n, r.k, threads(16 * r.m * r.k),
-                           matmul_threads(r.m, n, r.k));
+  Int8Call c = int8_call(x, w, ws, bias);
+  const int64_t done = llm(c.r.x.data_ptr<float>(), static_cast<float>(threshold),
+                           c.w.data_ptr<int8_t>(), c.ws.data_ptr<float>(), c.bias,
+                           c.r.out.data_ptr<float>(), c.r.m, c.n, c.r.k,
+                           threads(16 * c.r.m * c.r.k), matmul_threads(c.r.m, c.n, c.r.k));
   TORCH_CHECK(done >= 0, "the fused LLM.int8() kernel needs AVX-512 VNNI");
-  return r.out;
+  return c.r.out;
 }
 
 }  // namespace
