@@ -482,12 +482,13 @@ def charts(page: Page) -> Locator:
     return main_area(page).get_by_test_id("stPlotlyChart")
 
 
-def hover_point(page: Page, chart: Locator, trace_name: str) -> str:
-    """Hover the (first) marker of the trace ``trace_name``; returns the hover label's text."""
+def hover_point(page: Page, chart: Locator, trace_name: str, point: int = 0) -> str:
+    """Hover marker ``point`` (in data order) of the trace ``trace_name``; returns the
+    hover label's text."""
     names = [t["name"] for t in plotly_traces(chart)]
     index = names.index(trace_name)
-    point = chart.locator(".scatterlayer .trace").nth(index).locator("path.point").first
-    point.hover(force=True)
+    marker = chart.locator(".scatterlayer .trace").nth(index).locator("path.point").nth(point)
+    marker.hover(force=True)
     label = chart.locator(".hoverlayer .hovertext")
     expect(label.first).to_be_visible()
     return label.first.text_content() or ""
