@@ -45,9 +45,12 @@ def test_tuning_writes_a_keyed_table_that_later_runs_reuse(data: Path) -> None:
     assert stored["key"]["torch"] == torch.__version__ and stored["key"]["cores"] >= 1
     rules = stored["rules"]["int8_linear"]
     assert [(r["m"], r["k"]) for r in rules] == [(1, 64), (16, 64), (1, 256), (16, 256)]
-    for r in rules:
+    for r in rules:  # the fastest, or the heuristic's path within the cell's noise of it
         assert r["path"] in ops.tuning_paths("int8_linear")
-        assert r["ms"][r["path"]] == min(r["ms"].values())
+        fastest, chosen = min(r["ms"].values()), r["ms"][r["path"]]
+        prior = ops.heuristic_path("int8_linear", r["m"], r["k"])
+        near = r["path"] == prior and chosen <= fastest * (1 + r["noise"]) + 1e-4  # rounding
+        assert chosen == fastest or near, r
     assert table["rules"] == stored["rules"]
     # a later run (a fresh process: the in-memory table forgotten) reads it, tunes nothing
     ops.forget_tuned_table()
