@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import auth, estimate_view, forms, modes_view, seed_view, shell, sweep_view, tasks_view
+from ui import (
+    annotations,
+    auth,
+    estimate_view,
+    forms,
+    modes_view,
+    seed_view,
+    shell,
+    sweep_view,
+    tasks_view,
+)
 from ui.submit import steps_from_json, submit_run, submit_sweep_run
 
 sf = shell.session()
@@ -13,6 +23,12 @@ st.caption(
     "Compose a job; a worker runs it in the background. Parameters are checked against each "
     "method's allowed values before anything is queued."
 )
+for not_filled in (  # the links of Clone into New run and of Sensitivity's kept recipe
+    annotations.prefill_from_clone_param(sf, st.query_params),
+    forms.take_prefill_param(st.session_state, st.query_params),
+):
+    if not_filled:
+        st.warning(not_filled, icon=":material/edit_note:")
 prefilled_from = forms.apply_prefill(st.session_state)
 if prefilled_from:
     st.session_state["prefill_note"] = prefilled_from

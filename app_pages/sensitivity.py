@@ -113,9 +113,15 @@ def _keep_recipe(sweep_id: str) -> None:
     )
     with st.expander("The recipe"):
         st.json(steps)
-    if st.button("Open this recipe in New run", type="primary", icon=":material/edit_note:"):
-        sensitivity_view.prefill_kept_recipe(st.session_state, jobs, steps, len(keep))
-        st.switch_page(shell.NEW_RUN)
+    # A link, not a button with st.switch_page (see annotations.clone_button): the recipe
+    # shown is kept for New run on every run of this page.
+    sensitivity_view.prefill_kept_recipe(st.session_state, jobs, steps, len(keep))
+    st.page_link(
+        shell.NEW_RUN,
+        label="Open this recipe in New run",
+        icon=":material/edit_note:",
+        query_params={forms.PREFILL_PARAM: sensitivity_view.PREFILL_SLOT},
+    )
 
 
 def _results(sweeps: dict[str, list]) -> None:

@@ -203,6 +203,21 @@ def test_sensitivity_figure_marks_kept_units_and_pending_ones() -> None:
 # --- page helpers ------------------------------------------------------------------
 
 
+def test_a_kept_prefill_is_taken_only_through_its_link_parameter() -> None:
+    state: dict = {}
+    forms.prefill_new_run(state, model="demo", steps=[{"method": "rtn"}], source="s", slot="x")
+    assert forms.apply_prefill(state) is None  # kept, not pending: New run opened plainly
+    params = {forms.PREFILL_PARAM: "x"}
+    assert forms.take_prefill_param(state, params) is None and not params
+    assert forms.apply_prefill(state) == "s" and state["model_kind"] == "demo"
+    assert forms.take_prefill_param(state, {}) is None  # no parameter: nothing to say
+    for name in ("other", "x" * 10_000):  # kept in another session, or nonsense
+        params = {forms.PREFILL_PARAM: name}
+        why = forms.take_prefill_param(state, params)
+        assert why and "another browser tab or session" in why and not params
+        assert forms.apply_prefill(state) is None
+
+
 def test_prefill_writes_the_new_run_widget_keys() -> None:
     state: dict = {}
     steps = [{"method": "rtn", "bits": 4}]

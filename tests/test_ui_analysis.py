@@ -17,6 +17,7 @@ from core.recipe import NAMED_RECIPES
 from core.stats import before_after
 from db import queue
 from runs.sensitivity import sensitivity_recipes, sweep_units
+from tests.test_ui_pages import _follow_link
 from ui import bundle
 from ui.shell import CONCEPTS, LEADERBOARD, NEW_RUN, OUTLIERS, RUN, SENSITIVITY
 from ui.submit import build_spec, submit_run
@@ -315,16 +316,15 @@ def test_sensitivity_results_and_keep_recipe_prefill_new_run(sf, db_url) -> None
     assert table["unit"].tolist()[:2] == [LAYERS[1], LAYERS[0]]  # most costly first
 
     at.number_input(key="sens_keep").set_value(1).run()
-    _button(at, "Open this recipe in New run").click().run()
+    _follow_link(at, "Open this recipe in New run", NEW_RUN)
     assert not at.exception
     assert at.title[0].value == "New run"
+    assert "prefill" not in at.query_params  # read once: a reload keeps what was typed
     assert "sensitivity sweep" in _texts(at.info)
     steps = json.loads(at.text_area(key="recipe_json").value)
     assert steps[0]["bits"] == 3 and LAYERS[1] in steps[0]["ignore"]
     assert steps[1]["bits"] == 8 and steps[1]["targets"] == [LAYERS[1]]
     assert at.number_input(key="eval_tokens").value == SMALL[0]["eval_tokens"]
-    # AppTest keeps its own idea of the current page across st.switch_page: point it there.
-    at.switch_page(NEW_RUN)
     _button(at, "Queue run").click().run()
     assert not at.error, _texts(at.error)
     assert any("Queued job" in s.value for s in at.success)

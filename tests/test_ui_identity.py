@@ -8,9 +8,9 @@ import json
 import pandas as pd
 
 from db import queue
-from tests.test_ui_pages import BASE_BYTES, BASE_PREFILL_MS, _app, _finished
+from tests.test_ui_pages import BASE_BYTES, BASE_PREFILL_MS, _app, _finished, _follow_link
 from ui import figures, frames
-from ui.shell import COMPARE, RUN, RUNS
+from ui.shell import COMPARE, NEW_RUN, RUN, RUNS
 
 
 def _two(sf) -> tuple[int, int]:
@@ -64,12 +64,33 @@ def test_clone_opens_new_run_with_the_recipe(sf, db_url) -> None:
     _, rtn = _two(sf)
     at = _app(RUNS)
     at.selectbox(key="hist_open").set_value(rtn).run()
-    at.button(key=f"clone_hist_{rtn}").click().run()
+    _follow_link(at, "Clone into New run", NEW_RUN)
     assert not at.exception, [e.message for e in at.exception]
     assert at.radio(key="recipe_mode").value == "JSON"
     steps = json.loads(at.text_area(key="recipe_json").value)
     assert [s["method"] for s in steps] == ["rtn"] and steps[0]["bits"] == 8
     assert any(f"run #{rtn}" in i.value for i in at.info)
+    assert "clone" not in at.query_params  # read once: a reload keeps what was typed since
+    at.text_area(key="recipe_json").set_value('[{"method": "rtn", "bits": 4}]').run()
+    at.run()
+    assert json.loads(at.text_area(key="recipe_json").value)[0]["bits"] == 4
+
+
+def test_a_bad_clone_link_says_why_and_prefills_nothing(sf, db_url) -> None:
+    _two(sf)
+    for raw, why in (
+        ("abc", "clone=abc is not a run number"),
+        ("99999", "There is no run #99999"),
+        ("9" * 5000, "is not a run number"),  # refused without echoing it whole
+    ):
+        at = _app()
+        at.query_params["clone"] = raw
+        at.switch_page(NEW_RUN).run()
+        assert not at.exception, [e.message for e in at.exception]
+        warnings = [w.value for w in at.warning]
+        assert any(why in w for w in warnings) and max(map(len, warnings)) < 500, warnings
+        assert not any("Pre-filled" in i.value for i in at.info)
+        assert "clone" not in at.query_params
 
 
 def test_the_run_page_shows_only_the_settings_that_differ(sf, db_url) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import pytest
 import torch
@@ -131,6 +132,16 @@ def _texts(elements) -> str:
 
 def _button(at: AppTest, label: str):
     return next(b for b in at.button if b.label == label)
+
+
+def _follow_link(at: AppTest, label: str, page: str) -> AppTest:
+    """Open the page link ``label`` as the browser does: ``page`` (which the link must
+    name) with the link's query string."""
+    link = next(e.proto for e in at.get("page_link") if e.proto.label == label)
+    assert Path(page).stem in link.page, (link.page, page)
+    for k, v in parse_qsl(link.query_string):
+        at.query_params[k] = v
+    return at.switch_page(page).run()
 
 
 # --- empty database ----------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from db import queue
+from tests.test_ui_pages import _follow_link
 from ui.frames import recipe_steps
 from ui.shell import NEW_RUN, OUTLIERS, SENSITIVITY
 from workers.runner import Runner
@@ -52,9 +53,8 @@ def test_sensitivity_sweep_runs_and_feeds_new_run(sf, tmp_path: Path) -> None:
     chart = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert len(chart["data"][0]["x"]) == 2  # both blocks charted
     at.number_input(key="sens_keep").set_value(1).run()
-    next(b for b in at.button if b.label == "Open this recipe in New run").click().run()
+    _follow_link(at, "Open this recipe in New run", NEW_RUN)
     assert at.title[0].value == "New run"
-    at.switch_page(NEW_RUN)
     next(b for b in at.button if b.label == "Queue run").click().run()
     assert not at.error, [e.value for e in at.error]
     assert Runner(sf, cache_dir=tmp_path / "baselines").serve(poll_s=0.05, max_jobs=1) == 1

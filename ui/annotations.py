@@ -12,9 +12,12 @@ from db.models import Job
 from ui import auth, forms, shell
 from ui.frames import recipe_details, recipe_steps, run_title, tags_text
 
+CLONE_PARAM = "clone"  # New run's query parameter: the run to pre-fill from
+MAX_PARAM_CHARS = 40  # longer is no run number: refused without echoing it whole
+
 
 def clone_into_new_run(job: Any) -> None:
-    """Pre-fill New run with this run's model, recipe and settings, and open it."""
+    """Pre-fill New run (on its next run) with this run's model, recipe and settings."""
     spec = job.spec or {}
     forms.prefill_new_run(
         st.session_state,
@@ -26,17 +29,39 @@ def clone_into_new_run(job: Any) -> None:
         eval=spec.get("eval"),
         calib_settings=spec.get("calib_settings"),
     )
-    shell.open_page(shell.NEW_RUN)  # a full rerun: this button is in the history fragment
 
 
-def clone_button(job: Any, key: str) -> None:
-    if st.button(
-        "Clone into New run",
-        key=f"clone_{key}_{job.id}",
+def clone_button(job: Any) -> None:
+    """A link to New run with ``?clone=<id>``. A link, not a button with st.switch_page:
+    a page switched to from the server while the old page's timed fragments (the Runs
+    history) still tick could be left blank, when a tick arriving mid-switch reran the
+    old page's fragment instead. The browser navigates a link itself, as the sidebar."""
+    st.page_link(
+        shell.NEW_RUN,
+        label="Clone into New run",
         icon=":material/content_copy:",
         help="Opens New run with this run's model, recipe and settings filled in.",
-    ):
-        clone_into_new_run(job)
+        query_params={CLONE_PARAM: str(job.id)},
+    )
+
+
+def prefill_from_clone_param(sf: Any, params: Any) -> str | None:
+    """Take New run's ``clone`` query parameter (removed once read, so a reload keeps
+    what was typed since): pre-fill from that run. Returns why not, None when done or
+    when there was no parameter."""
+    raw = params.get(CLONE_PARAM)
+    if raw is None:
+        return None
+    del params[CLONE_PARAM]
+    text = str(raw).strip().lstrip("#")
+    if len(text) > MAX_PARAM_CHARS or not text.isdigit():
+        shown = shell.md_text(text[:MAX_PARAM_CHARS])
+        return f"clone={shown} is not a run number: nothing was pre-filled."
+    job = queue.get_job(sf, int(text))
+    if job is None:
+        return f"There is no run #{int(text)} (deleted?): nothing was pre-filled."
+    clone_into_new_run(job)
+    return None
 
 
 def summary(job: Any) -> None:
@@ -97,7 +122,7 @@ def _lifecycle(job: Job, allowed: bool, key: str) -> None:
     if c2.button("Delete", key=f"del_{key}_{job.id}", disabled=not allowed, help=why):
         _say(job.id, queue.delete_job(sf, job.id, user=user))
     with c3:
-        clone_button(job, key)
+        clone_button(job)
 
 
 def panel(job: Job, key: str) -> None:
@@ -110,6 +135,6 @@ def panel(job: Job, key: str) -> None:
         if queue.is_finished(job.status):
             _lifecycle(job, allowed, key)
         else:
-            clone_button(job, key)
+            clone_button(job)
         if job.status == "succeeded":
             shell.run_page_link([job.id])

@@ -468,6 +468,8 @@ def eval_settings(prefix: str = "") -> tuple[dict[str, int], dict[str, int]]:
 # --- pre-filling New run from another page -------------------------------------------
 
 PREFILL_KEY = "prefill_run"  # a pending pre-fill (form state only: nothing about jobs)
+PREFILL_PARAM = "prefill"  # New run's query parameter naming a kept pre-fill's slot
+MAX_SLOT_CHARS = 40
 
 
 def prefill_new_run(
@@ -480,9 +482,12 @@ def prefill_new_run(
     eval_set: str | None = None,
     eval: dict[str, Any] | None = None,
     calib_settings: dict[str, Any] | None = None,
+    slot: str | None = None,
 ) -> None:
-    """Ask the New run page to open with this model, recipe (as JSON) and settings."""
-    state[PREFILL_KEY] = {
+    """Ask the New run page to open with this model, recipe (as JSON) and settings: on
+    its next run, or, with ``slot``, when it is opened with ``?prefill=<slot>`` (a page
+    link; see :func:`take_prefill_param`)."""
+    state[PREFILL_KEY if slot is None else f"{PREFILL_KEY}:{slot}"] = {
         "model": model,
         "steps": steps,
         "source": source,
@@ -504,6 +509,26 @@ def _model_keys(model: str) -> dict[str, Any]:
 # New run widget keys of the evaluation / calibration settings, by settings field.
 _EVAL_KEYS = {k: k for k in ("ctx", "eval_tokens", "prompt_len", "decode_tokens", "repeats")}
 _CALIB_KEYS = {"n_samples": "calib_samples", "seq_len": "seq_len", "seed": "seed"}
+
+
+def take_prefill_param(
+    state: MutableMapping[str, Any], params: MutableMapping[str, Any]
+) -> str | None:
+    """New run's ``prefill`` query parameter (removed once read, so a reload keeps what
+    was typed since): make the pre-fill kept in that slot the pending one. Returns why
+    not, None when done or when there was no parameter."""
+    name = params.get(PREFILL_PARAM)
+    if name is None:
+        return None
+    del params[PREFILL_PARAM]
+    pre = state.get(f"{PREFILL_KEY}:{name}") if len(str(name)) <= MAX_SLOT_CHARS else None
+    if not pre:
+        return (
+            "The recipe this link pre-fills was kept in another browser tab or session: "
+            "open it again from the page it came from."
+        )
+    state[PREFILL_KEY] = pre
+    return None
 
 
 def apply_prefill(state: MutableMapping[str, Any]) -> str | None:

@@ -55,10 +55,14 @@ def plan_units(model: str, step: dict[str, Any], unit: UnitKind) -> list[Unit]:
         raise PlanError(str(e)) from None
 
 
+PREFILL_SLOT = "sensitivity"  # New run opened with ?prefill=sensitivity takes this recipe
+
+
 def prefill_kept_recipe(
     state: Any, jobs: list[Any], steps: list[dict[str, Any]], n_kept: int
 ) -> None:
-    """Pre-fill New run with the mixed recipe, on the sweep's model and data settings."""
+    """Keep the mixed recipe, on the sweep's model and data settings, for New run opened
+    with ``?prefill=sensitivity``."""
     spec, sweep_id = jobs[0].spec, str(jobs[0].sweep_id)
     forms.prefill_new_run(
         state,
@@ -70,6 +74,7 @@ def prefill_kept_recipe(
         eval_set=spec.get("eval_set"),
         eval=spec.get("eval"),
         calib_settings=spec.get("calib_settings"),
+        slot=PREFILL_SLOT,
     )
 
 

@@ -182,21 +182,7 @@ def show_queued() -> None:
         st.page_link(RUNS, label=item[1], icon=":material/arrow_forward:")
 
 
-GOTO = "_switch_to_page"  # a page to open on the next full run (see open_page)
-
-
-def open_page(page: str) -> None:
-    """Open ``page`` from anywhere, a fragment included: st.switch_page called during a
-    fragment's rerun can leave the new page blank (seen with Clone into New run from the
-    Runs history), so the switch happens on a full rerun of the app instead."""
-    st.session_state[GOTO] = page
-    st.rerun(scope="app")
-
-
 def sidebar(local: LocalWorker) -> None:
-    target = st.session_state.pop(GOTO, None)
-    if target:  # open_page asked for it: switch before anything is drawn
-        st.switch_page(target)
     url = db_url()
     with st.sidebar:
         auth.account(session())

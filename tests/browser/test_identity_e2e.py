@@ -231,7 +231,7 @@ def test_a_run_renamed_tagged_filtered_archived_restored_and_cloned(
     _until(page, lambda: not queue.get_job(app_db, four).archived, "restored")
 
     _pick_run(flow, page, four)
-    flow.live(page, main.get_by_role("button", name="Clone into New run").click)
+    flow.live(page, main.get_by_role("link", name="Clone into New run").click)
     flow.expect_title(page, "New run")
     expect(main.get_by_text(re.compile(rf"Pre-filled from run #{four}"))).to_be_visible()
     area = main.get_by_label(re.compile(r"^Recipe as JSON"))
