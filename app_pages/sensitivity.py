@@ -113,7 +113,7 @@ def _keep_recipe(sweep_id: str) -> None:
     )
     with st.expander("The recipe"):
         st.json(steps)
-    # A link, not a button with st.switch_page (see annotations.clone_button): the recipe
+    # A link, not a button with st.switch_page (see annotations.clone_link): the recipe
     # shown is kept for New run on every run of this page.
     sensitivity_view.prefill_kept_recipe(st.session_state, jobs, steps, len(keep))
     st.page_link(

@@ -13,7 +13,6 @@ from ui import auth, forms, shell
 from ui.frames import recipe_details, recipe_steps, run_title, tags_text
 
 CLONE_PARAM = "clone"  # New run's query parameter: the run to pre-fill from
-MAX_PARAM_CHARS = 40  # longer is no run number: refused without echoing it whole
 
 
 def clone_into_new_run(job: Any) -> None:
@@ -31,7 +30,7 @@ def clone_into_new_run(job: Any) -> None:
     )
 
 
-def clone_button(job: Any) -> None:
+def clone_link(job: Any) -> None:
     """A link to New run with ``?clone=<id>``. A link, not a button with st.switch_page:
     a page switched to from the server while the old page's timed fragments (the Runs
     history) still tick could be left blank, when a tick arriving mid-switch reran the
@@ -46,16 +45,14 @@ def clone_button(job: Any) -> None:
 
 
 def prefill_from_clone_param(sf: Any, params: Any) -> str | None:
-    """Take New run's ``clone`` query parameter (removed once read, so a reload keeps
-    what was typed since): pre-fill from that run. Returns why not, None when done or
-    when there was no parameter."""
-    raw = params.get(CLONE_PARAM)
+    """New run's ``clone`` query parameter (forms.pop_param): pre-fill from that run.
+    Returns why not, None when done or when there was no parameter."""
+    raw = forms.pop_param(params, CLONE_PARAM)
     if raw is None:
         return None
-    del params[CLONE_PARAM]
-    text = str(raw).strip().lstrip("#")
-    if len(text) > MAX_PARAM_CHARS or not text.isdigit():
-        shown = shell.md_text(text[:MAX_PARAM_CHARS])
+    text = raw.strip().lstrip("#")
+    if len(text) > forms.MAX_PARAM_CHARS or not text.isdigit():
+        shown = shell.md_text(text[: forms.MAX_PARAM_CHARS])
         return f"clone={shown} is not a run number: nothing was pre-filled."
     job = queue.get_job(sf, int(text))
     if job is None:
@@ -122,7 +119,7 @@ def _lifecycle(job: Job, allowed: bool, key: str) -> None:
     if c2.button("Delete", key=f"del_{key}_{job.id}", disabled=not allowed, help=why):
         _say(job.id, queue.delete_job(sf, job.id, user=user))
     with c3:
-        clone_button(job)
+        clone_link(job)
 
 
 def panel(job: Job, key: str) -> None:
@@ -135,6 +132,6 @@ def panel(job: Job, key: str) -> None:
         if queue.is_finished(job.status):
             _lifecycle(job, allowed, key)
         else:
-            clone_button(job)
+            clone_link(job)
         if job.status == "succeeded":
             shell.run_page_link([job.id])

@@ -469,7 +469,7 @@ def eval_settings(prefix: str = "") -> tuple[dict[str, int], dict[str, int]]:
 
 PREFILL_KEY = "prefill_run"  # a pending pre-fill (form state only: nothing about jobs)
 PREFILL_PARAM = "prefill"  # New run's query parameter naming a kept pre-fill's slot
-MAX_SLOT_CHARS = 40
+MAX_PARAM_CHARS = 40  # a longer pre-fill parameter is nonsense: refused, not echoed whole
 
 
 def prefill_new_run(
@@ -511,17 +511,26 @@ _EVAL_KEYS = {k: k for k in ("ctx", "eval_tokens", "prompt_len", "decode_tokens"
 _CALIB_KEYS = {"n_samples": "calib_samples", "seq_len": "seq_len", "seed": "seed"}
 
 
+def pop_param(params: MutableMapping[str, Any], name: str) -> str | None:
+    """A query parameter New run acts on once, removed as it is read (so a reload keeps
+    what was typed since); None where absent."""
+    value = params.get(name)
+    if value is None:
+        return None
+    del params[name]
+    return str(value)
+
+
 def take_prefill_param(
     state: MutableMapping[str, Any], params: MutableMapping[str, Any]
 ) -> str | None:
-    """New run's ``prefill`` query parameter (removed once read, so a reload keeps what
-    was typed since): make the pre-fill kept in that slot the pending one. Returns why
-    not, None when done or when there was no parameter."""
-    name = params.get(PREFILL_PARAM)
+    """New run's ``prefill`` query parameter (:func:`pop_param`): make the pre-fill kept
+    in that slot the pending one. Returns why not, None when done or when there was no
+    parameter."""
+    name = pop_param(params, PREFILL_PARAM)
     if name is None:
         return None
-    del params[PREFILL_PARAM]
-    pre = state.get(f"{PREFILL_KEY}:{name}") if len(str(name)) <= MAX_SLOT_CHARS else None
+    pre = state.get(f"{PREFILL_KEY}:{name}") if len(name) <= MAX_PARAM_CHARS else None
     if not pre:
         return (
             "The recipe this link pre-fills was kept in another browser tab or session: "
