@@ -3,7 +3,7 @@ its owner or an admin), archive / restore / delete, and "Clone into New run"."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
@@ -14,12 +14,6 @@ from ui import auth, forms, shell
 from ui.frames import recipe_details, recipe_steps, run_title, tags_text
 
 CLONE_PARAM = "clone"  # New run's query parameter: the run to pre-fill from
-
-# What a saved change reruns: the whole app, or only the fragment the panel is drawn in.
-# A panel inside a timed fragment (Runs' history) reruns that fragment: an app rerun
-# raised from its fragment run could clear the fragment's Tag filter in the browser (CI,
-# under load). In a whole-page run (a click that came with one) the app reruns.
-Scope = Literal["app", "fragment"]
 
 
 def clone_into_new_run(job: Any) -> None:
@@ -79,21 +73,28 @@ def summary(job: Any) -> None:
         st.caption("Archived: hidden from lists until restored.")
 
 
-def _say(job_id: int, outcome: str, scope: Scope) -> None:
-    """A toast and a rerun of ``scope`` (the lists in it show the change) when done, else
-    why not."""
+def _rerun_here() -> None:
+    """Rerun the fragment this click ran in (Runs' history), else the whole app (Compare).
+
+    Not the whole app from inside a timed fragment: an app rerun raised from the history's
+    fragment run could clear its Tag filter in the browser (CI, under load). Streamlit
+    refuses a fragment rerun outside a fragment run (a whole-page run), and then the app
+    reruns."""
+    try:
+        st.rerun(scope="fragment")
+    except StreamlitAPIException:
+        st.rerun()
+
+
+def _say(job_id: int, outcome: str) -> None:
+    """A toast and a rerun (the lists it reruns show the change) when done, else why not."""
     if outcome in ("saved", "deleted"):
         st.toast(f"Run #{job_id}: {outcome}")
-        if scope == "fragment":
-            try:
-                st.rerun(scope="fragment")
-            except StreamlitAPIException:  # a whole-page run (the click came with one)
-                pass
-        st.rerun()
+        _rerun_here()
     st.error(f"Run #{job_id}: {shell.md_text(outcome)}")
 
 
-def _save(job: Job, name: str, tags: str, notes: str, scope: Scope) -> None:
+def _save(job: Job, name: str, tags: str, notes: str) -> None:
     try:
         outcome = queue.annotate(
             shell.session(), job.id, name, tags, notes, user=auth.current_user()
@@ -101,10 +102,10 @@ def _save(job: Job, name: str, tags: str, notes: str, scope: Scope) -> None:
     except queue.AnnotationError as e:
         st.error(f"Not saved: {shell.md_text(e)}")
         return
-    _say(job.id, outcome, scope)
+    _say(job.id, outcome)
 
 
-def _edit_form(job: Job, allowed: bool, key: str, scope: Scope) -> None:
+def _edit_form(job: Job, allowed: bool, key: str) -> None:
     with st.form(f"annotate_{key}_{job.id}", border=False):
         name = st.text_input(
             "Name", job.name or "", max_chars=queue.MAX_NAME, placeholder=job.recipe_label
@@ -117,34 +118,33 @@ def _edit_form(job: Job, allowed: bool, key: str, scope: Scope) -> None:
             help=None if allowed else queue.refusal(job.owner),
         )
     if saved:
-        _save(job, name, tags, notes, scope)
+        _save(job, name, tags, notes)
 
 
-def _lifecycle(job: Job, allowed: bool, key: str, scope: Scope) -> None:
+def _lifecycle(job: Job, allowed: bool, key: str) -> None:
     sf, user = shell.session(), auth.current_user()
     why = None if allowed else queue.refusal(job.owner)
     c1, c2, c3 = st.columns(3)
     if not job.archived:
         if c1.button("Archive", key=f"arch_{key}_{job.id}", disabled=not allowed, help=why):
-            _say(job.id, queue.archive_job(sf, job.id, user=user), scope)
+            _say(job.id, queue.archive_job(sf, job.id, user=user))
     elif c1.button("Restore", key=f"rest_{key}_{job.id}", disabled=not allowed, help=why):
-        _say(job.id, queue.restore_job(sf, job.id, user=user), scope)
+        _say(job.id, queue.restore_job(sf, job.id, user=user))
     if c2.button("Delete", key=f"del_{key}_{job.id}", disabled=not allowed, help=why):
-        _say(job.id, queue.delete_job(sf, job.id, user=user), scope)
+        _say(job.id, queue.delete_job(sf, job.id, user=user))
     with c3:
         clone_link(job)
 
 
-def panel(job: Job, key: str, rerun: Scope = "app") -> None:
-    """The run's name, tags and notes with an editor, archive / restore / delete, clone;
-    a change reruns ``rerun``: "fragment" when the panel is drawn inside one."""
+def panel(job: Job, key: str) -> None:
+    """The run's name, tags and notes with an editor, archive / restore / delete, clone."""
     allowed = queue.may_change(shell.session(), job, auth.current_user())
     with st.container(border=True):
         st.markdown(f"**Run #{job.id}** · {shell.md_text(job.status)}")
         summary(job)
-        _edit_form(job, allowed, key, rerun)
+        _edit_form(job, allowed, key)
         if queue.is_finished(job.status):
-            _lifecycle(job, allowed, key, rerun)
+            _lifecycle(job, allowed, key)
         else:
             clone_link(job)
         if job.status == "succeeded":

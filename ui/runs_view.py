@@ -200,4 +200,4 @@ def history() -> None:
         placeholder="select a row above, or pick a run here",
     )
     if picked is not None:
-        annotations.panel(by_id[picked], key="hist", rerun="fragment")  # see Scope
+        annotations.panel(by_id[picked], key="hist")
